@@ -1,0 +1,54 @@
+"""Helpers the assets share: user-facing failures, progress, pictures in metadata."""
+
+
+import base64
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import dagster as dg
+from tqdm import tqdm
+
+from flower_pipeline.errors import PipelineError
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Report bad input as a Dagster Failure carrying the one-line message."""
+    try:
+        yield
+    except PipelineError as err:
+        raise dg.Failure(description=str(err)) from None
+
+
+@contextlib.contextmanager
+def progress(context: dg.AssetExecutionContext, label: str, unit: str = "it",
+             scale: float = 1.0) -> Iterator[Callable[[int, int | None], None]]:
+    """A callback(done, total) that logs each 10% to Dagster and draws a terminal bar.
+
+    The bar only appears on an interactive terminal (the CLI); Dagster's log gets
+    the same progress wherever the run happens.
+    """
+    bar = tqdm(desc=label, unit=unit, unit_scale=scale != 1.0, disable=None, leave=False)
+    state = {"logged": -1, "started": time.perf_counter()}
+
+    def update(done: int, total: int | None) -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+        tenth = int(10 * done / total) if total else done // (10 << 20)
+        if tenth != state["logged"]:
+            state["logged"] = tenth
+            rate = done / max(time.perf_counter() - state["started"], 1e-9)
+            of = f"/{total:,}" if total else ""
+            context.log.info(f"{label}: {done:,}{of} {unit} ({rate:,.0f} {unit}/s)")
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+def image_markdown(png: bytes, alt: str) -> dg.MetadataValue:
+    """A PNG shown inline in the Dagster UI's metadata panel."""
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")

@@ -1,0 +1,9 @@
+"""The one exception type the pipeline raises for bad input.
+
+Its message is a single line meant for the user: the CLI prints it without a
+traceback, and Dagster shows it as the failure reason.
+"""
+
+
+class PipelineError(Exception):
+    """Bad input or an unusable environment, explained in one line."""
