@@ -61,7 +61,7 @@ def list_images(root: Path) -> list[str]:
 
 
 def extract_archive(
-    archive: Path, target: Path, *, archive_sha256: str, limits: ExtractLimits = ExtractLimits()
+    archive: Path, target: Path, *, archive_sha256: str, limits: ExtractLimits | None = None
 ) -> ExtractResult:
     """Extract `archive` into `target`, or reuse `target` if it holds this archive already."""
     marker = target / MARKER
@@ -74,7 +74,7 @@ def extract_archive(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        skipped, total = _extract_members(archive, staging, limits)
+        skipped, total = _extract_members(archive, staging, limits or ExtractLimits())
         images = list_images(staging)
         if not images:
             raise PipelineError(f"{archive.name} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -168,9 +168,9 @@ def _zip_members(archive: Path) -> Iterator[_Member]:
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
-                mode = info.external_attr >> 16
-                kind = ("dir" if info.is_dir() else "link" if stat.S_ISLNK(mode) else
-                        "device" if mode and not stat.S_ISREG(mode) else "file")
+                file_type = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip records none
+                kind = ("dir" if info.is_dir() else "link" if file_type == stat.S_IFLNK else
+                        "device" if file_type not in (0, stat.S_IFREG) else "file")
                 yield _Member(info.filename, kind, info.file_size, lambda info=info: zf.open(info))
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as err:
         raise PipelineError(_describe_unreadable(archive, err)) from None
@@ -181,5 +181,5 @@ def _describe_unreadable(archive: Path, err: Exception) -> str:
     if head.lstrip().lower().startswith((b"<!doctype", b"<html", b"<?xml")):
         return f"{archive.name} is an HTML/XML page, not an archive (a failed download saved as a file?)"
     if head[:2] == b"\x1f\x8b":
-        return f"{archive.name} is a truncated or corrupt gzip archive ({err})"
-    return f"{archive.name} is not a readable tar or zip archive ({err})"
+        return f"{archive.name} is a truncated or corrupt gzip archive ({str(err).splitlines()[0]})"
+    return f"{archive.name} is not a readable tar or zip archive"

@@ -99,9 +99,12 @@ def fetch_raw_archive(
             checksum = Checksum("md5", spec.archive.md5)  # type: ignore[union-attr]
         fetched = fetch(origin, downloads, checksum=checksum, progress=progress, backoff_s=backoff_s)
         for companion in spec.companions:
-            where = _beside(origin, companion) if not official else companion.url
-            companions[companion.filename] = str(fetch(
-                where, downloads, checksum=Checksum("md5", companion.md5), backoff_s=backoff_s).path)
+            # Official companions are verified by their official md5; a mirror's are
+            # taken as they are (small label tables, parsed strictly afterwards).
+            where = companion.url if official else _beside(origin, companion)
+            expected = Checksum("md5", companion.md5) if official else None
+            companions[companion.filename] = str(
+                fetch(where, downloads, checksum=expected, backoff_s=backoff_s).path)
         kind = "archive"
     return paths.write_manifest("raw_archive", {
         "kind": kind, "path": str(fetched.path), "source": origin, "sha256": fetched.sha256,
@@ -125,7 +128,7 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_images(paths: DatasetPaths, *, limits: ExtractLimits = ExtractLimits()) -> Manifest:
+def extract_images(paths: DatasetPaths, *, limits: ExtractLimits | None = None) -> Manifest:
     """Extract the raw archive safely (or adopt a folder of images as it is)."""
     raw = paths.read_manifest("raw_archive")
     started = time.perf_counter()
@@ -136,7 +139,7 @@ def extract_images(paths: DatasetPaths, *, limits: ExtractLimits = ExtractLimits
             raise PipelineError(f"{root} holds no image files")
     else:
         result = extract_archive(Path(raw["path"]), paths.root / "extracted",
-                                 archive_sha256=raw["sha256"], limits=limits)
+                                 archive_sha256=raw["sha256"], limits=limits or ExtractLimits())
         root, images, skipped = result.root, result.images, result.skipped
         total, reused = result.total_bytes, result.reused
     return paths.write_manifest("extracted_images", {
@@ -257,7 +260,8 @@ def check_tensor_cache(manifest: Manifest, spec: DatasetSpec) -> list[CheckOutco
     if spec.images_per_class and raw_counts_expected(spec, manifest):
         per_class_skips = Counter(_class_of_skip(spec, n) for n in manifest["skipped"])
         balance_ok = all(c == spec.images_per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
-        balance_text = f"{len(present)} classes of {spec.images_per_class} expected, less skips; counts {counts.tolist()}"
+        balance_text = (f"{len(present)} classes of {spec.images_per_class} expected, less skips; "
+                        f"counts {counts.tolist()}")
     else:
         balance_ok = bool(len(present)) and bool(present.min() >= 1)
         balance_text = f"{len(present)} classes, {present.min()}–{present.max()} images each"

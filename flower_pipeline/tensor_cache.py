@@ -72,7 +72,7 @@ def holdout_mask(names: list[str], labels: np.ndarray, fraction: float) -> np.nd
         return mask
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
-        take = int(round(fraction * len(members)))
+        take = round(fraction * len(members))
         if len(members) > 1 and take:
             order = sorted(members, key=lambda i: hashlib.sha1(names[i].encode()).hexdigest())
             mask[order[:take]] = True

@@ -124,6 +124,6 @@ def tensor_cache(context: dg.AssetExecutionContext, config: TensorCacheConfig,
 
 
 prepare_dataset_job = dg.define_asset_job(
-    "prepare_dataset", selection=dg.AssetSelection.groups(GROUP), partitions_def=dataset_partitions,
+    "prepare_dataset", selection=dg.AssetSelection.groups(GROUP),
     description="Download, extract, resize and cache one dataset.",
 )

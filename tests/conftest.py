@@ -1,0 +1,111 @@
+"""Shared fixtures: a real HTTP server on 127.0.0.1, archive and image builders."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+FLOWERS17_TGZ = SHARED_DATASETS / "17flowers.tgz"
+FLOWERS17_SHA256 = "161093dfbd5fd2d5ff4e3f8728bd96b028cc0dfa6bc7338d88ec6cd7ce31dbe6"
+
+
+@dataclass
+class FileServer:
+    """Serves `files` with HTTP Range support; faults can be injected per path."""
+
+    base_url: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before one drop
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+
+    def url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+
+def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.lstrip("/")
+            server.requests.append((path, self.headers.get("Range")))
+            data = server.files.get(path)
+            if data is None:
+                self.send_error(404)
+                return
+            start = 0
+            if (rng := self.headers.get("Range")) and rng.startswith("bytes="):
+                start = int(rng[6:].split("-")[0])
+                if start >= len(data):
+                    self.send_response(416)
+                    self.end_headers()
+                    return
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                self.send_response(200)
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            cut = server.drop_after.pop(path, None)
+            if cut is not None:  # send part of the body, then drop the connection
+                self.wfile.write(body[:cut])
+                self.wfile.flush()
+                self.close_connection = True
+                return
+            self.wfile.write(body)
+
+    return Handler
+
+
+@pytest.fixture
+def http_server() -> Iterator[FileServer]:
+    state = FileServer()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
+    state.base_url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def jpeg(width: int = 96, height: int = 80, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (9, 9), 0)
+    return cv2.imencode(".jpg", image)[1].tobytes()
+
+
+def make_tgz(members: dict[str, bytes], *, mode: str = "w:gz") -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode=mode) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def make_zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def flowers_like(count: int, digits: int = 4) -> dict[str, bytes]:
+    """An archive's members in the Oxford layout: jpg/image_0001.jpg …"""
+    return {f"jpg/image_{i:0{digits}d}.jpg": jpeg(seed=i) for i in range(1, count + 1)}
