@@ -38,11 +38,13 @@ def materialize(assets: Sequence[Any], partition_key: str, run_config: dict[str,
     """Materialize `assets` for one partition in the project's Dagster instance."""
     import dagster as dg
 
+    from flower_pipeline.defs.mlflow_tracking import MlflowTracking
     from flower_pipeline.defs.resources import FlowerStorage
 
     result = dg.materialize(
         assets, partition_key=partition_key, instance=_instance(),
-        resources={"storage": FlowerStorage(data_dir=str(data_dir))},
+        resources={"storage": FlowerStorage(data_dir=str(data_dir)),
+                   "mlflow": MlflowTracking(data_dir=str(data_dir))},
         run_config={**QUIET_LOGGERS, "ops": run_config}, raise_on_error=False,
     )
     if not result.success:
@@ -55,8 +57,11 @@ def _failure_message(result: Any) -> str:
         data = event.step_failure_data
         if data.user_failure_data and data.user_failure_data.description:
             return data.user_failure_data.description
-        if data.error:
-            return f"{event.step_key} failed: {data.error.message.strip().splitlines()[-1]}"
+        error = data.error
+        while error is not None and error.cause is not None:  # the user code's own exception
+            error = error.cause
+        if error is not None:
+            return f"{event.step_key} failed: {error.message.strip().splitlines()[0]}"
     return "the run failed; see the Dagster UI for its log"
 
 
@@ -84,10 +89,43 @@ def _report_prepared(data_dir: Path, dataset: str) -> None:
     print(f"skipped: {len(skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(skipped.items())))
 
 
+TRAIN_OPTIONS = ("iterations", "batch_size", "device", "optimizer", "lr", "real_label", "fake_label",
+                 "minibatch_discrimination", "minibatch_weight", "dropout", "latent_noise", "instance_noise",
+                 "features", "seed", "log_every", "sample_every", "checkpoint_every")
+
+
+def train(args: argparse.Namespace) -> None:
+    import dagster as dg
+
+    from flower_pipeline.defs.training import trained_generator
+
+    config = {k: v for k in TRAIN_OPTIONS if (v := getattr(args, k)) is not None}
+    result = materialize([trained_generator], dg.MultiPartitionKey({"dataset": args.dataset, "arch": args.arch}),
+                         {"trained_generator": {"config": config}}, args.data_dir)
+    meta = result.asset_materializations_for_node("trained_generator")[0].metadata
+    print(f"{args.dataset} × {args.arch}: {meta['iterations'].value} iterations in {meta['seconds'].value} s "
+          f"on {meta['device'].value}; D(x) {meta['d_real'].value:.3f}, D(G(z)) {meta['d_fake'].value:.3f}")
+    print(f"outputs: {meta['path'].value}")
+    print(f"MLflow run: {meta['mlflow_run_id'].value}")
+
+
+# A CPU-sized schedule: the demo proves every step works, it does not make good flowers.
+DEMO_TRAINING = {"iterations": 300, "features": 16, "batch_size": 16, "log_every": 50,
+                 "sample_every": 100, "checkpoint_every": 100}
+
+
 def demo(args: argparse.Namespace) -> None:
     args.dataset, args.source, args.sha256, args.md5 = "synthetic", None, None, None
     args.size, args.mode, args.crop, args.holdout = 64, "color", "center", 0.1
     prepare(args)
+    for option in TRAIN_OPTIONS:
+        setattr(args, option, DEMO_TRAINING.get(option))
+    args.device = "cpu"
+    for arch in ("arch1", "arch2"):
+        args.arch = arch
+        train(args)
+    print("look: DAGSTER_HOME=$PWD/dagster_home dagster dev -w workspace.yaml   (Dagster UI)")
+    print(f"      mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}   (MLflow UI)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=("center", "pad", "stretch"), default="center")
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation")
     p.set_defaults(run=prepare)
+
+    p = with_data_dir(commands.add_parser("train", help="train one dataset × architecture"))
+    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p.add_argument("--arch", required=True, choices=("arch1", "arch2"))
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
+    p.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--real-label", type=float, help="target for real images (arch1 default 0.9)")
+    p.add_argument("--fake-label", type=float, help="target for generated images (default 0.0)")
+    p.add_argument("--minibatch-discrimination", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--minibatch-weight", type=float, help="2.0 doubles minibatch discrimination")
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--latent-noise", choices=("gaussian", "uniform"))
+    p.add_argument("--instance-noise", type=float, help="initial std of the decaying instance noise (0: off)")
+    p.add_argument("--features", type=int, help="network width (default 64)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--sample-every", type=int)
+    p.add_argument("--checkpoint-every", type=int)
+    p.set_defaults(run=train)
 
     p = with_data_dir(commands.add_parser("demo", help="run the main job on the built-in synthetic data"))
     p.set_defaults(run=demo)

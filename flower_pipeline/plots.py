@@ -24,3 +24,34 @@ def image_grid(images: np.ndarray, columns: int | None = None, pad: int = 2) -> 
 
 def grid_png(images: np.ndarray, columns: int | None = None) -> bytes:
     return png_bytes(image_grid(images, columns))
+
+
+def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None:
+    """Loss and D-score curves as PNG bytes; None where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    import io
+
+    steps = [h["iteration"] for h in history]
+    fig, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    losses.plot(steps, [h["loss_d"] for h in history], label="loss D")
+    losses.plot(steps, [h["loss_g"] for h in history], label="loss G")
+    losses.set_xlabel("iteration")
+    losses.legend()
+    scores.plot(steps, [h["d_real"] for h in history], label="D(x)")
+    scores.plot(steps, [h["d_fake"] for h in history], label="D(G(z))")
+    scores.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    scores.set_ylim(0, 1)
+    scores.set_xlabel("iteration")
+    scores.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

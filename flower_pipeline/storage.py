@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -42,11 +43,16 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> Path:
 
 
 def png_bytes(image: np.ndarray) -> bytes:
-    """Encode an H×W×C RGB (or H×W×1 gray) uint8 image as PNG."""
-    import cv2  # local: keeps this module importable where only numpy is needed
+    """Encode an H×W×3 RGB or H×W×1 gray uint8 image as PNG (zlib only: no OpenCV needed)."""
+    image = np.ascontiguousarray(image, np.uint8)
+    height, width = image.shape[:2]
+    channels = 1 if image.ndim == 2 else image.shape[2]
+    color_type = {1: 0, 3: 2}[channels]
+    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
 
-    bgr = image[:, :, ::-1] if image.ndim == 3 and image.shape[2] == 3 else image
-    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(bgr))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return io.BytesIO(encoded.tobytes()).getvalue()
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+            + chunk(b"IEND", b""))

@@ -3,5 +3,9 @@
 import dagster as dg
 
 from flower_pipeline.catalog import DATASET_NAMES
+from flower_pipeline.models import ARCHITECTURES
 
 dataset_partitions = dg.StaticPartitionsDefinition(list(DATASET_NAMES))
+
+arch_partitions = dg.StaticPartitionsDefinition(list(ARCHITECTURES))
+training_partitions = dg.MultiPartitionsDefinition({"dataset": dataset_partitions, "arch": arch_partitions})

@@ -1,0 +1,172 @@
+"""The two DCGAN architectures compared by the source experiment, in plain PyTorch.
+
+Both take the image side (32, 64 or 128: any power of two from 16) and the
+channel count (3 colour, 1 black-and-white), use batch norm, ReLU in the
+generator and LeakyReLU(0.2) in the discriminator, a tanh output, N(0, 0.02)
+initialisation, and a discriminator that returns logits (D(x) = sigmoid).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ARCHITECTURES = ("arch1", "arch2")
+
+
+def _steps(image_size: int) -> int:
+    """Number of ×2 stages between 4×4 and image_size×image_size."""
+    steps = math.log2(image_size / 4)
+    if image_size < 16 or steps != int(steps):
+        raise ValueError(f"image size must be a power of two of at least 16, got {image_size}")
+    return int(steps)
+
+
+def init_weights(module: nn.Module) -> None:
+    """DCGAN initialisation: conv and linear weights ~ N(0, 0.02), batch norm ~ N(1, 0.02)."""
+    if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+class Generator1(nn.Module):
+    """Architecture 1: strided transposed convolutions, one layer deeper than architecture 2.
+
+    For a 64×64 image, width w = `features` (64):
+
+    | layer                          | output      |
+    |--------------------------------|-------------|
+    | z                              | latent×1×1  |
+    | ConvT 4×4 s1 → BN → ReLU       | 8w×4×4      |
+    | ConvT 4×4 s2 → BN → ReLU  (×3) | w×32×32     |
+    | ConvT 3×3 s1 → BN → ReLU       | w×32×32     |  ← the extra layer
+    | ConvT 4×4 s2 → tanh            | C×64×64     |
+    """
+
+    def __init__(self, latent_dim: int = 100, channels: int = 3, image_size: int = 64, features: int = 64):
+        super().__init__()
+        steps = _steps(image_size)
+        width = features * 2 ** (steps - 1)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=False),
+                                   nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(steps - 1):
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.ConvTranspose2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True),
+                   nn.ConvTranspose2d(width, channels, 4, 2, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.view(z.shape[0], -1, 1, 1))
+
+
+class Generator2(nn.Module):
+    """Architecture 2: nearest-neighbour upsampling followed by convolution.
+
+    For a 64×64 image, width w = `features` (64):
+
+    | layer                                   | output      |
+    |-----------------------------------------|-------------|
+    | z → Linear → BN → ReLU                  | 8w×4×4      |
+    | Upsample ×2 → Conv 3×3 → BN → ReLU (×3) | w×32×32     |
+    | Upsample ×2 → Conv 3×3 → tanh           | C×64×64     |
+    """
+
+    def __init__(self, latent_dim: int = 100, channels: int = 3, image_size: int = 64, features: int = 64):
+        super().__init__()
+        steps = _steps(image_size)
+        width = features * 2 ** (steps - 1)
+        self.project = nn.Sequential(nn.Linear(latent_dim, width * 16, bias=False))
+        layers: list[nn.Module] = [nn.BatchNorm2d(width), nn.ReLU(True)]
+        for _ in range(steps - 1):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, width // 2, 3, 1, 1, bias=False),
+                       nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width //= 2
+        layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
+        self.apply(init_weights)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.project(z.view(z.shape[0], -1)).view(z.shape[0], -1, 4, 4))
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016: lets D see how alike the samples of a batch are.
+
+    Features f(x) ∈ R^A are multiplied by a learned T ∈ R^(A×B×C) into B rows of
+    length C; each row is compared with the same row of every other sample by
+    exp(−L1), summed over the batch, and the B results, times `weight`, are
+    concatenated to f(x). A collapsed generator makes these sums large.
+    """
+
+    def __init__(self, in_features: int, kernels: int = 100, kernel_dim: int = 5, weight: float = 1.0):
+        super().__init__()
+        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim) * 0.1)
+        self.kernels, self.kernel_dim, self.weight = kernels, kernel_dim, weight
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        m = (f @ self.T).view(-1, self.kernels, self.kernel_dim)
+        l1 = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(dim=3)  # N×N×B
+        o = torch.exp(-l1).sum(dim=1) - 1.0  # minus each sample's match with itself
+        return torch.cat([f, self.weight * o], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Strided-convolution discriminator returning one logit per image.
+
+    For a 64×64 image, width w = `features` (64):
+
+    | layer                                        | output   |
+    |----------------------------------------------|----------|
+    | Conv 4×4 s2 → LeakyReLU (→ Dropout)          | w×32×32  |
+    | Conv 4×4 s2 → BN → LeakyReLU (→ Dropout) (×3)| 8w×4×4   |
+    | flatten                                      | 128w     |
+    | MinibatchDiscrimination (architecture 1)     | 128w + B |
+    | Linear                                       | 1 logit  |
+    """
+
+    def __init__(self, channels: int = 3, image_size: int = 64, features: int = 64, dropout: float = 0.0,
+                 minibatch_kernels: int = 0, minibatch_kernel_dim: int = 5, minibatch_weight: float = 1.0):
+        super().__init__()
+        steps = _steps(image_size)
+
+        def drop() -> list[nn.Module]:
+            return [nn.Dropout(dropout)] if dropout > 0 else []
+
+        layers: list[nn.Module] = [nn.Conv2d(channels, features, 4, 2, 1), nn.LeakyReLU(0.2, True), *drop()]
+        width = features
+        for _ in range(steps - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
+                       nn.LeakyReLU(0.2, True), *drop()]
+            width *= 2
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        flat = width * 16
+        self.minibatch = (MinibatchDiscrimination(flat, minibatch_kernels, minibatch_kernel_dim, minibatch_weight)
+                          if minibatch_kernels > 0 else nn.Identity())
+        self.classify = nn.Linear(flat + max(minibatch_kernels, 0), 1)
+        self.apply(init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.minibatch(self.features(x))).view(-1)
+
+
+def build_models(arch: str, *, channels: int, image_size: int, latent_dim: int = 100, features: int = 64,
+                 dropout: float = 0.0, minibatch_kernels: int = 0, minibatch_kernel_dim: int = 5,
+                 minibatch_weight: float = 1.0) -> tuple[nn.Module, Discriminator]:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    generator_class = Generator1 if arch == "arch1" else Generator2
+    generator = generator_class(latent_dim, channels, image_size, features)
+    discriminator = Discriminator(channels, image_size, features, dropout,
+                                  minibatch_kernels, minibatch_kernel_dim, minibatch_weight)
+    return generator, discriminator

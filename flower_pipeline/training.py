@@ -1,0 +1,412 @@
+"""Training: one DCGAN (architecture 1 or 2) on a tensor cache, with torch and numpy alone.
+
+The images live on the device as uint8 and batches are drawn there. A step
+(D update, then G update) makes no host sync: losses and D scores accumulate
+in a device tensor read every `log_every` steps, along with the first
+iteration whose loss was not finite. On CUDA the whole step is captured once
+as a CUDA graph and replayed (falling back to eager if capture fails).
+Checkpoints are atomic, and a resumed run reaches the same final state as an
+uninterrupted one.
+
+    python -m flower_pipeline.training --cache data/flowers17/cache/<hash> --arch arch1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.models import ARCHITECTURES, build_models
+from flower_pipeline.plots import curves_png, grid_png
+from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
+from flower_pipeline.tensor_cache import TensorCache
+
+# What each architecture does unless the config says otherwise (None fields below).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "arch1": {"real_label": 0.9, "fake_label": 0.0, "minibatch_discrimination": True, "dropout": 0.0},
+    "arch2": {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3},
+}
+OPTIMIZERS = ("adam", "rmsprop", "sgd")
+NOISES = ("gaussian", "uniform")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    arch: str = "arch1"
+    iterations: int = 20_000  # the source's "epochs" are batches
+    batch_size: int = 16
+    optimizer: str = "adam"
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    real_label: float | None = None  # target for real images: 0.9 is one-sided smoothing
+    fake_label: float | None = None  # target for generated images (0.2 with real 0.8: two-sided)
+    minibatch_discrimination: bool | None = None
+    minibatch_weight: float = 1.0  # 2.0 doubles it, as the source tried
+    minibatch_kernels: int = 100
+    minibatch_kernel_dim: int = 5
+    dropout: float | None = None
+    latent_dim: int = 100
+    latent_noise: str = "gaussian"  # or "uniform" on [-1, 1]
+    instance_noise: float = 0.1  # std of Gaussian noise added to D's inputs at the start ("sharpening")
+    instance_noise_decay: float = 0.5  # share of training over which it decays linearly to 0
+    features: int = 64
+    seed: int = 0
+    log_every: int = 100
+    sample_every: int = 1000
+    checkpoint_every: int = 1000
+    cuda_graphs: bool = True
+
+    def resolved(self) -> TrainConfig:
+        """This config with the architecture's defaults filled in, validated."""
+        if self.arch not in ARCHITECTURES:
+            raise PipelineError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise PipelineError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.latent_noise not in NOISES:
+            raise PipelineError(f"latent noise must be one of {', '.join(NOISES)}, got {self.latent_noise!r}")
+        if self.iterations < 1 or self.batch_size < 2:
+            raise PipelineError("iterations must be at least 1 and batch size at least 2")
+        if min(self.log_every, self.sample_every, self.checkpoint_every) < 1:
+            raise PipelineError("log, sample and checkpoint intervals must be at least 1")
+        defaults = ARCH_DEFAULTS[self.arch]
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def instance_noise_std(self, iteration: int) -> float:
+        decay_steps = max(1.0, self.instance_noise_decay * self.iterations)
+        return self.instance_noise * max(0.0, 1.0 - iteration / decay_steps)
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    iterations: int
+    seconds: float
+    history: list[dict[str, float]]
+    device: str
+    cuda_graph: bool
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1] if self.history else {}
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise PipelineError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def sample_latent(n: int, config: TrainConfig, device: torch.device,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    if config.latent_noise == "uniform":
+        return torch.rand(n, config.latent_dim, device=device, generator=generator) * 2 - 1
+    return torch.randn(n, config.latent_dim, device=device, generator=generator)
+
+
+class Trainer:
+    """The models, optimizers and device-side state of one training run."""
+
+    def __init__(self, config: TrainConfig, images: np.ndarray, device: torch.device):
+        self.config = config = config.resolved()
+        self.device = device
+        torch.manual_seed(config.seed)
+        n, channels, size, _ = images.shape
+        self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
+        self.generator, self.discriminator = (m.to(device) for m in build_models(
+            config.arch, channels=channels, image_size=size, latent_dim=config.latent_dim,
+            features=config.features, dropout=config.dropout or 0.0,
+            minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
+            minibatch_kernel_dim=config.minibatch_kernel_dim, minibatch_weight=config.minibatch_weight))
+        self.opt_g = self._optimizer(self.generator)
+        self.opt_d = self._optimizer(self.discriminator)
+        fixed = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        self.fixed_z = sample_latent(64, config, torch.device("cpu"), fixed).to(device)  # same grid every time
+        batch = config.batch_size
+        self.real_target = torch.full((batch,), config.real_label, device=device)
+        self.fake_target = torch.full((batch,), config.fake_label, device=device)
+        self.g_target = torch.ones(batch, device=device)
+        self.noise_std = torch.zeros((), device=device)  # set before each step: no recapture needed
+        self.stats = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) sums
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.step_index = torch.zeros((), dtype=torch.long, device=device)
+        self.iteration = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        cfg, cuda = self.config, self.device.type == "cuda"
+        if cfg.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), cfg.lr, betas=cfg.betas, capturable=cuda, foreach=True)
+        if cfg.optimizer == "rmsprop":
+            return torch.optim.RMSprop(model.parameters(), cfg.lr, capturable=cuda, foreach=True)
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=0.9, foreach=True)
+
+    def _step(self) -> None:
+        """One D update and one G update, entirely on the device."""
+        cfg, batch = self.config, self.config.batch_size
+        index = torch.randint(0, self.data.shape[0], (batch,), device=self.device)
+        real = self.data[index].float().div_(127.5).sub_(1.0)
+        fake = self.generator(sample_latent(batch, cfg, self.device))
+
+        d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
+        d_fake = self.discriminator(fake.detach() + self.noise_std * torch.randn_like(fake))
+        loss_d = (F.binary_cross_entropy_with_logits(d_real, self.real_target)
+                  + F.binary_cross_entropy_with_logits(d_fake, self.fake_target))
+        self.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_d.step()
+
+        d_gen = self.discriminator(fake + self.noise_std * torch.randn_like(fake))
+        loss_g = F.binary_cross_entropy_with_logits(d_gen, self.g_target)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+
+        with torch.no_grad():
+            self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()])
+            bad = ~torch.isfinite(loss_d + loss_g) & (self.first_bad < 0)
+            self.first_bad.copy_(torch.where(bad, self.step_index, self.first_bad))
+            self.step_index += 1
+
+    def run_step(self) -> None:
+        self.noise_std.fill_(self.config.instance_noise_std(self.iteration))
+        if self.graph is not None:
+            self.graph.replay()
+        else:
+            self._step()
+        self.iteration += 1
+
+    def try_capture(self, warmup: int = 3) -> bool:
+        """Capture the step as a CUDA graph after a few eager warm-up steps (which count as training)."""
+        if self.device.type != "cuda" or not self.config.cuda_graphs:
+            return False
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup):
+                    self.run_step()
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._step()
+            self.graph = graph
+            return True
+        except RuntimeError as err:  # e.g. an op without graph support: keep training eagerly
+            print(f"CUDA graph capture failed, training eagerly: {err}".splitlines()[0], file=sys.stderr)
+            self.graph = None
+            return False
+
+    def read_stats(self, steps: int) -> tuple[dict[str, float], int]:
+        """Averages since the last read (one host sync) and the first non-finite iteration (-1: none)."""
+        values = (self.stats / max(steps, 1)).tolist()
+        first_bad = int(self.first_bad)
+        self.stats.zero_()
+        return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), values, strict=True)), first_bad
+
+    @torch.no_grad()
+    def samples(self, z: torch.Tensor | None = None) -> np.ndarray:
+        """Generator output for z (default: the fixed grid noise) as N×C×H×W uint8."""
+        self.generator.eval()
+        images = self.generator(self.fixed_z if z is None else z)
+        self.generator.train()
+        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+    def state(self, history: list[dict[str, float]], pending_steps: int) -> dict[str, Any]:
+        return {
+            "iteration": self.iteration, "config": asdict(self.config), "history": history,
+            "pending_steps": pending_steps,
+            "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "stats": self.stats.cpu(), "first_bad": int(self.first_bad), "step_index": int(self.step_index),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.stats.copy_(state["stats"])
+        self.first_bad.fill_(state["first_bad"])
+        self.step_index.fill_(state["step_index"])
+        self.iteration = state["iteration"]
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+
+
+LogFn = Callable[[dict[str, float]], None]
+SampleFn = Callable[[int, Path], None]
+
+
+def train(
+    config: TrainConfig,
+    cache: TensorCache,
+    out_dir: Path,
+    *,
+    device: str = "auto",
+    resume: bool = True,
+    on_log: LogFn | None = None,
+    on_sample: SampleFn | None = None,
+) -> TrainResult:
+    """Train on the cache's training split; outputs go to out_dir (checkpoint, samples, curves, generator)."""
+    config = config.resolved()
+    torch_device = pick_device(device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "samples").mkdir(exist_ok=True)
+    trainer = Trainer(config, cache.train_images(), torch_device)
+    checkpoint = out_dir / "checkpoint.pt"
+    history: list[dict[str, float]] = []
+    pending = 0  # steps accumulated in trainer.stats since the last read
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
+        if state["config"] != asdict(config):
+            raise PipelineError(f"{checkpoint} was written with another config; use a new output folder "
+                                "or delete the checkpoint to start over")
+        trainer.load_state(state)
+        history, pending = state["history"], state["pending_steps"]
+
+    started, window_start, window_iter = time.perf_counter(), time.perf_counter(), trainer.iteration
+    if trainer.iteration == 0:
+        _save_grid(trainer, out_dir, on_sample)
+    captured = trainer.iteration < config.iterations and trainer.try_capture()
+    pending += trainer.iteration - window_iter  # warm-up steps taken while capturing
+    while trainer.iteration < config.iterations:
+        trainer.run_step()
+        pending += 1
+        it = trainer.iteration
+        if it % config.log_every == 0 or it == config.iterations:
+            averages, first_bad = trainer.read_stats(pending)
+            if first_bad >= 0:
+                raise PipelineError(f"training diverged: a loss became NaN or inf at iteration {first_bad + 1}")
+            now = time.perf_counter()
+            rate = (it - window_iter) / max(now - window_start, 1e-9)
+            record = {"iteration": it, **averages, "instance_noise": config.instance_noise_std(it),
+                      "it_per_s": rate, "eta_s": (config.iterations - it) / max(rate, 1e-9)}
+            history.append(record)
+            pending, window_start, window_iter = 0, now, it
+            if on_log:
+                on_log(record)
+        if it % config.sample_every == 0 or it == config.iterations:
+            _save_grid(trainer, out_dir, on_sample)
+        if it % config.checkpoint_every == 0 and it < config.iterations:
+            atomic_write(checkpoint, lambda f: torch.save(trainer.state(history, pending), f))
+
+    seconds = time.perf_counter() - started
+    files = _write_outputs(trainer, out_dir, history, cache)
+    checkpoint.unlink(missing_ok=True)  # the run is complete: generator.pt and final_state.pt replace it
+    return TrainResult(out_dir, trainer.iteration, seconds, history, str(torch_device), captured, files)
+
+
+def _save_grid(trainer: Trainer, out_dir: Path, on_sample: SampleFn | None) -> None:
+    path = atomic_write_bytes(out_dir / "samples" / f"iter_{trainer.iteration:06d}.png",
+                              grid_png(trainer.samples(), columns=8))
+    if on_sample:
+        on_sample(trainer.iteration, path)
+
+
+def _write_outputs(trainer: Trainer, out_dir: Path, history: list[dict[str, float]],
+                   cache: TensorCache) -> dict[str, Path]:
+    cfg = trainer.config
+    files = {
+        "generator": out_dir / "generator.pt",
+        "final_state": out_dir / "final_state.pt",
+        "final_grid": out_dir / "final_grid.png",
+        "history": out_dir / "history.json",
+    }
+    atomic_write(files["generator"], lambda f: torch.save({
+        "arch": cfg.arch, "config": asdict(cfg), "state_dict": trainer.generator.state_dict(),
+        "channels": int(trainer.data.shape[1]), "image_size": int(trainer.data.shape[2]),
+        "cache_hash": cache.content_hash, "dataset": cache.meta["params"].get("dataset"),
+    }, f))
+    atomic_write(files["final_state"], lambda f: torch.save(trainer.state(history, 0), f))
+    atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(), columns=8))
+    atomic_write_json(files["history"], history)
+    curves = curves_png(history, title=f"{cfg.arch} on {cache.meta['params'].get('dataset')}")
+    if curves is not None:
+        files["curves"] = atomic_write_bytes(out_dir / "curves.png", curves)
+    return files
+
+
+def load_generator_file(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a trained generator from generator.pt."""
+    saved = torch.load(path, map_location=device, weights_only=False)
+    known = {f.name for f in fields(TrainConfig)}
+    config = TrainConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known})
+    generator, _ = build_models(saved["arch"], channels=saved["channels"], image_size=saved["image_size"],
+                                latent_dim=config.latent_dim, features=config.features)
+    generator.load_state_dict(saved["state_dict"])
+    return generator.eval(), config
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m flower_pipeline.training", description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, required=True, help="a tensor cache folder")
+    parser.add_argument("--out", type=Path, help="output folder (default ./runs/<arch>-<cache hash>)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    defaults = TrainConfig()
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        if f.name == "betas":
+            parser.add_argument(flag, type=float, nargs=2, default=default)
+        elif f.name in ("minibatch_discrimination", "cuda_graphs"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            kind = {"arch": str, "optimizer": str, "latent_noise": str}.get(f.name, type(default) if default is not None
+                                                                            else float)
+            parser.add_argument(flag, type=kind, default=default)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    config = TrainConfig(**{f.name: (tuple(v) if f.name == "betas" else v)
+                            for f in fields(TrainConfig) if (v := getattr(args, f.name)) is not None or True})
+    try:
+        cache = TensorCache.load(args.cache)
+    except (FileNotFoundError, ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out = args.out or Path("runs") / f"{config.arch}-{cache.content_hash[:12]}"
+
+    def log(record: dict[str, float]) -> None:
+        print(f"iter {record['iteration']:>6}/{config.iterations}  {record['it_per_s']:7.1f} it/s  "
+              f"loss D {record['loss_d']:.3f} G {record['loss_g']:.3f}  "
+              f"D(x) {record['d_real']:.3f} D(G(z)) {record['d_fake']:.3f}  ETA {math.ceil(record['eta_s'])} s",
+              flush=True)
+
+    try:
+        result = train(config, cache, out, device=args.device, resume=not args.no_resume, on_log=log)
+    except PipelineError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume from {out / 'checkpoint.pt'}", file=sys.stderr)
+        return 130
+    print(f"done: {result.iterations} iterations in {result.seconds:.1f} s on {result.device}"
+          f"{' (CUDA graph)' if result.cuda_graph else ''}; outputs in {result.out_dir}")
+    print(json.dumps({k: round(v, 4) for k, v in result.final.items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
