@@ -126,7 +126,7 @@ class Trainer:
         self.config = config = config.resolved()
         self.device = device
         torch.manual_seed(config.seed)
-        n, channels, size, _ = images.shape
+        _, channels, size, _ = images.shape
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
         self.generator, self.discriminator = (m.to(device) for m in build_models(
             config.arch, channels=channels, image_size=size, latent_dim=config.latent_dim,
@@ -307,7 +307,8 @@ def train(
         if it % config.sample_every == 0 or it == config.iterations:
             _save_grid(trainer, out_dir, on_sample)
         if it % config.checkpoint_every == 0 and it < config.iterations:
-            atomic_write(checkpoint, lambda f: torch.save(trainer.state(history, pending), f))
+            state = trainer.state(history, pending)
+            atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
 
     seconds = time.perf_counter() - started
     files = _write_outputs(trainer, out_dir, history, cache)

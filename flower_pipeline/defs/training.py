@@ -63,7 +63,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         out_dir = paths.root / "training" / arch / fingerprint.hexdigest()[:12]  # a retry resumes here
 
         run_id = mlflow.start_run(f"{dataset}-{arch}", {
-            "dagster_run_id": context.run_id, "dagster_partition": str(context.partition_key),
+            "dagster_run_id": context.run.run_id, "dagster_partition": str(context.partition_key),
             "dataset": dataset, "arch": arch, "cache_hash": cache.content_hash})
         mlflow.log_params(run_id, {**asdict(settings), "dataset": dataset, "cache_hash": cache.content_hash,
                            "device": config.device, "train_images": int((~cache.holdout).sum())})

@@ -1,0 +1,29 @@
+"""The code location loads as `dagster dev -w workspace.yaml` loads it."""
+
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_code_location_has_every_asset_check_job_and_resource():
+    from flower_pipeline.definitions import defs
+
+    loaded = defs()
+    graph = loaded.resolve_asset_graph()
+    assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
+        "raw_archive", "extracted_images", "resized_images", "tensor_cache", "trained_generator"}
+    assert {c.name for c in graph.asset_check_keys} == {"image_count", "tensor_format", "no_duplicates",
+                                                        "class_balance"}
+    assert loaded.resolve_job_def("prepare_dataset") is not None
+    assert {"storage", "mlflow"} <= set(loaded.resources)
+    dg.Definitions.validate_loadable(loaded)
+
+
+def test_instance_config_limits_the_gpu_pool_to_one():
+    config = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
+    assert config["concurrency"]["pools"]["default_limit"] == 1
+    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    assert workspace["load_from"][0]["python_module"]["module_name"] == "flower_pipeline.definitions"

@@ -1,0 +1,121 @@
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ
+
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.tensor_cache import TensorCache, write_cache
+from flower_pipeline.training import TrainConfig, load_generator_file, train
+
+TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8, log_every=4, sample_every=6,
+                   checkpoint_every=4)
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory) -> TensorCache:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    path, _ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
+                          class_names=["a", "b", "c", "d"], params={"dataset": "test", "size": 32})
+    return TensorCache.load(path)
+
+
+def test_architecture_defaults_and_overrides():
+    arch1, arch2 = TrainConfig(arch="arch1").resolved(), TrainConfig(arch="arch2").resolved()
+    assert (arch1.real_label, arch1.fake_label, arch1.minibatch_discrimination, arch1.dropout) == (0.9, 0.0, True, 0.0)
+    assert (arch2.real_label, arch2.fake_label, arch2.minibatch_discrimination, arch2.dropout) == (1.0, 0.0, False, 0.3)
+    two_sided = TrainConfig(real_label=0.8, fake_label=0.2, minibatch_discrimination=False).resolved()
+    assert (two_sided.real_label, two_sided.fake_label, two_sided.minibatch_discrimination) == (0.8, 0.2, False)
+    assert (TrainConfig().batch_size, TrainConfig().iterations) == (16, 20_000)
+    with pytest.raises(PipelineError):
+        TrainConfig(optimizer="lbfgs").resolved()
+
+
+def test_instance_noise_decays_linearly_to_zero():
+    config = TrainConfig(iterations=1000, instance_noise=0.2, instance_noise_decay=0.5)
+    assert config.instance_noise_std(0) == pytest.approx(0.2)
+    assert config.instance_noise_std(250) == pytest.approx(0.1)
+    assert config.instance_noise_std(500) == 0.0 and config.instance_noise_std(900) == 0.0
+
+
+@pytest.mark.parametrize("overrides", [{"arch": "arch2"}, {"optimizer": "rmsprop", "latent_noise": "uniform"},
+                                       {"optimizer": "sgd", "minibatch_weight": 2.0}])
+def test_training_writes_all_outputs(small_cache, tmp_path, overrides):
+    logs, samples = [], []
+    result = train(replace(TINY, **overrides), small_cache, tmp_path, device="cpu", on_log=logs.append,
+                   on_sample=lambda it, path: samples.append(it))
+    assert [r["iteration"] for r in logs] == [4, 8, 12] and samples == [0, 6, 12]
+    assert {"generator", "final_grid", "history", "curves"} <= set(result.files)
+    assert not (tmp_path / "checkpoint.pt").exists()
+    generator, config = load_generator_file(result.files["generator"])
+    assert generator(torch.randn(2, config.latent_dim)).shape == (2, 3, 32, 32)
+
+
+def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_path):
+    full = train(TINY, small_cache, tmp_path / "full", device="cpu")
+    again = train(TINY, small_cache, tmp_path / "again", device="cpu")
+    killed_dir = tmp_path / "killed"
+
+    def kill_after_checkpoint(record):
+        if record["iteration"] == 8:
+            raise KeyboardInterrupt  # after the checkpoint at 8: as if the process died
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, small_cache, killed_dir, device="cpu", on_log=kill_after_checkpoint)
+    assert (killed_dir / "checkpoint.pt").exists()
+    resumed = train(TINY, small_cache, killed_dir, device="cpu")
+
+    def weights(result):
+        return torch.load(result.files["generator"], weights_only=False)["state_dict"]
+
+    for other in (again, resumed):
+        assert all(torch.equal(weights(full)[k], weights(other)[k]) for k in weights(full))
+        assert other.history == [{**h, "it_per_s": o["it_per_s"], "eta_s": o["eta_s"]}
+                                 for h, o in zip(full.history, other.history, strict=True)]
+
+
+def test_nan_stops_training_naming_the_iteration(small_cache, tmp_path):
+    with pytest.raises(PipelineError, match=r"NaN or inf at iteration \d+"):
+        train(replace(TINY, lr=1e30, optimizer="sgd"), small_cache, tmp_path, device="cpu")
+
+
+def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(small_cache.path),
+                           "--arch", "arch2", "--iterations", "4", "--batch-size", "4", "--features", "8",
+                           "--log-every", "2", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "iter      4/4" in done.stdout and list(Path(tmp_path, "runs").glob("arch2-*/generator.pt"))
+    missing = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
+def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
+    from flower_pipeline.catalog import get_dataset
+    from flower_pipeline.download import Checksum
+    from flower_pipeline.imaging import ResizeSpec
+    from flower_pipeline.ingest import (
+        DatasetPaths,
+        build_tensor_cache,
+        extract_images,
+        fetch_raw_archive,
+        resize_images,
+    )
+
+    paths, spec = DatasetPaths(tmp_path, "flowers17"), get_dataset("flowers17")
+    fetch_raw_archive(paths, spec, source=str(FLOWERS17_TGZ), checksum=Checksum("sha256", FLOWERS17_SHA256))
+    extract_images(paths)
+    resize_images(paths, ResizeSpec(size=32))
+    cache = TensorCache.load(build_tensor_cache(paths, spec)["path"])
+    config = TrainConfig(iterations=150, batch_size=16, features=16, log_every=25, sample_every=150,
+                         checkpoint_every=150, instance_noise=0.0)
+    history = train(config, cache, tmp_path / "run", device="cpu").history
+    assert history[-1]["loss_d"] < history[0]["loss_d"]
