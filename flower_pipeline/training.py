@@ -380,8 +380,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    config = TrainConfig(**{f.name: (tuple(v) if f.name == "betas" else v)
-                            for f in fields(TrainConfig) if (v := getattr(args, f.name)) is not None or True})
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    config = TrainConfig(**{**values, "betas": tuple(values["betas"])})
     try:
         cache = TensorCache.load(args.cache)
     except (FileNotFoundError, ValueError, OSError) as err:
