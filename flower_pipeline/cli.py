@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -89,17 +90,12 @@ def _report_prepared(data_dir: Path, dataset: str) -> None:
     print(f"skipped: {len(skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(skipped.items())))
 
 
-TRAIN_OPTIONS = ("iterations", "batch_size", "device", "optimizer", "lr", "real_label", "fake_label",
-                 "minibatch_discrimination", "minibatch_weight", "dropout", "latent_noise", "instance_noise",
-                 "features", "seed", "log_every", "sample_every", "checkpoint_every")
-
-
 def train(args: argparse.Namespace) -> None:
     import dagster as dg
 
-    from flower_pipeline.defs.training import trained_generator
+    from flower_pipeline.defs.training import TrainingConfig, trained_generator
 
-    config = {k: v for k in TRAIN_OPTIONS if (v := getattr(args, k)) is not None}
+    config = {k: v for k in TrainingConfig.model_fields if (v := getattr(args, k)) is not None}
     result = materialize([trained_generator], dg.MultiPartitionKey({"dataset": args.dataset, "arch": args.arch}),
                          {"trained_generator": {"config": config}}, args.data_dir)
     meta = result.asset_materializations_for_node("trained_generator")[0].metadata
@@ -118,7 +114,9 @@ def demo(args: argparse.Namespace) -> None:
     args.dataset, args.source, args.sha256, args.md5 = "synthetic", None, None, None
     args.size, args.mode, args.crop, args.holdout = 64, "color", "center", 0.1
     prepare(args)
-    for option in TRAIN_OPTIONS:
+    from flower_pipeline.defs.training import TrainingConfig
+
+    for option in TrainingConfig.model_fields:
         setattr(args, option, DEMO_TRAINING.get(option))
     args.device = "cpu"
     for arch in ("arch1", "arch2"):
@@ -128,7 +126,22 @@ def demo(args: argparse.Namespace) -> None:
     print(f"      mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}   (MLflow UI)")
 
 
+def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None:
+    """One --flag per field of a Dagster config class; unset flags keep the class's default."""
+    for name, field in config_class.model_fields.items():
+        kind = next(a for a in (*typing.get_args(field.annotation), field.annotation) if a is not type(None))
+        default = "the architecture's" if field.default is None else field.default
+        options: dict[str, Any] = {"default": None, "help": f"{field.description} (default: {default})"}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from flower_pipeline.defs.training import TrainingConfig
+
     parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -153,23 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = with_data_dir(commands.add_parser("train", help="train one dataset × architecture"))
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--arch", required=True, choices=("arch1", "arch2"))
-    p.add_argument("--iterations", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", help="auto (default: CUDA when present), cpu or cuda")
-    p.add_argument("--optimizer", choices=("adam", "rmsprop", "sgd"))
-    p.add_argument("--lr", type=float)
-    p.add_argument("--real-label", type=float, help="target for real images (arch1 default 0.9)")
-    p.add_argument("--fake-label", type=float, help="target for generated images (default 0.0)")
-    p.add_argument("--minibatch-discrimination", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--minibatch-weight", type=float, help="2.0 doubles minibatch discrimination")
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--latent-noise", choices=("gaussian", "uniform"))
-    p.add_argument("--instance-noise", type=float, help="initial std of the decaying instance noise (0: off)")
-    p.add_argument("--features", type=int, help="network width (default 64)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--sample-every", type=int)
-    p.add_argument("--checkpoint-every", type=int)
+    add_config_flags(p, TrainingConfig)
     p.set_defaults(run=train)
 
     p = with_data_dir(commands.add_parser("demo", help="run the main job on the built-in synthetic data"))

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO
@@ -49,7 +49,7 @@ class _Member:
     name: str
     kind: str  # "file", "dir", "link", "device"
     size: int
-    open: object  # zero-arg callable returning a binary stream, for files
+    open: Callable[[], IO[bytes]]  # for files: a reader of the member's bytes
 
 
 def list_images(root: Path) -> list[str]:

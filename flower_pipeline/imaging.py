@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from flower_pipeline.errors import PipelineError
+
 CROPS = ("center", "pad", "stretch")
 MODES = ("color", "gray")
 
@@ -37,11 +39,11 @@ class ResizeSpec:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise PipelineError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {self.crop!r}")
+            raise PipelineError(f"crop must be one of {CROPS}, got {self.crop!r}")
         if not 8 <= self.size <= 1024:
-            raise ValueError(f"size must be between 8 and 1024, got {self.size}")
+            raise PipelineError(f"size must be between 8 and 1024, got {self.size}")
 
     @property
     def channels(self) -> int:

@@ -257,7 +257,8 @@ def check_tensor_cache(manifest: Manifest, spec: DatasetSpec) -> list[CheckOutco
     duplicate_names = len(names) - len(set(names))
     counts = np.bincount(labels, minlength=len(cache.meta["class_names"]))
     present = counts[counts > 0]
-    if spec.images_per_class and raw_counts_expected(spec, manifest):
+    # Balanced per-class counts are promised only for the catalogued archive.
+    if spec.images_per_class and expected == spec.expected_images:
         per_class_skips = Counter(_class_of_skip(spec, n) for n in manifest["skipped"])
         balance_ok = all(c == spec.images_per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
         balance_text = (f"{len(present)} classes of {spec.images_per_class} expected, less skips; "
@@ -275,11 +276,6 @@ def check_tensor_cache(manifest: Manifest, spec: DatasetSpec) -> list[CheckOutco
                      "after resizing" + (" (a warning only)" if same_pixels else "")),
         CheckOutcome("class_balance", balance_ok, balance_text),
     ]
-
-
-def raw_counts_expected(spec: DatasetSpec, manifest: Manifest) -> bool:
-    """Balanced per-class counts are promised only for the catalogued archive."""
-    return manifest["expected_images"] == spec.expected_images
 
 
 def _class_of_skip(spec: DatasetSpec, name: str) -> int:

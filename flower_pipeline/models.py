@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from flower_pipeline.errors import PipelineError
+
 ARCHITECTURES = ("arch1", "arch2")
 
 
@@ -20,7 +22,7 @@ def _steps(image_size: int) -> int:
     """Number of ×2 stages between 4×4 and image_size×image_size."""
     steps = math.log2(image_size / 4)
     if image_size < 16 or steps != int(steps):
-        raise ValueError(f"image size must be a power of two of at least 16, got {image_size}")
+        raise PipelineError(f"image size must be a power of two of at least 16, got {image_size}")
     return int(steps)
 
 
@@ -164,7 +166,7 @@ def build_models(arch: str, *, channels: int, image_size: int, latent_dim: int =
                  dropout: float = 0.0, minibatch_kernels: int = 0, minibatch_kernel_dim: int = 5,
                  minibatch_weight: float = 1.0) -> tuple[nn.Module, Discriminator]:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise PipelineError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     generator_class = Generator1 if arch == "arch1" else Generator2
     generator = generator_class(latent_dim, channels, image_size, features)
     discriminator = Discriminator(channels, image_size, features, dropout,

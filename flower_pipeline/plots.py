@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -35,7 +36,6 @@ def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    import io
 
     steps = [h["iteration"] for h in history]
     fig, (losses, scores) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)

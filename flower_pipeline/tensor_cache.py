@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from flower_pipeline.errors import PipelineError
 from flower_pipeline.storage import atomic_save_npy, atomic_write_json
 
 FORMAT_VERSION = 1
@@ -35,16 +36,16 @@ class TensorCache:
     @classmethod
     def load(cls, path: Path | str) -> TensorCache:
         path = Path(path)
-        meta_file = path / "meta.json"
-        if not meta_file.is_file():
-            raise FileNotFoundError(f"no tensor cache at {path} (meta.json missing)")
-        return cls(
-            path=path,
-            images=np.load(path / "images.npy", mmap_mode="r"),
-            labels=np.load(path / "labels.npy"),
-            holdout=np.load(path / "holdout.npy"),
-            meta=json.loads(meta_file.read_text()),
-        )
+        try:
+            return cls(
+                path=path,
+                images=np.load(path / "images.npy", mmap_mode="r"),
+                labels=np.load(path / "labels.npy"),
+                holdout=np.load(path / "holdout.npy"),
+                meta=json.loads((path / "meta.json").read_text()),
+            )
+        except (OSError, ValueError) as err:  # missing file, truncated array, bad JSON
+            raise PipelineError(f"{path} is not a complete tensor cache ({type(err).__name__}: {err})") from None
 
     @property
     def names(self) -> list[str]:

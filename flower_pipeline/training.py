@@ -382,13 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     config = TrainConfig(**{**values, "betas": tuple(values["betas"])})
-    try:
-        cache = TensorCache.load(args.cache)
-    except (FileNotFoundError, ValueError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    out = args.out or Path("runs") / f"{config.arch}-{cache.content_hash[:12]}"
-
     def log(record: dict[str, float]) -> None:
         print(f"iter {record['iteration']:>6}/{config.iterations}  {record['it_per_s']:7.1f} it/s  "
               f"loss D {record['loss_d']:.3f} G {record['loss_g']:.3f}  "
@@ -396,12 +389,14 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
 
     try:
+        cache = TensorCache.load(args.cache)
+        out = args.out or Path("runs") / f"{config.arch}-{cache.content_hash[:12]}"
         result = train(config, cache, out, device=args.device, resume=not args.no_resume, on_log=log)
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"interrupted: rerun the same command to resume from {out / 'checkpoint.pt'}", file=sys.stderr)
+        print("interrupted: rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     print(f"done: {result.iterations} iterations in {result.seconds:.1f} s on {result.device}"
           f"{' (CUDA graph)' if result.cuda_graph else ''}; outputs in {result.out_dir}")

@@ -55,3 +55,13 @@ def test_prepare_prints_the_cache_and_skips(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "custom: 4 images (1×32×32)" in done.stdout and "tensor cache: " in done.stdout
     assert "skipped: 1" in done.stdout and "jpg/broken.jpg" in done.stdout
+
+
+def test_train_flags_cover_every_training_setting():
+    from flower_pipeline.cli import build_parser
+    from flower_pipeline.defs.training import TrainingConfig
+
+    args = build_parser().parse_args(["train", "--dataset", "synthetic", "--arch", "arch1", "--latent-dim", "64",
+                                      "--no-minibatch-discrimination", "--real-label", "0.8"])
+    given = {k: getattr(args, k) for k in TrainingConfig.model_fields if getattr(args, k) is not None}
+    assert given == {"latent_dim": 64, "minibatch_discrimination": False, "real_label": 0.8}

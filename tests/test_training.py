@@ -119,3 +119,17 @@ def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
                          checkpoint_every=150, instance_noise=0.0)
     history = train(config, cache, tmp_path / "run", device="cpu").history
     assert history[-1]["loss_d"] < history[0]["loss_d"]
+
+
+def test_untrainable_or_broken_caches_are_refused_in_one_line(tmp_path):
+    images = np.zeros((8, 48, 48, 3), np.uint8)
+    images[:, :, :24] = 255
+    path, _ = write_cache(tmp_path / "c48", images, np.zeros(8), [f"{i}.jpg" for i in range(8)], class_names=["a"],
+                          params={"dataset": "test", "size": 48})
+    with pytest.raises(PipelineError, match="power of two"):
+        train(TINY, TensorCache.load(path), tmp_path / "run", device="cpu")
+    (path / "images.npy").write_bytes(b"\x93NUMPY truncated")
+    with pytest.raises(PipelineError, match="not a complete tensor cache"):
+        TensorCache.load(path)
+    with pytest.raises(PipelineError, match="not a complete tensor cache"):
+        TensorCache.load(tmp_path / "nowhere")

@@ -3,11 +3,11 @@
 
 import dagster as dg
 import numpy as np
+from pydantic import Field
 
 from flower_pipeline import ingest
 from flower_pipeline.catalog import get_dataset
 from flower_pipeline.download import Checksum
-from flower_pipeline.errors import PipelineError
 from flower_pipeline.imaging import ResizeSpec
 from flower_pipeline.plots import grid_png
 from flower_pipeline.tensor_cache import TensorCache
@@ -20,23 +20,20 @@ GROUP = "ingest"
 
 
 class RawArchiveConfig(dg.Config):
-    source: str | None = None
-    """A mirror URL, a local archive or (custom only) a folder of images; default: the official URL."""
-    sha256: str | None = None
-    md5: str | None = None
+    source: str | None = Field(None, description="A mirror URL, a local archive or (custom only) a folder of "
+                                                 "images; default: the official URL.")
+    sha256: str | None = Field(None, description="Expected sha256 of the source.")
+    md5: str | None = Field(None, description="Expected md5 of the source.")
 
 
 class ResizeConfig(dg.Config):
-    size: int = 64
-    mode: str = "color"
-    """color or gray (black-and-white)."""
-    crop: str = "center"
-    """center (square crop), pad (letterbox) or stretch."""
+    size: int = Field(64, description="Image side in pixels.")
+    mode: str = Field("color", description="color or gray (black-and-white).")
+    crop: str = Field("center", description="center (square crop), pad (letterbox) or stretch.")
 
 
 class TensorCacheConfig(dg.Config):
-    holdout_fraction: float = 0.1
-    """Share of each class held out of training, for the discriminator scores."""
+    holdout_fraction: float = Field(0.1, description="Share of each class held out of training, for evaluation.")
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"http"})
@@ -74,10 +71,7 @@ def resized_images(context: dg.AssetExecutionContext, config: ResizeConfig,
                    storage: FlowerStorage) -> dg.MaterializeResult:
     """Every image decoded and resized with OpenCV on all cores; unusable ones skipped by name."""
     with user_errors(), progress(context, "resize", "img") as report:
-        try:
-            spec = ResizeSpec(size=config.size, mode=config.mode, crop=config.crop)
-        except ValueError as err:
-            raise PipelineError(str(err)) from None
+        spec = ResizeSpec(size=config.size, mode=config.mode, crop=config.crop)
         manifest = ingest.resize_images(storage.dataset(context.partition_key), spec, progress=report)
     kept, skipped = len(manifest["names"]), manifest["skipped"]
     if skipped:

@@ -5,6 +5,7 @@ import json
 from dataclasses import asdict, fields
 
 import dagster as dg
+from pydantic import Field
 
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
@@ -17,30 +18,27 @@ from .support import image_markdown, user_errors
 
 
 class TrainingConfig(dg.Config):
-    """The source's experiments as settings; None means the architecture's default."""
+    """The source's experiments as settings; unset means the architecture's default."""
 
-    iterations: int = 20_000
-    batch_size: int = 16
-    device: str = "auto"
-    """auto picks CUDA when present."""
-    optimizer: str = "adam"
-    """adam, rmsprop or sgd."""
-    lr: float = 2e-4
-    real_label: float | None = None
-    """Target for real images (arch1 0.9: one-sided smoothing; arch2 1.0)."""
-    fake_label: float | None = None
-    minibatch_discrimination: bool | None = None
-    minibatch_weight: float = 1.0
-    dropout: float | None = None
-    latent_noise: str = "gaussian"
-    latent_dim: int = 100
-    instance_noise: float = 0.1
-    instance_noise_decay: float = 0.5
-    features: int = 64
-    seed: int = 0
-    log_every: int = 100
-    sample_every: int = 1000
-    checkpoint_every: int = 1000
+    iterations: int = Field(20_000, description="Training steps (the source's 'epochs' are batches).")
+    batch_size: int = Field(16, description="Images per step; the source found 16 best.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
+    optimizer: str = Field("adam", description="adam, rmsprop or sgd.")
+    lr: float = Field(2e-4, description="Learning rate of both networks.")
+    real_label: float | None = Field(None, description="Target for real images (arch1 0.9: one-sided smoothing).")
+    fake_label: float | None = Field(None, description="Target for generated images (default 0.0; 0.2 with 0.8).")
+    minibatch_discrimination: bool | None = Field(None, description="On by default for arch1 only.")
+    minibatch_weight: float = Field(1.0, description="Scale of the minibatch features: 2.0 doubles them.")
+    dropout: float | None = Field(None, description="Discriminator dropout (arch2 default 0.3, arch1 0).")
+    latent_noise: str = Field("gaussian", description="gaussian or uniform latent noise.")
+    latent_dim: int = Field(100, description="Size of the latent noise vector.")
+    instance_noise: float = Field(0.1, description="Initial std of Gaussian noise on D's inputs (0: off).")
+    instance_noise_decay: float = Field(0.5, description="Share of training over which that noise decays to 0.")
+    features: int = Field(64, description="Network width.")
+    seed: int = Field(0, description="Same config and seed give the same result on the same device.")
+    log_every: int = Field(100, description="Steps between progress lines and metrics.")
+    sample_every: int = Field(1000, description="Steps between fixed-noise sample grids.")
+    checkpoint_every: int = Field(1000, description="Steps between checkpoints.")
 
 
 def train_config(arch: str, config: TrainingConfig) -> TrainConfig:
