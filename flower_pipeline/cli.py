@@ -1,7 +1,8 @@
 """`flower-pipeline`: prepare datasets and run the pipeline through Dagster from a terminal.
 
 Every command materializes assets in the Dagster instance at $DAGSTER_HOME
-(default ./dagster_home), so its runs appear in the UI next to scheduled ones.
+(default: the project's dagster_home/), so its runs appear in the UI next to
+scheduled ones.
 Bad input ends with one `error:` line and exit status 1, never a traceback.
 """
 
@@ -11,11 +12,10 @@ import argparse
 import logging
 import os
 import sys
-import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from flower_pipeline.catalog import DATASET_NAMES
 from flower_pipeline.errors import PipelineError
@@ -129,7 +129,7 @@ def demo(args: argparse.Namespace) -> None:
 def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None:
     """One --flag per field of a Dagster config class; unset flags keep the class's default."""
     for name, field in config_class.model_fields.items():
-        kind = next(a for a in (*typing.get_args(field.annotation), field.annotation) if a is not type(None))
+        kind = next(a for a in (*get_args(field.annotation), field.annotation) if a is not type(None))
         default = "the architecture's" if field.default is None else field.default
         options: dict[str, Any] = {"default": None, "help": f"{field.description} (default: {default})"}
         if kind is bool:
