@@ -91,44 +91,130 @@ def _report_prepared(data_dir: Path, dataset: str) -> None:
 
 
 def train(args: argparse.Namespace) -> None:
+    """Train, evaluate and register one dataset × architecture (the retraining job's three assets)."""
     import dagster as dg
 
+    from flower_pipeline.defs.evaluation import EvaluationConfig, generator_evaluation
+    from flower_pipeline.defs.registry import registered_generator
     from flower_pipeline.defs.training import TrainingConfig, trained_generator
 
-    config = {k: v for k in TrainingConfig.model_fields if (v := getattr(args, k)) is not None}
-    result = materialize([trained_generator], dg.MultiPartitionKey({"dataset": args.dataset, "arch": args.arch}),
-                         {"trained_generator": {"config": config}}, args.data_dir)
-    meta = result.asset_materializations_for_node("trained_generator")[0].metadata
-    print(f"{args.dataset} × {args.arch}: {meta['iterations'].value} iterations in {meta['seconds'].value} s "
-          f"on {meta['device'].value}; D(x) {meta['d_real'].value:.3f}, D(G(z)) {meta['d_fake'].value:.3f}")
-    print(f"outputs: {meta['path'].value}")
-    print(f"MLflow run: {meta['mlflow_run_id'].value}")
+    training = {k: v for k in TrainingConfig.model_fields if (v := getattr(args, k)) is not None}
+    evaluation = {k: v for k in EvaluationConfig.model_fields
+                  if k != "device" and (v := getattr(args, f"eval_{k}")) is not None}
+    evaluation["device"] = training.get("device", "auto")
+    result = materialize([trained_generator, generator_evaluation, registered_generator],
+                         dg.MultiPartitionKey({"dataset": args.dataset, "arch": args.arch}),
+                         {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
+                         args.data_dir)
+
+    def meta(node: str) -> dict[str, Any]:
+        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
+
+    trained, evaluated, registered = meta("trained_generator"), meta("generator_evaluation"), meta(
+        "registered_generator")
+    print(f"{args.dataset} × {args.arch}: {trained['iterations']} iterations in {trained['seconds']} s "
+          f"on {trained['device']}; outputs in {trained['path']}")
+    fid = evaluated["fid"]
+    print(f"  held-out D(x) {evaluated['d_real_holdout_mean']:.3f}, D(G(z)) {evaluated['d_fake_mean']:.3f}, "
+          f"FID {'n/a' if isinstance(fid, str) else f'{fid:.1f}'}, colour coverage "
+          f"{evaluated['colour_coverage']:.2f}, near-copies {evaluated['near_copy_share_pixels']:.0%}")
+    if isinstance(fid, str):
+        print(f"  FID and KID {fid}")
+    print(f"  {registered['model']} v{registered['version']}: {registered['promotion']} ({registered['reason']})")
 
 
 # A CPU-sized schedule: the demo proves every step works, it does not make good flowers.
 DEMO_TRAINING = {"iterations": 300, "features": 16, "batch_size": 16, "log_every": 50,
-                 "sample_every": 100, "checkpoint_every": 100}
+                 "sample_every": 50, "checkpoint_every": 100, "device": "cpu"}
+DEMO_EVALUATION = {"eval_samples": 256}
 
 
 def demo(args: argparse.Namespace) -> None:
+    """Everything on the synthetic data: ingest, both architectures, evaluation, registry, a sample."""
+    from flower_pipeline.defs.evaluation import EvaluationConfig
+    from flower_pipeline.defs.training import TrainingConfig
+
     args.dataset, args.source, args.sha256, args.md5 = "synthetic", None, None, None
     args.size, args.mode, args.crop, args.holdout = 64, "color", "center", 0.1
     prepare(args)
-    from flower_pipeline.defs.training import TrainingConfig
-
     for option in TrainingConfig.model_fields:
-        setattr(args, option, DEMO_TRAINING.get(option))
-    args.device = "cpu"
+        setattr(args, option, {**DEMO_TRAINING, "iterations": args.iterations}.get(option))
+    for option in EvaluationConfig.model_fields:
+        setattr(args, f"eval_{option}", DEMO_EVALUATION.get(f"eval_{option}"))
     for arch in ("arch1", "arch2"):
         args.arch = arch
         train(args)
-    print("look: DAGSTER_HOME=$PWD/dagster_home dagster dev -w workspace.yaml   (Dagster UI)")
-    print(f"      mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}   (MLflow UI)")
+
+    from flower_pipeline.registry import list_models
+
+    champions = [r["name"] for r in list_models(data_dir=args.data_dir)
+                 if r["name"].startswith("synthetic-") and "champion" in r["aliases"]]
+    print()
+    if champions:
+        args.model, args.alias, args.version, args.n, args.seed, args.dir = champions[0], "champion", None, 64, 0, False
+        args.output = args.data_dir / "demo-samples.png"
+        sample(args)
+    else:
+        print("no version passed the quality gate, so there is no champion to sample from")
+    print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml   (Dagster UI)")
+    print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}"
+          "   (MLflow UI)")
+    print("      .venv/bin/flower-pipeline models   (the registry)")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None:
+def models(args: argparse.Namespace) -> None:
+    """A table of registered versions with their aliases and key metrics."""
+    import datetime
+
+    from flower_pipeline.registry import list_models
+
+    rows = list_models(data_dir=args.data_dir)
+    if not rows:
+        print("no registered models yet: run `flower-pipeline train` or `flower-pipeline demo`")
+        return
+
+    def metric(tags: dict[str, str], key: str, digits: int) -> str:
+        value = tags.get(f"eval.{key}")
+        return f"{float(value):.{digits}f}" if value is not None else "-"
+
+    header = ("MODEL", "VER", "ALIASES", "DATASET", "ARCH", "FID", "COLOUR DIST", "COVERAGE", "D(x)", "D(G(z))",
+              "CREATED (UTC)")
+    table = [header] + [(
+        r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["tags"].get("dataset", "-"),
+        r["tags"].get("arch", "-"), metric(r["tags"], "fid", 1), metric(r["tags"], "colour_distance", 3),
+        metric(r["tags"], "colour_coverage", 2), metric(r["tags"], "d_real_holdout_mean", 3),
+        metric(r["tags"], "d_fake_mean", 3),
+        datetime.datetime.fromtimestamp(r["created"] / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M"),
+    ) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def sample(args: argparse.Namespace) -> None:
+    """Images from a registered generator: one PNG grid, or a folder of PNG files."""
+    from flower_pipeline.plots import grid_png
+    from flower_pipeline.registry import load_generator
+    from flower_pipeline.storage import atomic_write_bytes, png_bytes
+
+    generator = load_generator(args.model, alias=args.alias, version=args.version, data_dir=args.data_dir)
+    images = generator.generate(args.n, seed=args.seed)
+    which = f"v{args.version}" if args.version is not None else f"@{args.alias or 'champion'}"
+    if args.dir:
+        for i, image in enumerate(images):
+            atomic_write_bytes(args.output / f"{args.model}-{i:04d}.png", png_bytes(image.transpose(1, 2, 0)))
+        print(f"{len(images)} images from {args.model}{which} (seed {args.seed}) in {args.output}/")
+    else:
+        atomic_write_bytes(args.output, grid_png(images))
+        print(f"{len(images)} images from {args.model}{which} (seed {args.seed}): {args.output}")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: Any, prefix: str = "",
+                     skip: tuple[str, ...] = ()) -> None:
     """One --flag per field of a Dagster config class; unset flags keep the class's default."""
     for name, field in config_class.model_fields.items():
+        if name in skip:
+            continue
         kind = next(a for a in (*get_args(field.annotation), field.annotation) if a is not type(None))
         default = "the architecture's" if field.default is None else field.default
         options: dict[str, Any] = {"default": None, "help": f"{field.description} (default: {default})"}
@@ -136,10 +222,11 @@ def add_config_flags(parser: argparse.ArgumentParser, config_class: Any) -> None
             options["action"] = argparse.BooleanOptionalAction
         else:
             options["type"] = kind
-        parser.add_argument("--" + name.replace("_", "-"), **options)
+        parser.add_argument("--" + (prefix + name).replace("_", "-"), dest=prefix + name, **options)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flower_pipeline.defs.evaluation import EvaluationConfig
     from flower_pipeline.defs.training import TrainingConfig
 
     parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
@@ -163,21 +250,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation")
     p.set_defaults(run=prepare)
 
-    p = with_data_dir(commands.add_parser("train", help="train one dataset × architecture"))
+    p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one dataset × architecture"))
     p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     p.add_argument("--arch", required=True, choices=("arch1", "arch2"))
     add_config_flags(p, TrainingConfig)
+    add_config_flags(p, EvaluationConfig, prefix="eval_", skip=("device",))
     p.set_defaults(run=train)
 
     p = with_data_dir(commands.add_parser("demo", help="run the main job on the built-in synthetic data"))
+    p.add_argument("--iterations", type=int, default=DEMO_TRAINING["iterations"],
+                   help=f"training steps per architecture (default {DEMO_TRAINING['iterations']})")
     p.set_defaults(run=demo)
+
+    p = with_data_dir(commands.add_parser("models", help="list registered generators, their aliases and metrics"))
+    p.set_defaults(run=models)
+
+    p = with_data_dir(commands.add_parser("sample", help="make images with a registered generator"))
+    p.add_argument("--model", required=True, help="registered model name, e.g. flowers17-arch1")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--alias", help="model alias (default champion)")
+    which.add_argument("--version", type=int, help="model version number")
+    p.add_argument("-n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same images (default 0)")
+    layout = p.add_mutually_exclusive_group()
+    layout.add_argument("--grid", action="store_true", help="one PNG grid at -o (the default)")
+    layout.add_argument("--dir", action="store_true", help="one PNG per image in the folder -o")
+    p.add_argument("-o", "--output", type=Path, required=True, help="PNG file (grid) or folder (--dir)")
+    p.set_defaults(run=sample)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
-    logging.getLogger("dagster").setLevel(logging.CRITICAL)
+    for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.run(args)
     except PipelineError as err:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from flower_pipeline.errors import PipelineError
 
 ARCHITECTURES = ("arch1", "arch2")
+NOISES = ("gaussian", "uniform")
 
 
 def _steps(image_size: int) -> int:
@@ -100,6 +102,46 @@ class Generator2(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.project(z.view(z.shape[0], -1)).view(z.shape[0], -1, 4, 4))
+
+
+def sample_latent(n: int, latent_dim: int, noise: str, device: torch.device | str = "cpu",
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Latent vectors: standard Gaussian, or uniform on [-1, 1]."""
+    if noise == "uniform":
+        return torch.rand(n, latent_dim, device=device, generator=generator) * 2 - 1
+    return torch.randn(n, latent_dim, device=device, generator=generator)
+
+
+class FlowerGenerator(nn.Module):
+    """A trained generator with what it takes to make images: its latent size and noise.
+
+    `forward(z)` maps latent vectors to images in [-1, 1] (what MLflow's pyfunc
+    serves); `generate(n, seed=s)` returns n uint8 N×C×H×W images, the same for
+    the same seed whatever the device, because the noise is drawn on the CPU.
+    """
+
+    def __init__(self, net: nn.Module, *, latent_dim: int, latent_noise: str, channels: int, image_size: int,
+                 info: dict[str, str] | None = None):
+        super().__init__()
+        self.net = net
+        self.latent_dim, self.latent_noise = latent_dim, latent_noise
+        self.channels, self.image_size = channels, image_size
+        self.info = dict(info or {})  # dataset, architecture, registry name: for people reading a loaded model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+    @torch.no_grad()
+    def generate(self, n: int, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+        if n < 1:
+            raise PipelineError(f"the number of images must be at least 1, got {n}")
+        device = next(self.parameters()).device
+        z = sample_latent(n, self.latent_dim, self.latent_noise, "cpu", torch.Generator().manual_seed(seed))
+        was_training = self.training
+        self.eval()
+        images = [self(chunk.to(device)) for chunk in z.split(batch_size)]
+        self.train(was_training)
+        return ((torch.cat(images).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 class MinibatchDiscrimination(nn.Module):

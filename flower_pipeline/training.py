@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.models import ARCHITECTURES, build_models
+from flower_pipeline.models import ARCHITECTURES, NOISES, Discriminator, FlowerGenerator, build_models, sample_latent
 from flower_pipeline.plots import curves_png, grid_png
 from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
 from flower_pipeline.tensor_cache import TensorCache
@@ -40,7 +40,6 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "arch2": {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3},
 }
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-NOISES = ("gaussian", "uniform")
 
 
 @dataclass(frozen=True)
@@ -112,13 +111,6 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def sample_latent(n: int, config: TrainConfig, device: torch.device,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    if config.latent_noise == "uniform":
-        return torch.rand(n, config.latent_dim, device=device, generator=generator) * 2 - 1
-    return torch.randn(n, config.latent_dim, device=device, generator=generator)
-
-
 class Trainer:
     """The models, optimizers and device-side state of one training run."""
 
@@ -136,7 +128,8 @@ class Trainer:
         self.opt_g = self._optimizer(self.generator)
         self.opt_d = self._optimizer(self.discriminator)
         fixed = torch.Generator(device="cpu").manual_seed(config.seed + 1)
-        self.fixed_z = sample_latent(64, config, torch.device("cpu"), fixed).to(device)  # same grid every time
+        # The same 64 latent vectors for every sample grid, so the grids show the same samples improving.
+        self.fixed_z = sample_latent(64, config.latent_dim, config.latent_noise, "cpu", fixed).to(device)
         batch = config.batch_size
         self.real_target = torch.full((batch,), config.real_label, device=device)
         self.fake_target = torch.full((batch,), config.fake_label, device=device)
@@ -161,7 +154,7 @@ class Trainer:
         cfg, batch = self.config, self.config.batch_size
         index = torch.randint(0, self.data.shape[0], (batch,), device=self.device)
         real = self.data[index].float().div_(127.5).sub_(1.0)
-        fake = self.generator(sample_latent(batch, cfg, self.device))
+        fake = self.generator(sample_latent(batch, cfg.latent_dim, cfg.latent_noise, self.device))
 
         d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
         d_fake = self.discriminator(fake.detach() + self.noise_std * torch.randn_like(fake))
@@ -346,15 +339,36 @@ def _write_outputs(trainer: Trainer, out_dir: Path, history: list[dict[str, floa
     return files
 
 
-def load_generator_file(path: Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
-    """Rebuild a trained generator from generator.pt."""
-    saved = torch.load(path, map_location=device, weights_only=False)
+@dataclass
+class TrainedModels:
+    generator: FlowerGenerator
+    discriminator: Discriminator
+    config: TrainConfig
+    dataset: str | None
+    cache_hash: str
+
+
+def load_trained(out_dir: Path, device: str | torch.device = "cpu") -> TrainedModels:
+    """Both networks of a finished training (generator.pt and final_state.pt), in eval mode."""
+    try:
+        saved = torch.load(out_dir / "generator.pt", map_location=device, weights_only=False)
+        state = torch.load(out_dir / "final_state.pt", map_location=device, weights_only=False)
+    except (OSError, RuntimeError) as err:
+        raise PipelineError(f"{out_dir} holds no finished training ({type(err).__name__}: {err})") from None
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known})
-    generator, _ = build_models(saved["arch"], channels=saved["channels"], image_size=saved["image_size"],
-                                latent_dim=config.latent_dim, features=config.features)
-    generator.load_state_dict(saved["state_dict"])
-    return generator.eval(), config
+    net, discriminator = build_models(
+        config.arch, channels=saved["channels"], image_size=saved["image_size"], latent_dim=config.latent_dim,
+        features=config.features, dropout=config.dropout or 0.0,
+        minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
+        minibatch_kernel_dim=config.minibatch_kernel_dim, minibatch_weight=config.minibatch_weight)
+    net.load_state_dict(saved["state_dict"])
+    discriminator.load_state_dict(state["discriminator"])
+    generator = FlowerGenerator(net, latent_dim=config.latent_dim, latent_noise=config.latent_noise,
+                                channels=saved["channels"], image_size=saved["image_size"],
+                                info={"dataset": str(saved["dataset"]), "arch": config.arch})
+    return TrainedModels(generator.to(device).eval(), discriminator.to(device).eval(), config,
+                         saved["dataset"], saved["cache_hash"])
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

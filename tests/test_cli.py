@@ -40,11 +40,23 @@ def test_bad_archives_end_with_one_error_line(tmp_path, content):
     assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home", bad) == []
 
 
-def test_missing_source_and_bad_options_are_one_line(tmp_path):
+def _main(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+          *args: str) -> tuple[int, str, str]:
+    """The CLI's own entry point in this process: what a user sees, without a second interpreter's start-up."""
+    from flower_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    capsys.readouterr()
+    code = main([*args, "--data-dir", str(tmp_path / "data")])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_missing_source_and_bad_options_are_one_line(tmp_path, capsys, monkeypatch):
     for args in (["--dataset", "custom"], ["--dataset", "custom", "--source", str(tmp_path / "nope")],
                  ["--dataset", "synthetic", "--size", "3"]):
-        done = _cli(tmp_path, "prepare", *args)
-        assert done.returncode == 1 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", *args)
+        assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
 
 
 def test_prepare_prints_the_cache_and_skips(tmp_path):
@@ -65,3 +77,44 @@ def test_train_flags_cover_every_training_setting():
                                       "--no-minibatch-discrimination", "--real-label", "0.8"])
     given = {k: getattr(args, k) for k in TrainingConfig.model_fields if getattr(args, k) is not None}
     assert given == {"latent_dim": 64, "minibatch_discrimination": False, "real_label": 0.8}
+
+
+@pytest.mark.slow
+def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, capsys, monkeypatch):
+    """The README's main job, as a user runs it, then the registry commands on what it made."""
+    done = _cli(tmp_path, "demo")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "synthetic: 320 images (3×64×64) in 8 classes" in out
+    for arch in ("arch1", "arch2"):
+        assert f"synthetic × {arch}: 300 iterations" in out and f"synthetic-{arch} v1: " in out
+    assert "FID and KID unavailable: " in out  # no Inception weights and no network here: said, not invented
+    champion = next(line.split()[-1] for line in out.splitlines() if "@champion" in line)
+    assert champion == str(tmp_path / "data" / "demo-samples.png")
+    assert Path(champion).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "dagster dev -w workspace.yaml" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    data = tmp_path / "data" / "synthetic" / "training"
+    for picture in ("samples", "timeline", "nearest_pairs", "colours"):
+        assert len(list(data.glob(f"arch*/*/evaluation/{picture}.png"))) == 2, picture
+    assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home") == []
+
+    code, out, _ = _main(tmp_path, capsys, monkeypatch, "models")
+    listing = out.splitlines()
+    assert code == 0 and listing[0].split()[:3] == ["MODEL", "VER", "ALIASES"]
+    assert [line.split()[:2] for line in listing[1:]] == [["synthetic-arch1", "1"], ["synthetic-arch2", "1"]]
+    assert all("latest" in line for line in listing[1:])
+
+    name = next(line.split()[0] for line in listing[1:] if "champion" in line)
+    for run in ("a", "b"):  # same seed, same images
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", name, "--version", "1", "-n", "3",
+                             "--seed", "5", "--dir", "-o", str(tmp_path / "data" / run))
+        assert code == 0, err
+    first, second = sorted((tmp_path / "data" / "a").iterdir()), sorted((tmp_path / "data" / "b").iterdir())
+    assert len(first) == 3 and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+
+    for args, message in ((["--model", "nope"], "error: no registered model 'nope'; registered: synthetic-arch1, "
+                                                "synthetic-arch2"),
+                          (["--model", name, "--alias", "best"], f"error: {name} has no alias 'best'; aliases: "),
+                          (["--model", name, "--version", "7"], f"error: {name} has no version 7; versions: 1")):
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", *args, "-o", str(tmp_path / "data" / "x.png"))
+        assert code == 1 and err.startswith(message) and err.count("\n") == 1, err

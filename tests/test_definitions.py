@@ -14,10 +14,14 @@ def test_code_location_has_every_asset_check_job_and_resource():
     loaded = defs()
     graph = loaded.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
-        "raw_archive", "extracted_images", "resized_images", "tensor_cache", "trained_generator"}
+        "raw_archive", "extracted_images", "resized_images", "tensor_cache", "trained_generator",
+        "generator_evaluation", "registered_generator"}
     assert {c.name for c in graph.asset_check_keys} == {"image_count", "tensor_format", "no_duplicates",
-                                                        "class_balance"}
+                                                        "class_balance", "scores_in_range", "quality_gate"}
     assert loaded.resolve_job_def("prepare_dataset") is not None
+    assert loaded.resolve_job_def("retrain_generators") is not None
+    assert {s.name for s in loaded.schedules} == {"weekly_retraining"}
+    assert {s.name for s in loaded.sensors} == {"retrain_on_new_data"}
     assert {"storage", "mlflow"} <= set(loaded.resources)
     dg.Definitions.validate_loadable(loaded)
 

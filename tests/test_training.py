@@ -10,7 +10,7 @@ from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.tensor_cache import TensorCache, write_cache
-from flower_pipeline.training import TrainConfig, load_generator_file, train
+from flower_pipeline.training import TrainConfig, load_trained, train
 
 TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8, log_every=4, sample_every=6,
                    checkpoint_every=4)
@@ -52,8 +52,12 @@ def test_training_writes_all_outputs(small_cache, tmp_path, overrides):
     assert [r["iteration"] for r in logs] == [4, 8, 12] and samples == [0, 6, 12]
     assert {"generator", "final_grid", "history", "curves"} <= set(result.files)
     assert not (tmp_path / "checkpoint.pt").exists()
-    generator, config = load_generator_file(result.files["generator"])
-    assert generator(torch.randn(2, config.latent_dim)).shape == (2, 3, 32, 32)
+    trained = load_trained(tmp_path)
+    assert trained.generator(torch.randn(2, trained.config.latent_dim)).shape == (2, 3, 32, 32)
+    assert trained.discriminator(torch.zeros(4, 3, 32, 32)).shape == (4,)
+    images = trained.generator.generate(5, seed=3)
+    assert images.shape == (5, 3, 32, 32) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images, trained.generator.generate(5, seed=3))
 
 
 def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_path):

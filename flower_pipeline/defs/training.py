@@ -41,6 +41,11 @@ class TrainingConfig(dg.Config):
     checkpoint_every: int = Field(1000, description="Steps between checkpoints.")
 
 
+def training_stage(arch: str) -> str:
+    """The manifest name of a dataset's latest finished training of `arch`."""
+    return f"trained_generator-{arch}"
+
+
 def train_config(arch: str, config: TrainingConfig) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(arch=arch, **{k: v for k, v in config.model_dump().items() if k in names}).resolved()
@@ -85,6 +90,11 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     mlflow.log_artifact(run_id, out_dir / "samples", "samples")
     mlflow.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
     mlflow.end_run(run_id)
+    paths.write_manifest(training_stage(arch), {  # what evaluation and registration build on
+        "path": str(out_dir), "mlflow_run_id": run_id, "dataset": dataset, "arch": arch,
+        "cache_path": str(cache.path), "cache_hash": cache.content_hash, "config": asdict(settings),
+        "device": result.device, "iterations": result.iterations, "seconds": result.seconds,
+    })
 
     final = result.final
     metadata: dict[str, object] = {

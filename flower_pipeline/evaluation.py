@@ -1,0 +1,447 @@
+"""Evaluation of a trained generator, with torch and numpy (torch-fidelity for FID/KID).
+
+Five views of one generator, each a plain function on uint8 N×C×H×W images:
+
+- the source's measure: mean D(x) on held-out and training images and mean
+  D(G(z)) on generated ones (0.5 each is the ideal), with their spread;
+- FID and KID from the 2015-12-05 Inception-v3 pool features (torch-fidelity),
+  or reported unavailable with the reason;
+- mode collapse: colour histograms of generated vs real images as a distance,
+  and the share of the real images' colour clusters that the samples cover;
+- memorization: each sample's distance to its nearest training image, against
+  the same distance for held-out real images;
+- pictures: a sample grid, the training timeline and the closest sample/training pairs.
+
+`evaluate` runs them all on a finished training folder and writes the
+results beside it; `QualityGate` and `promotion_decision` say what may become
+the champion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from flower_pipeline.download import fetch
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.models import Discriminator
+from flower_pipeline.plots import grid_png
+from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes
+from flower_pipeline.tensor_cache import TensorCache
+from flower_pipeline.training import load_trained
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+
+FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N×D
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    samples: int = 1000  # generated images scored and compared
+    seed: int = 0  # of the generated images
+    kid_subset_size: int = 1000  # lowered to the smaller set's size where needed
+    kid_subsets: int = 100
+    near_copy_ratio: float = 0.5  # a sample is a near-copy below this share of the held-out median distance
+    min_cluster_share: float = 0.02  # colour clusters holding less of the real images are ignored
+    cover_fraction: float = 0.25  # a cluster is covered when samples hold at least this share of its real share
+
+
+# --- the source's measure: discriminator scores ---------------------------------------------------------------
+
+
+def to_unit_range(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(127.5).sub_(1.0)
+
+
+@torch.no_grad()
+def discriminator_scores(discriminator: Discriminator, images: np.ndarray, batch_size: int,
+                         device: torch.device | str = "cpu") -> np.ndarray:
+    """D(x) = sigmoid(logit) for each image, in batches of the training batch size.
+
+    Minibatch discrimination compares the images of a batch, so scoring in
+    batches of the size D was trained on keeps its inputs as it knew them.
+    """
+    discriminator.eval()
+    scores = [torch.sigmoid(discriminator(to_unit_range(images[i : i + batch_size], device))).cpu()
+              for i in range(0, len(images), batch_size)]
+    return torch.cat(scores).double().numpy()
+
+
+def score_summary(name: str, scores: np.ndarray) -> dict[str, float]:
+    return {f"{name}_mean": float(scores.mean()), f"{name}_std": float(scores.std())}
+
+
+# --- FID and KID ------------------------------------------------------------------------------------------------
+
+
+def resolve_inception_weights(setting: str, cache_dir: Path, url: str = INCEPTION_URL) -> tuple[Path | None, str]:
+    """The Inception weights file to use, or None and the reason FID/KID are unavailable.
+
+    `setting` is "auto" (the cached file, else one download into `cache_dir`),
+    "off", or a path to a local copy of the file.
+    """
+    if setting == "off":
+        return None, "turned off (inception_weights: off)"
+    if setting != "auto":
+        path = Path(setting).expanduser()
+        return (path, "") if path.is_file() else (None, f"inception_weights file {path} does not exist")
+    cached = cache_dir / INCEPTION_FILE
+    if cached.is_file():
+        return cached, ""
+    try:
+        fetched = fetch(url, cache_dir, filename=INCEPTION_FILE, retries=1, timeout_s=60).path
+    except PipelineError as err:
+        cause = str(err).split(";")[0]  # the fetch error without its dataset-mirror advice
+        return None, (f"no Inception weights in {cache_dir} and {cause}; set inception_weights to a local copy "
+                      f"of {INCEPTION_FILE}")
+    if not hashlib.sha256(fetched.read_bytes()).hexdigest().startswith("6726825d"):
+        fetched.unlink()
+        return None, f"the downloaded {INCEPTION_FILE} has the wrong checksum"
+    return fetched, ""
+
+
+def inception_features(weights: Path, device: torch.device | str = "cpu", batch_size: int = 64) -> FeatureFn:
+    """torch-fidelity's Inception-v3 (2015-12-05) 2048-d pool features, as published FIDs use."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                        feature_extractor_weights_path=str(weights)).to(device)
+
+    @torch.no_grad()
+    def features(images: np.ndarray) -> np.ndarray:
+        out = []
+        for i in range(0, len(images), batch_size):
+            batch = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+            if batch.shape[1] == 1:  # black-and-white: Inception expects three channels
+                batch = batch.expand(-1, 3, -1, -1)
+            out.append(model(batch)[0].double().cpu())
+        return torch.cat(out).numpy()
+
+    return features
+
+
+def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, settings: EvalSettings) -> dict[str, float]:
+    """torch-fidelity's FID and KID on precomputed features (KID subsets fitted to small sets)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+
+    real, fake = torch.from_numpy(real_features).double(), torch.from_numpy(fake_features).double()
+    fid = fid_statistics_to_metric(fid_features_to_statistics(real), fid_features_to_statistics(fake), verbose=False)
+    subset = min(settings.kid_subset_size, len(real), len(fake))
+    kid = kid_features_to_metric(real, fake, kid_subset_size=subset, kid_subsets=settings.kid_subsets,
+                                 rng_seed=settings.seed, verbose=False)
+    return {"fid": fid[KEY_METRIC_FID], "kid_mean": kid[KEY_METRIC_KID_MEAN], "kid_std": kid[KEY_METRIC_KID_STD],
+            "kid_subset_size": float(subset)}
+
+
+# --- mode collapse: colours -----------------------------------------------------------------------------------
+
+
+def colour_histograms(images: np.ndarray) -> np.ndarray:
+    """Per image, the share of pixels in each colour bin: 4 levels per channel (64 bins), or 16 grey levels."""
+    n, channels = images.shape[:2]
+    if channels == 3:
+        q = images // 64
+        index, bins = (q[:, 0].astype(np.int64) * 16 + q[:, 1] * 4 + q[:, 2]), 64
+    else:
+        index, bins = (images[:, 0] // 16).astype(np.int64), 16
+    offsets = np.arange(n, dtype=np.int64)[:, None, None] * bins
+    counts = np.bincount((index + offsets).ravel(), minlength=n * bins).reshape(n, bins)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
+    m = (p + q) / 2
+
+    def kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float((a[mask] * np.log2(a[mask] / m[mask])).sum())
+
+    return (kl(p) + kl(q)) / 2
+
+
+def centre_colours(images: np.ndarray) -> np.ndarray:
+    """Each image's mean colour in its central half, where the flower is: N×C floats in [0, 255]."""
+    size = images.shape[-1]
+    centre = images[:, :, size // 4 : size - size // 4, size // 4 : size - size // 4]
+    return centre.reshape(len(images), images.shape[1], -1).mean(axis=2)
+
+
+def kmeans(points: np.ndarray, k: int, seed: int = 0, steps: int = 50) -> np.ndarray:
+    """Cluster centres by k-means with k-means++ seeding (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    centres = [points[rng.integers(len(points))]]
+    for _ in range(1, k):
+        d2 = ((points[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(axis=1)
+        if d2.sum() == 0:
+            break
+        centres.append(points[rng.choice(len(points), p=d2 / d2.sum())])
+    centres_array = np.array(centres, np.float64)
+    for _ in range(steps):
+        assign = nearest_centre(points, centres_array)
+        moved = np.array([points[assign == c].mean(axis=0) if (assign == c).any() else centres_array[c]
+                          for c in range(len(centres_array))])
+        if np.allclose(moved, centres_array):
+            break
+        centres_array = moved
+    return centres_array
+
+
+def nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    return ((points[:, None] - centres[None]) ** 2).sum(-1).argmin(axis=1)
+
+
+@dataclass(frozen=True)
+class ColourClusters:
+    centres: np.ndarray  # k×C mean colours
+    real_share: np.ndarray  # k
+    fake_share: np.ndarray  # k
+
+
+def colour_clusters(real: np.ndarray, fake: np.ndarray, k: int = 8, seed: int = 0) -> ColourClusters:
+    """Cluster the real images by the colour of their centre; share of real and generated images per cluster."""
+    real_colours, fake_colours = centre_colours(real), centre_colours(fake)
+    centres = kmeans(real_colours, min(k, len(real_colours)), seed)
+    count = len(centres)
+    return ColourClusters(
+        centres,
+        np.bincount(nearest_centre(real_colours, centres), minlength=count) / len(real),
+        np.bincount(nearest_centre(fake_colours, centres), minlength=count) / len(fake))
+
+
+def colour_report(real: np.ndarray, fake: np.ndarray, settings: EvalSettings) -> dict[str, float]:
+    """How far the samples' colours are from the real ones, and how many real colour clusters they cover.
+
+    The real images are clustered (k-means, k=8) by the mean colour of their
+    centre, where the flower is; each sample joins its nearest cluster. A
+    generator collapsed to yellow and purple flowers fills two clusters and
+    leaves the rest empty: low coverage. The distance compares the colour
+    histograms of all pixels.
+    """
+    clusters = colour_clusters(real, fake, seed=settings.seed)
+    kept = clusters.real_share >= settings.min_cluster_share
+    covered = clusters.fake_share[kept] >= settings.cover_fraction * clusters.real_share[kept]
+    return {
+        "colour_distance": jensen_shannon(colour_histograms(real).mean(axis=0), colour_histograms(fake).mean(axis=0)),
+        "colour_coverage": float(covered.mean()) if kept.any() else 1.0,
+        "colour_clusters": float(kept.sum()),
+        "generated_colour_clusters": float((clusters.fake_share[kept] >= settings.min_cluster_share).sum()),
+    }
+
+
+def colour_swatch_png(real: np.ndarray, fake: np.ndarray, seed: int = 0, width: int = 512, height: int = 40) -> bytes:
+    """Two bars, real above generated, split among the real colour clusters in proportion to their shares."""
+    clusters = colour_clusters(real, fake, seed=seed)
+    colours = np.clip(clusters.centres, 0, 255).astype(np.uint8)
+    if colours.shape[1] == 1:
+        colours = np.repeat(colours, 3, axis=1)
+    order = np.argsort(-clusters.real_share)
+    rows = []
+    for shares in (clusters.real_share, clusters.fake_share):
+        bar = np.full((height, width, 3), 255, np.uint8)
+        left = 0
+        for c in order:
+            span = round(float(shares[c]) * width)
+            bar[:, left : left + span] = colours[c]
+            left += span
+        rows.append(bar)
+    gap = np.full((6, width, 3), 255, np.uint8)
+    return png_bytes(np.concatenate([rows[0], gap, rows[1]]))
+
+
+# --- memorization -------------------------------------------------------------------------------------------------
+
+
+def nearest(queries: np.ndarray, references: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's distance to its nearest reference (RMS per dimension) and that reference's index."""
+    ref = torch.from_numpy(np.ascontiguousarray(references.reshape(len(references), -1), np.float32))
+    distances, indices = [], []
+    for i in range(0, len(queries), chunk):
+        q = torch.from_numpy(np.ascontiguousarray(queries[i : i + chunk].reshape(-1, ref.shape[1]), np.float32))
+        d, j = torch.cdist(q, ref).min(dim=1)
+        distances.append(d / math.sqrt(ref.shape[1]))
+        indices.append(j)
+    return torch.cat(distances).double().numpy(), torch.cat(indices).numpy()
+
+
+def memorization_report(train: np.ndarray, holdout: np.ndarray, samples: np.ndarray, settings: EvalSettings,
+                        space: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Near-copy share and distance ratio in one space (pixels in [0, 1], or features).
+
+    Held-out real images show how close an unseen photo usually is to the
+    training set; a sample much closer than that is likely a copy.
+    Returns the metrics and, per sample, its nearest training image and distance.
+    """
+    sample_d, sample_nn = nearest(samples, train)
+    holdout_d, _ = nearest(holdout, train)
+    threshold = settings.near_copy_ratio * float(np.median(holdout_d))
+    metrics = {
+        f"near_copy_share_{space}": float((sample_d < threshold).mean()),
+        f"nearest_train_distance_{space}": float(np.median(sample_d)),
+        f"holdout_nearest_train_distance_{space}": float(np.median(holdout_d)),
+        f"memorization_ratio_{space}": float(np.median(sample_d) / max(np.median(holdout_d), 1e-12)),
+    }
+    return metrics, sample_nn, sample_d
+
+
+def nearest_pairs_png(samples: np.ndarray, train: np.ndarray, nearest_index: np.ndarray, distance: np.ndarray,
+                      pairs: int = 8) -> bytes:
+    """The samples closest to a training image (top row) above those training images (bottom row)."""
+    order = np.argsort(distance)[:pairs]
+    return grid_png(np.concatenate([samples[order], train[nearest_index[order]]]), columns=len(order))
+
+
+# --- the training timeline -----------------------------------------------------------------------------------------
+
+
+def timeline_png(sample_dir: Path, rows: int = 6, per_row: int = 8) -> bytes | None:
+    """The first fixed-noise samples of up to `rows` grids from training, oldest on top, labelled by iteration."""
+    grids = sorted(sample_dir.glob("iter_*.png"))
+    if not grids:
+        return None
+    picks = [grids[i] for i in sorted({round(i * (len(grids) - 1) / max(rows - 1, 1)) for i in range(rows)})]
+    strips = []
+    for path in picks:
+        grid = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_RGB)
+        pad = 2
+        cell = (grid.shape[1] - pad) // 8 - pad  # grids are 8 columns wide with a 2-pixel border
+        strip = grid[: cell + 2 * pad, : per_row * (cell + pad) + pad].copy()
+        label = np.full((strip.shape[0], 90, 3), 255, np.uint8)
+        iteration = int(re.search(r"(\d+)", path.stem).group(1))
+        cv2.putText(label, f"{iteration:,}", (4, strip.shape[0] // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+                    (40, 40, 40), 1, cv2.LINE_AA)
+        strips.append(np.concatenate([label, strip], axis=1))
+    return png_bytes(np.concatenate(strips))
+
+
+# --- the whole evaluation ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    unavailable: dict[str, str]  # metric → why it is not reported
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, device: torch.device | str = "cpu",
+             features: FeatureFn | None = None, no_features_reason: str = "no feature extractor") -> EvalResult:
+    """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation."""
+    if settings.samples < 2:
+        raise PipelineError(f"evaluation needs at least 2 samples, got {settings.samples}")
+    trained = load_trained(training_dir, device)
+    train_images, holdout_images = cache.train_images(), cache.holdout_images()
+    if len(holdout_images) < 2:
+        raise PipelineError(f"{cache.path} holds out {len(holdout_images)} images; evaluation needs at least 2 "
+                            "(prepare the dataset with a larger --holdout)")
+    samples = trained.generator.generate(settings.samples, seed=settings.seed)
+    batch = trained.config.batch_size
+
+    metrics: dict[str, float] = {}
+    for name, images in (("d_real_holdout", holdout_images), ("d_real_train", train_images), ("d_fake", samples)):
+        metrics.update(score_summary(name, discriminator_scores(trained.discriminator, images, batch, device)))
+    metrics["d_real_gap"] = metrics["d_real_train_mean"] - metrics["d_real_holdout_mean"]
+    metrics.update(colour_report(cache.images[:], samples, settings))
+    memo, nearest_index, nearest_distance = memorization_report(
+        *(np.float32(1 / 255) * a for a in (train_images, holdout_images, samples)), settings, "pixels")
+    metrics.update(memo)
+
+    unavailable: dict[str, str] = {}
+    if features is None:
+        unavailable = dict.fromkeys(("fid", "kid_mean", "near_copy_share_inception"), no_features_reason)
+    else:
+        real_train, real_holdout, fake = features(train_images), features(holdout_images), features(samples)
+        metrics.update(fid_kid(np.concatenate([real_train, real_holdout]), fake, settings))
+        metrics.update(memorization_report(real_train, real_holdout, fake, settings, "inception")[0])
+
+    out = training_dir / "evaluation"
+    files = {
+        "samples": atomic_write_bytes(out / "samples.png", grid_png(samples[:64], columns=8)),
+        "nearest_pairs": atomic_write_bytes(out / "nearest_pairs.png",
+                                            nearest_pairs_png(samples, train_images, nearest_index, nearest_distance)),
+        "colours": atomic_write_bytes(out / "colours.png", colour_swatch_png(cache.images[:], samples, settings.seed)),
+    }
+    timeline = timeline_png(training_dir / "samples")
+    if timeline is not None:
+        files["timeline"] = atomic_write_bytes(out / "timeline.png", timeline)
+    files["metrics"] = atomic_write_json(out / "metrics.json", {"metrics": metrics, "unavailable": unavailable})
+    return EvalResult(metrics, unavailable, files)
+
+
+# --- what may become the champion ----------------------------------------------------------------------------------
+
+SCORE_KEYS = ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean")
+
+
+def scores_in_range(metrics: dict[str, float]) -> tuple[bool, str]:
+    """Discriminator scores must be finite and strictly between 0 and 1."""
+    bad = {k: metrics[k] for k in SCORE_KEYS if not (math.isfinite(metrics[k]) and 0.0 < metrics[k] < 1.0)}
+    if bad:
+        return False, f"scores outside (0, 1): {bad}"
+    return True, ", ".join(f"{k} {metrics[k]:.3f}" for k in SCORE_KEYS)
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """Thresholds a version must meet to become champion. FID applies only where it was measured."""
+
+    max_fid: float | None = 150.0
+    min_colour_coverage: float = 0.5
+    max_near_copy_share: float = 0.5
+
+    def check(self, metrics: dict[str, float]) -> tuple[bool, str]:
+        failures, passes = [], []
+        tests: list[tuple[str, float | None, float | None, str]] = [
+            ("fid", metrics.get("fid"), self.max_fid, "<="),
+            ("colour_coverage", metrics.get("colour_coverage"), self.min_colour_coverage, ">="),
+            ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), self.max_near_copy_share, "<="),
+        ]
+        for name, value, limit, op in tests:
+            if value is None or limit is None:
+                continue
+            ok = value <= limit if op == "<=" else value >= limit
+            (passes if ok else failures).append(f"{name} {value:.3g} {op if ok else _negate(op)} {limit:g}")
+        ok, scores = scores_in_range(metrics)
+        if not ok:
+            failures.append(scores)
+        if failures:
+            return False, "failed: " + "; ".join(failures)
+        return True, "passed: " + "; ".join(passes)
+
+
+def _negate(op: str) -> str:
+    return ">" if op == "<=" else "<"
+
+
+def ranking_metric(new: dict[str, Any], champion: dict[str, Any]) -> str:
+    """FID when both versions have it; otherwise the colour distance (lower is better for both).
+
+    D scores do not rank versions: each version is judged by its own discriminator.
+    """
+    return "fid" if new.get("fid") is not None and champion.get("fid") is not None else "colour_distance"
+
+
+def promotion_decision(gate_passed: bool, gate_reason: str, new: dict[str, Any],
+                       champion: dict[str, Any] | None) -> tuple[bool, str]:
+    """Whether the new version becomes champion, and why."""
+    if not gate_passed:
+        return False, f"quality gate {gate_reason}"
+    if champion is None:
+        return True, f"first version to pass the quality gate ({gate_reason})"
+    metric = ranking_metric(new, champion)
+    if new.get(metric) is None or champion.get(metric) is None:
+        return True, f"the champion has no {metric} to compare; the new version passed the gate"
+    better = float(new[metric]) < float(champion[metric])
+    verdict = "beats" if better else "does not beat"
+    return better, f"{metric} {float(new[metric]):.4g} {verdict} the champion's {float(champion[metric]):.4g}"

@@ -1,0 +1,181 @@
+"""Evaluation metrics on images built to have known answers."""
+
+import socket
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flower_pipeline.evaluation import (
+    INCEPTION_FILE,
+    EvalSettings,
+    QualityGate,
+    colour_report,
+    evaluate,
+    fid_kid,
+    memorization_report,
+    promotion_decision,
+    resolve_inception_weights,
+    scores_in_range,
+    timeline_png,
+)
+from flower_pipeline.storage import png_bytes
+from flower_pipeline.tensor_cache import write_cache
+from flower_pipeline.training import TrainConfig, train
+
+SETTINGS = EvalSettings(kid_subsets=20)
+HUES = [(230, 40, 40), (240, 200, 30), (140, 40, 200), (250, 250, 250), (240, 120, 180), (40, 90, 220),
+        (250, 140, 20), (120, 30, 60)]
+
+
+def flowers(colours: list[tuple[int, int, int]], n: int, seed: int, size: int = 32) -> np.ndarray:
+    """n images: a green background with a disc of one of `colours` in the middle, slightly varied."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    images = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        image = np.empty((size, size, 3), np.float64)
+        image[:] = np.array([40, 110, 50]) + rng.normal(0, 8, 3)
+        radius = size * rng.uniform(0.25, 0.4)
+        disc = (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < radius**2
+        image[disc] = np.array(colours[i % len(colours)]) + rng.normal(0, 10, 3)
+        image += rng.normal(0, 6, image.shape)
+        images[i] = np.clip(image, 0, 255).astype(np.uint8).transpose(2, 0, 1)
+    return images
+
+
+class StandIn(nn.Module):
+    """A small fixed random network standing in for Inception: images → 16 features."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 16, 5, 2), nn.ReLU(), nn.Conv2d(16, 16, 3, 2), nn.AdaptiveAvgPool2d(1),
+                                 nn.Flatten())
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.net(torch.from_numpy(images).float() / 255).double().numpy()
+
+
+def test_fid_and_kid_are_near_zero_for_identical_sets_and_grow_with_a_shift():
+    features = StandIn()
+    real = features(flowers(HUES, 200, seed=1))
+    same = fid_kid(real, real.copy(), SETTINGS)
+    shifted = fid_kid(real, features(np.clip(flowers(HUES, 200, seed=2).astype(int) + 60, 0, 255).astype(np.uint8)),
+                      SETTINGS)
+    resampled = fid_kid(real, features(flowers(HUES, 200, seed=3)), SETTINGS)
+    assert abs(same["fid"]) < 1e-6 * shifted["fid"]
+    # KID's unbiased estimate is noise around 0 for sets from one distribution, identical ones included.
+    assert abs(same["kid_mean"]) < 0.1 * shifted["kid_mean"]
+    assert shifted["fid"] > 10 * resampled["fid"] > 0 and shifted["kid_mean"] > 10 * abs(resampled["kid_mean"])
+
+
+def test_kid_subset_size_fits_a_small_held_out_set():
+    features = StandIn()
+    result = fid_kid(features(flowers(HUES, 24, seed=1)), features(flowers(HUES, 300, seed=2)),
+                     replace(SETTINGS, kid_subset_size=1000))
+    assert result["kid_subset_size"] == 24 and np.isfinite(result["kid_mean"])
+
+
+def test_colour_coverage_shows_a_collapse_to_yellow_and_purple():
+    real = flowers(HUES, 400, seed=1)
+    varied = colour_report(real, flowers(HUES, 256, seed=2), SETTINGS)
+    collapsed = colour_report(real, flowers([HUES[1], HUES[2]], 256, seed=3), SETTINGS)
+    assert varied["colour_clusters"] == 8
+    assert varied["colour_coverage"] == 1.0 and collapsed["colour_coverage"] <= 0.25
+    assert collapsed["generated_colour_clusters"] == 2
+    assert collapsed["colour_distance"] > 5 * varied["colour_distance"]
+
+
+def test_memorization_flags_near_copies_of_training_images():
+    train_images = flowers(HUES, 200, seed=1) / 255.0
+    holdout = flowers(HUES, 40, seed=2) / 255.0
+    rng = np.random.default_rng(0)
+    copies = np.clip(train_images[:100] + rng.normal(0, 0.005, train_images[:100].shape), 0, 1)
+    copied, nearest_index, _ = memorization_report(train_images, holdout, copies, SETTINGS, "pixels")
+    fresh = memorization_report(train_images, holdout, flowers(HUES, 100, seed=3) / 255.0, SETTINGS, "pixels")[0]
+    assert copied["near_copy_share_pixels"] == 1.0 and copied["memorization_ratio_pixels"] < 0.3
+    np.testing.assert_array_equal(nearest_index, np.arange(100))
+    assert fresh["near_copy_share_pixels"] < 0.1 and 0.7 < fresh["memorization_ratio_pixels"] < 1.5
+
+
+def test_scores_gate_and_promotion_rules():
+    good = {"d_real_holdout_mean": 0.6, "d_real_train_mean": 0.62, "d_fake_mean": 0.4, "colour_coverage": 0.9,
+            "near_copy_share_pixels": 0.0, "colour_distance": 0.05}
+    assert scores_in_range(good)[0]
+    assert not scores_in_range({**good, "d_fake_mean": float("nan")})[0]
+    assert not scores_in_range({**good, "d_real_holdout_mean": 1.0})[0]
+
+    gate = QualityGate(max_fid=100, min_colour_coverage=0.5, max_near_copy_share=0.2)
+    assert gate.check(good)[0]  # FID not measured: judged on the rest
+    passed, why = gate.check({**good, "fid": 140.0})
+    assert not passed and "fid 140 > 100" in why
+    assert not gate.check({**good, "colour_coverage": 0.25})[0]
+
+    assert promotion_decision(False, "failed: x", good, None) == (False, "quality gate failed: x")
+    assert promotion_decision(True, "passed", good, None)[0]
+    promote, why = promotion_decision(True, "passed", {**good, "fid": 40.0}, {**good, "fid": 50.0})
+    assert promote and why.startswith("fid 40 beats")
+    promote, why = promotion_decision(True, "passed", {**good, "fid": 60.0}, {**good, "fid": 50.0})
+    assert not promote and "does not beat" in why
+    # Without FID on both sides, the colour distance decides.
+    promote, why = promotion_decision(True, "passed", {**good, "colour_distance": 0.04}, {**good, "fid": 50.0})
+    assert promote and why.startswith("colour_distance")
+
+
+def test_inception_weights_off_missing_or_unreachable_are_reported_with_the_reason(tmp_path):
+    assert resolve_inception_weights("off", tmp_path) == (None, "turned off (inception_weights: off)")
+    weights, why = resolve_inception_weights(str(tmp_path / "nope.pth"), tmp_path)
+    assert weights is None and "does not exist" in why
+    with socket.socket() as closed:  # a port nobody listens on: the download fails at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    weights, why = resolve_inception_weights("auto", tmp_path, url=f"http://127.0.0.1:{port}/{INCEPTION_FILE}")
+    assert weights is None and "could not download" in why and "inception_weights" in why
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+    (tmp_path / INCEPTION_FILE).write_bytes(b"cached")
+    assert resolve_inception_weights("auto", tmp_path) == (tmp_path / INCEPTION_FILE, "")
+
+
+def test_timeline_stacks_the_fixed_noise_grids_oldest_first(tmp_path):
+    from flower_pipeline.plots import grid_png
+
+    for iteration, shade in ((0, 0), (50, 120), (100, 250)):
+        (tmp_path / f"iter_{iteration:06d}.png").write_bytes(grid_png(np.full((16, 3, 8, 8), shade, np.uint8), 8))
+    (tmp_path / "unrelated.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+    import cv2
+
+    timeline = cv2.imdecode(np.frombuffer(timeline_png(tmp_path), np.uint8), cv2.IMREAD_COLOR_RGB)
+    assert timeline.shape == (3 * 12, 90 + 8 * 10 + 2, 3)  # three strips of one row of eight 8-pixel samples
+    assert timeline[4, 95, 0] == 0 and timeline[16, 95, 0] == 120 and timeline[28, 95, 0] == 250
+
+
+def test_evaluate_a_finished_training(tmp_path):
+    images = flowers(HUES, 96, seed=1).transpose(0, 2, 3, 1)
+    path, _ = write_cache(tmp_path / "cache", images, np.arange(96) % 8, [f"{i}.jpg" for i in range(96)],
+                          class_names=[str(i) for i in range(8)], params={"dataset": "test"}, holdout_fraction=0.25)
+    from flower_pipeline.tensor_cache import TensorCache
+
+    cache = TensorCache.load(path)
+    config = TrainConfig(iterations=8, batch_size=8, features=8, minibatch_kernels=8, log_every=4, sample_every=4,
+                         checkpoint_every=4)
+    train(config, cache, tmp_path / "run", device="cpu")
+    result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), features=StandIn(),
+                      no_features_reason="unused")
+    metrics = result.metrics
+    assert result.unavailable == {}
+    for key in ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean", "d_real_gap", "fid", "kid_mean",
+                "colour_distance", "colour_coverage", "near_copy_share_pixels", "near_copy_share_inception"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 < metrics["d_real_holdout_mean"] < 1
+    assert metrics["kid_subset_size"] == 40  # all 96 real images vs 40 samples
+    assert {"samples", "timeline", "nearest_pairs", "colours", "metrics"} <= set(result.files)
+    assert all(p.parent == tmp_path / "run" / "evaluation" for p in result.files.values())
+
+    offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), no_features_reason="no weights")
+    assert "fid" not in offline.metrics and offline.unavailable["fid"] == "no weights"
+    for key in ("d_real_holdout_mean", "d_fake_mean", "colour_coverage", "near_copy_share_pixels"):
+        assert offline.metrics[key] == pytest.approx(metrics[key]), key  # same seed, same samples
