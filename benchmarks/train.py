@@ -2,17 +2,20 @@
 
 Reference: a CPU DataLoader over the same images, a host→device copy per step,
 `nn.BCELoss` on sigmoid outputs, the standard 64×64 DCGAN (PyTorch's example)
-and Adam. Project: architecture 1 (deeper generator, minibatch discrimination)
-with data on the device, no per-step sync and, on CUDA, a captured CUDA graph.
-Prints iterations/s of both and the ratio at each batch size, plus the device.
+and Adam. Project: the project's loop (data on the device, no per-step sync
+and, on CUDA, a captured CUDA graph), run twice: on the reference's own DCGAN
+networks, which isolates the loop, and on architecture 1 (a deeper generator
+and minibatch discrimination: more compute per step). Prints iterations/s and
+the ratios at each batch size, plus the device.
 
-    python benchmarks/train.py [--device auto] [--iterations 200] [--batch-sizes 16 64]
+    python benchmarks/train.py [--device auto] [--steps N] [--rounds R] [--batch-sizes 16 64]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from flower_pipeline.training import TrainConfig, Trainer, pick_device
 
 
-def reference_models(nz: int = 100, ngf: int = 64, ndf: int = 64) -> tuple[nn.Module, nn.Module]:
+def reference_models(nz: int = 100, ngf: int = 64, ndf: int = 64, logits: bool = False) -> tuple[nn.Module, nn.Module]:
     generator = nn.Sequential(
         nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
         nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
@@ -34,55 +37,72 @@ def reference_models(nz: int = 100, ngf: int = 64, ndf: int = 64) -> tuple[nn.Mo
         nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, True),
         nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, True),
         nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, True),
-        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False), nn.Sigmoid())
+        nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False), nn.Flatten(0) if logits else nn.Sigmoid())
     return generator, discriminator
 
 
-def reference_loop(images: np.ndarray, batch: int, iterations: int, device: torch.device) -> float:
-    """Iterations per second of the plain loop (the first batches are warm-up)."""
-    data = torch.from_numpy(images).float().div(127.5).sub(1.0)
-    loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True, drop_last=True)
-    generator, discriminator = (m.to(device) for m in reference_models())
-    opt_g = torch.optim.Adam(generator.parameters(), 2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
-    criterion = nn.BCELoss()
-    done, warmup, start = 0, 5, 0.0
-    while done < iterations + warmup:
-        for (real,) in loader:
-            if done == warmup:
-                _sync(device)
-                start = time.perf_counter()
-            real = real.to(device)
-            z = torch.randn(batch, 100, 1, 1, device=device)
-            fake = generator(z)
-            opt_d.zero_grad()
-            loss_d = (criterion(discriminator(real).view(-1), torch.ones(batch, device=device))
-                      + criterion(discriminator(fake.detach()).view(-1), torch.zeros(batch, device=device)))
-            loss_d.backward()
-            opt_d.step()
-            opt_g.zero_grad()
-            loss_g = criterion(discriminator(fake).view(-1), torch.ones(batch, device=device))
-            loss_g.backward()
-            opt_g.step()
-            loss_d.item(), loss_g.item()  # the usual per-step logging sync
-            done += 1
-            if done == iterations + warmup:
-                break
-    _sync(device)
-    return iterations / (time.perf_counter() - start)
+class ReferenceLoop:
+    """The plain loop: DataLoader batches copied to the device, BCELoss on sigmoid outputs, a sync per step."""
+
+    def __init__(self, images: np.ndarray, batch: int, device: torch.device):
+        data = torch.from_numpy(images).float().div(127.5).sub(1.0)
+        self.loader = DataLoader(TensorDataset(data), batch_size=batch, shuffle=True, drop_last=True)
+        self.batches = iter(self.loader)
+        self.batch, self.device = batch, device
+        self.generator, self.discriminator = (m.to(device) for m in reference_models())
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), 2e-4, betas=(0.5, 0.999))
+        self.opt_d = torch.optim.Adam(self.discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
+        self.criterion = nn.BCELoss()
+
+    def run_step(self) -> None:
+        try:
+            (real,) = next(self.batches)
+        except StopIteration:  # a new epoch
+            self.batches = iter(self.loader)
+            (real,) = next(self.batches)
+        batch, device = self.batch, self.device
+        real = real.to(device)
+        fake = self.generator(torch.randn(batch, 100, 1, 1, device=device))
+        self.opt_d.zero_grad()
+        loss_d = (self.criterion(self.discriminator(real).view(-1), torch.ones(batch, device=device))
+                  + self.criterion(self.discriminator(fake.detach()).view(-1), torch.zeros(batch, device=device)))
+        loss_d.backward()
+        self.opt_d.step()
+        self.opt_g.zero_grad()
+        loss_g = self.criterion(self.discriminator(fake).view(-1), torch.ones(batch, device=device))
+        loss_g.backward()
+        self.opt_g.step()
+        loss_d.item(), loss_g.item()  # the usual per-step logging sync
 
 
-def project_loop(images: np.ndarray, batch: int, iterations: int, device: torch.device) -> tuple[float, bool]:
-    trainer = Trainer(TrainConfig(arch="arch1", batch_size=batch, iterations=iterations + 10), images, device)
-    captured = trainer.try_capture()
-    for _ in range(5):
-        trainer.run_step()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(iterations):
-        trainer.run_step()
-    trainer.read_stats(iterations)  # the one sync a logging window costs
-    return iterations / (time.perf_counter() - start), captured
+def project_trainer(images: np.ndarray, batch: int, device: torch.device, network: str) -> tuple[Trainer, bool]:
+    """The project's Trainer on `network`: "arch1", or "dcgan" (the reference's networks, D returning logits)."""
+    trainer = Trainer(TrainConfig(arch="arch1", batch_size=batch), images, device)
+    if network == "dcgan":  # same networks as the reference: only the loop differs
+        generator, discriminator = reference_models(logits=True)
+        trainer.generator = nn.Sequential(nn.Unflatten(1, (100, 1, 1)), generator).to(device)
+        trainer.discriminator = discriminator.to(device)
+        trainer.opt_g, trainer.opt_d = trainer._optimizer(trainer.generator), trainer._optimizer(discriminator)
+    return trainer, trainer.try_capture()
+
+
+def measure(loops: dict[str, Any], steps: int, rounds: int, device: torch.device) -> dict[str, float]:
+    """Median iterations/s of each loop, timed in blocks of `steps` taken in turn, so drift hits all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in loops}
+    for loop in loops.values():  # warm-up
+        for _ in range(3):
+            loop.run_step()
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                loop.run_step()
+            if isinstance(loop, Trainer):
+                loop.read_stats(steps)  # the one sync a logging window costs
+            _sync(device)
+            rates[name].append(steps / (time.perf_counter() - start))
+    return {name: float(np.median(r)) for name, r in rates.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -93,21 +113,27 @@ def _sync(device: torch.device) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--iterations", type=int, default=None, help="default: 1000 on CUDA, 20 on CPU")
+    parser.add_argument("--steps", type=int, default=None, help="steps per timed block (default 200 CUDA, 2 CPU)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed blocks per loop (default 5 CUDA, 8 CPU)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--images", type=int, default=1360, help="random 64×64 images (Flowers-17's count)")
     args = parser.parse_args()
     device = pick_device(args.device)
-    iterations = args.iterations or (1000 if device.type == "cuda" else 20)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"device: {name}; torch {torch.__version__}; {iterations} timed iterations each")
+    cuda = device.type == "cuda"
+    steps, rounds = args.steps or (200 if cuda else 2), args.rounds or (5 if cuda else 8)
+    name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {name}; torch {torch.__version__}; median of {rounds} blocks of {steps} steps, loops in turn")
     images = np.random.default_rng(0).integers(0, 256, (args.images, 3, 64, 64), dtype=np.uint8)
     for batch in args.batch_sizes:
-        reference = reference_loop(images, batch, iterations, device)
-        project, captured = project_loop(images, batch, iterations, device)
-        label = "arch1, CUDA graph" if captured else "arch1"
-        print(f"batch {batch:>3}: reference {reference:8.1f} it/s | project ({label}) {project:8.1f} it/s | "
-              f"ratio {project / reference:.2f}x")
+        same, captured = project_trainer(images, batch, device, "dcgan")
+        arch1, _ = project_trainer(images, batch, device, "arch1")
+        rates = measure({"reference": ReferenceLoop(images, batch, device), "same": same, "arch1": arch1},
+                        steps, rounds, device)
+        graph = ", CUDA graph" if captured else ""
+        reference = rates["reference"]
+        print(f"batch {batch:>3}: reference {reference:8.1f} it/s | project loop{graph}: same DCGAN "
+              f"{rates['same']:8.1f} it/s (ratio {rates['same'] / reference:.2f}x), arch1 {rates['arch1']:8.1f} it/s "
+              f"(ratio {rates['arch1'] / reference:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -142,12 +142,14 @@ class Trainer:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Fused kernels where PyTorch has them (one kernel for all parameters, CPU and CUDA alike);
+        capturable on CUDA so the step can live inside a CUDA graph."""
         cfg, cuda = self.config, self.device.type == "cuda"
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), cfg.lr, betas=cfg.betas, capturable=cuda, foreach=True)
-        if cfg.optimizer == "rmsprop":
+            return torch.optim.Adam(model.parameters(), cfg.lr, betas=cfg.betas, fused=True, capturable=cuda)
+        if cfg.optimizer == "rmsprop":  # no fused RMSprop in PyTorch
             return torch.optim.RMSprop(model.parameters(), cfg.lr, capturable=cuda, foreach=True)
-        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=0.9, foreach=True)
+        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=0.9, fused=True)
 
     def _step(self) -> None:
         """One D update and one G update, entirely on the device."""

@@ -13,10 +13,16 @@ from conftest import flowers_like, make_tgz
 PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
 
 
+def _instance_home(tmp_path: Path) -> Path:
+    """A Dagster home configured like the project's (telemetry off, gpu pool of 1)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
+    return home
+
+
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    (tmp_path / "dagster_home").mkdir(exist_ok=True)
-    shutil.copy(PROJECT_INSTANCE_CONFIG, tmp_path / "dagster_home")
+    env = {**os.environ, "DAGSTER_HOME": str(_instance_home(tmp_path))}
     return subprocess.run([sys.executable, "-m", "flower_pipeline.cli", *args, "--data-dir", str(tmp_path / "data")],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
@@ -45,7 +51,7 @@ def _main(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.Mon
     """The CLI's own entry point in this process: what a user sees, without a second interpreter's start-up."""
     from flower_pipeline.cli import main
 
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("DAGSTER_HOME", str(_instance_home(tmp_path)))
     capsys.readouterr()
     code = main([*args, "--data-dir", str(tmp_path / "data")])
     out, err = capsys.readouterr()
