@@ -131,8 +131,8 @@ def main() -> None:
                         steps, rounds, device)
         graph = ", CUDA graph" if captured else ""
         reference = rates["reference"]
-        print(f"batch {batch:>3}: reference {reference:8.1f} it/s | project loop{graph}: same DCGAN "
-              f"{rates['same']:8.1f} it/s (ratio {rates['same'] / reference:.2f}x), arch1 {rates['arch1']:8.1f} it/s "
+        print(f"batch {batch:>3}: reference {reference:8.2f} it/s | project loop{graph}: same DCGAN "
+              f"{rates['same']:8.2f} it/s (ratio {rates['same'] / reference:.2f}x), arch1 {rates['arch1']:8.2f} it/s "
               f"(ratio {rates['arch1'] / reference:.2f}x)")
 
 
