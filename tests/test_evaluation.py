@@ -179,3 +179,19 @@ def test_evaluate_a_finished_training(tmp_path):
     assert "fid" not in offline.metrics and offline.unavailable["fid"] == "no weights"
     for key in ("d_real_holdout_mean", "d_fake_mean", "colour_coverage", "near_copy_share_pixels"):
         assert offline.metrics[key] == pytest.approx(metrics[key]), key  # same seed, same samples
+
+
+def test_inception_features_wire_torch_fidelity_for_colour_and_gray(tmp_path, monkeypatch):
+    """torch-fidelity's Inception-v3 with stand-in (random) weights: the real weights file is not on this machine."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    from flower_pipeline.evaluation import inception_features
+
+    monkeypatch.setattr(FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+    weights = tmp_path / INCEPTION_FILE
+    torch.save({}, weights)
+    features = inception_features(weights, batch_size=4)
+    colour = features(flowers(HUES, 5, seed=1))
+    gray = features(flowers(HUES, 3, seed=1)[:, :1])  # black-and-white: repeated to three channels
+    assert colour.shape == (5, 2048) and gray.shape == (3, 2048) and colour.dtype == np.float64
+    assert np.isfinite(colour).all() and np.isfinite(gray).all()

@@ -133,6 +133,8 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
     latest = load_generator("synthetic-arch1", alias="latest", tracking_uri=tracking.tracking_uri,
                             data_dir=tracking.data_dir)
     assert not np.array_equal(latest.generate(4, seed=7), by_version.generate(4, seed=7))  # v2: another seed
+    np.testing.assert_array_equal(mlflow.pytorch.load_model("models:/synthetic-arch1@latest").generate(4, seed=7),
+                                  latest.generate(4, seed=7))  # MLflow's reserved alias: the newest version
 
     where = {"tracking_uri": tracking.tracking_uri, "data_dir": tracking.data_dir}
     with pytest.raises(PipelineError, match="no registered model 'nope'; registered: synthetic-arch1"):
