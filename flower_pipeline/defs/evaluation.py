@@ -19,7 +19,7 @@ from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
 from .mlflow_tracking import MlflowTracking
-from .partitions import training_partitions
+from .partitions import dataset_and_arch, training_partitions
 from .resources import FlowerStorage
 from .support import image_markdown, user_errors
 from .training import trained_generator, training_stage
@@ -65,8 +65,7 @@ class EvaluationConfig(dg.Config):
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, storage: FlowerStorage,
                          mlflow: MlflowTracking) -> dg.MaterializeResult:
     """The latest trained generator judged on held-out images: D scores, FID/KID, colour collapse, memorization."""
-    keys = context.partition_key.keys_by_dimension
-    dataset, arch = keys["dataset"], keys["arch"]
+    dataset, arch = dataset_and_arch(context)
     with user_errors():
         paths = storage.dataset(dataset)
         training = paths.read_manifest(training_stage(arch))

@@ -9,3 +9,9 @@ dataset_partitions = dg.StaticPartitionsDefinition(list(DATASET_NAMES))
 
 arch_partitions = dg.StaticPartitionsDefinition(list(ARCHITECTURES))
 training_partitions = dg.MultiPartitionsDefinition({"dataset": dataset_partitions, "arch": arch_partitions})
+
+
+def dataset_and_arch(context: dg.AssetExecutionContext) -> tuple[str, str]:
+    """The (dataset, architecture) of a training-partitioned run."""
+    keys = context.partition_key.keys_by_dimension
+    return keys["dataset"], keys["arch"]

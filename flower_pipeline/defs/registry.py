@@ -19,7 +19,7 @@ from flower_pipeline.training import load_trained
 
 from .evaluation import HEADLINE, evaluation_stage, generator_evaluation
 from .mlflow_tracking import MlflowTracking
-from .partitions import training_partitions
+from .partitions import dataset_and_arch, training_partitions
 from .resources import FlowerStorage
 from .support import user_errors
 
@@ -38,8 +38,7 @@ def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
 def registered_generator(context: dg.AssetExecutionContext, storage: FlowerStorage,
                          mlflow: MlflowTracking) -> dg.MaterializeResult:
     """The evaluated generator as a version of the registered model `<dataset>-<arch>`, aliased latest/champion."""
-    keys = context.partition_key.keys_by_dimension
-    dataset, arch = keys["dataset"], keys["arch"]
+    dataset, arch = dataset_and_arch(context)
     name = model_name(dataset, arch)
     with user_errors():
         evaluation = storage.dataset(dataset).read_manifest(evaluation_stage(arch))

@@ -12,7 +12,7 @@ from flower_pipeline.training import TrainConfig, train
 
 from .ingest import tensor_cache
 from .mlflow_tracking import MlflowTracking
-from .partitions import training_partitions
+from .partitions import dataset_and_arch, training_partitions
 from .resources import FlowerStorage
 from .support import image_markdown, user_errors
 
@@ -56,8 +56,7 @@ def train_config(arch: str, config: TrainingConfig) -> TrainConfig:
 def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig, storage: FlowerStorage,
                       mlflow: MlflowTracking) -> dg.MaterializeResult:
     """A DCGAN generator trained on the dataset's tensor cache, with its run in MLflow."""
-    keys = context.partition_key.keys_by_dimension
-    dataset, arch = keys["dataset"], keys["arch"]
+    dataset, arch = dataset_and_arch(context)
     with user_errors():
         paths = storage.dataset(dataset)
         cache = TensorCache.load(paths.read_manifest("tensor_cache")["path"])
