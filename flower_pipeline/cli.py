@@ -200,13 +200,16 @@ def sample(args: argparse.Namespace) -> None:
     generator = load_generator(args.model, alias=args.alias, version=args.version, data_dir=args.data_dir)
     images = generator.generate(args.n, seed=args.seed)
     which = f"v{args.version}" if args.version is not None else f"@{args.alias or 'champion'}"
-    if args.dir:
-        for i, image in enumerate(images):
-            atomic_write_bytes(args.output / f"{args.model}-{i:04d}.png", png_bytes(image.transpose(1, 2, 0)))
-        print(f"{len(images)} images from {args.model}{which} (seed {args.seed}) in {args.output}/")
-    else:
-        atomic_write_bytes(args.output, grid_png(images))
-        print(f"{len(images)} images from {args.model}{which} (seed {args.seed}): {args.output}")
+    try:
+        if args.dir:
+            for i, image in enumerate(images):
+                atomic_write_bytes(args.output / f"{args.model}-{i:04d}.png", png_bytes(image.transpose(1, 2, 0)))
+        else:
+            atomic_write_bytes(args.output, grid_png(images))
+    except OSError as err:  # a folder where a file should go, or the reverse, or no permission
+        raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
+    where = f" in {args.output}/" if args.dir else f": {args.output}"
+    print(f"{len(images)} images from {args.model}{which} (seed {args.seed}){where}")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config_class: Any, prefix: str = "",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import pickle
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -114,8 +115,13 @@ def inception_features(weights: Path, device: torch.device | str = "cpu", batch_
     """torch-fidelity's Inception-v3 (2015-12-05) 2048-d pool features, as published FIDs use."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-    model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                        feature_extractor_weights_path=str(weights)).to(device)
+    try:
+        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                            feature_extractor_weights_path=str(weights)).to(device)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated, foreign or not weights
+        raise PipelineError(f"{weights} is not a usable Inception weights file ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:200]}); replace it with {INCEPTION_FILE} or set "
+                            "inception_weights to off") from None
 
     @torch.no_grad()
     def features(images: np.ndarray) -> np.ndarray:

@@ -11,9 +11,12 @@ Models are also plain MLflow models: `mlflow.pytorch.load_model("models:/flowers
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import FlowerGenerator
 
 
@@ -28,13 +31,28 @@ def _tracking(tracking_uri: str | None, data_dir: Path | str | None) -> Any:
     return MlflowTracking(**options)
 
 
+@contextlib.contextmanager
+def _mlflow_errors(tracking: Any) -> Iterator[None]:
+    """MLflow's own failures (server down, artifacts gone) as one line naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as err:
+        raise PipelineError(f"MLflow at {tracking.uri} failed: {str(err).splitlines()[0][:300]}") from None
+
+
 def load_generator(name: str, alias: str | None = None, version: int | str | None = None, *,
                    tracking_uri: str | None = None, data_dir: Path | str | None = None,
                    device: str = "cpu") -> FlowerGenerator:
     """A registered generator by alias (default: champion) or version number."""
-    return _tracking(tracking_uri, data_dir).load_generator(name, alias=alias, version=version, device=device)
+    tracking = _tracking(tracking_uri, data_dir)
+    with _mlflow_errors(tracking):
+        return tracking.load_generator(name, alias=alias, version=version, device=device)
 
 
 def list_models(*, tracking_uri: str | None = None, data_dir: Path | str | None = None) -> list[dict[str, Any]]:
     """Every registered version: name, version, aliases, creation time (ms) and tags (dataset, arch, eval.*)."""
-    return _tracking(tracking_uri, data_dir).registered_models()
+    tracking = _tracking(tracking_uri, data_dir)
+    with _mlflow_errors(tracking):
+        return tracking.registered_models()

@@ -124,3 +124,13 @@ def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, cap
                           (["--model", name, "--version", "7"], f"error: {name} has no version 7; versions: 1")):
         code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", *args, "-o", str(tmp_path / "data" / "x.png"))
         assert code == 1 and err.startswith(message) and err.count("\n") == 1, err
+
+    # Output where it cannot go, and a registry whose artifacts were deleted: one line each.
+    (tmp_path / "data" / "a-file").write_bytes(b"")
+    for args, message in ((["-o", str(tmp_path / "data" / "a")], "error: cannot write "),
+                          (["--dir", "-o", str(tmp_path / "data" / "a-file" / "x")], "error: cannot write ")):
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", name, *args)
+        assert code == 1 and err.startswith(message) and err.count("\n") == 1, err
+    (tmp_path / "data" / "mlartifacts").rename(tmp_path / "data" / "moved")
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", name, "-o", str(tmp_path / "data" / "y"))
+    assert code == 1 and err.startswith(f"error: cannot load models:/{name}@champion") and err.count("\n") == 1, err

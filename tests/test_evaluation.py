@@ -195,3 +195,14 @@ def test_inception_features_wire_torch_fidelity_for_colour_and_gray(tmp_path, mo
     gray = features(flowers(HUES, 3, seed=1)[:, :1])  # black-and-white: repeated to three channels
     assert colour.shape == (5, 2048) and gray.shape == (3, 2048) and colour.dtype == np.float64
     assert np.isfinite(colour).all() and np.isfinite(gray).all()
+
+
+def test_a_corrupt_inception_weights_file_is_one_clear_error(tmp_path):
+    from flower_pipeline.errors import PipelineError
+    from flower_pipeline.evaluation import inception_features
+
+    weights = tmp_path / "weights.pth"
+    torch.save({"fc.weight": torch.zeros(3)}, weights)
+    weights.write_bytes(weights.read_bytes()[:50])  # truncated mid-download
+    with pytest.raises(PipelineError, match=r"weights\.pth is not a usable Inception weights file"):
+        inception_features(weights)

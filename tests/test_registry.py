@@ -151,3 +151,14 @@ def test_registry_default_store_lives_in_the_data_folder(tmp_path, monkeypatch):
     assert tracking.uri == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
     assert list_models(data_dir=tmp_path / "data") == []
     assert os.path.exists(tmp_path / "data" / "mlflow.db")
+
+
+def test_an_unreachable_tracking_server_is_one_clear_error(monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with pytest.raises(PipelineError, match=f"^MLflow at {url} failed: "):
+        list_models(tracking_uri=url)
+    with pytest.raises(PipelineError, match=f"^MLflow at {url} failed: "):
+        load_generator("flowers17-arch1", tracking_uri=url)

@@ -161,7 +161,10 @@ class MlflowTracking(dg.ConfigurableResource):
                 raise PipelineError(f"{name} has no alias {alias!r}; aliases: {listed}")
             uri = f"models:/{name}/latest" if alias == "latest" else f"models:/{name}@{alias}"
         mlflow.set_tracking_uri(self.uri)
-        model = mlflow.pytorch.load_model(uri, map_location=device)
+        try:
+            model = mlflow.pytorch.load_model(uri, map_location=device)
+        except (MlflowException, OSError) as err:  # artifacts deleted or moved, store unreachable
+            raise PipelineError(f"cannot load {uri} from {self.uri}: {str(err).splitlines()[0][:200]}") from None
         return model.eval()
 
     def _model_exists(self, name: str) -> bool:
