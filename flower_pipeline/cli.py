@@ -92,9 +92,8 @@ def _report_prepared(data_dir: Path, dataset: str) -> None:
 
 def train(args: argparse.Namespace) -> None:
     """Train, evaluate and register one dataset × architecture (the retraining job's three assets)."""
-    import dagster as dg
-
     from flower_pipeline.defs.evaluation import EvaluationConfig, generator_evaluation
+    from flower_pipeline.defs.partitions import training_partition_key
     from flower_pipeline.defs.registry import registered_generator
     from flower_pipeline.defs.training import TrainingConfig, trained_generator
 
@@ -103,7 +102,7 @@ def train(args: argparse.Namespace) -> None:
                   if k != "device" and (v := getattr(args, f"eval_{k}")) is not None}
     evaluation["device"] = training.get("device", "auto")
     result = materialize([trained_generator, generator_evaluation, registered_generator],
-                         dg.MultiPartitionKey({"dataset": args.dataset, "arch": args.arch}),
+                         training_partition_key(args.dataset, args.arch),
                          {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
                          args.data_dir)
 

@@ -34,7 +34,7 @@ import torch
 
 from flower_pipeline.download import fetch
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.models import Discriminator
+from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes
 from flower_pipeline.tensor_cache import TensorCache
@@ -60,10 +60,6 @@ class EvalSettings:
 # --- the source's measure: discriminator scores ---------------------------------------------------------------
 
 
-def to_unit_range(images: np.ndarray, device: torch.device | str) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).float().div_(127.5).sub_(1.0)
-
-
 @torch.no_grad()
 def discriminator_scores(discriminator: Discriminator, images: np.ndarray, batch_size: int,
                          device: torch.device | str = "cpu") -> np.ndarray:
@@ -73,8 +69,9 @@ def discriminator_scores(discriminator: Discriminator, images: np.ndarray, batch
     batches of the size D was trained on keeps its inputs as it knew them.
     """
     discriminator.eval()
-    scores = [torch.sigmoid(discriminator(to_unit_range(images[i : i + batch_size], device))).cpu()
-              for i in range(0, len(images), batch_size)]
+    batches = (torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+               for i in range(0, len(images), batch_size))
+    scores = [torch.sigmoid(discriminator(to_unit_range(batch))).cpu() for batch in batches]
     return torch.cat(scores).double().numpy()
 
 
@@ -226,14 +223,15 @@ def colour_clusters(real: np.ndarray, fake: np.ndarray, k: int = 8, seed: int = 
         np.bincount(nearest_centre(fake_colours, centres), minlength=count) / len(fake))
 
 
-def colour_report(real: np.ndarray, fake: np.ndarray, settings: EvalSettings) -> dict[str, float]:
+def colour_report(real: np.ndarray, fake: np.ndarray,
+                  settings: EvalSettings) -> tuple[dict[str, float], ColourClusters]:
     """How far the samples' colours are from the real ones, and how many real colour clusters they cover.
 
     The real images are clustered (k-means, k=8) by the mean colour of their
     centre, where the flower is; each sample joins its nearest cluster. A
     generator collapsed to yellow and purple flowers fills two clusters and
     leaves the rest empty: low coverage. The distance compares the colour
-    histograms of all pixels.
+    histograms of all pixels. The clusters come back too, for the picture.
     """
     clusters = colour_clusters(real, fake, seed=settings.seed)
     kept = clusters.real_share >= settings.min_cluster_share
@@ -243,12 +241,11 @@ def colour_report(real: np.ndarray, fake: np.ndarray, settings: EvalSettings) ->
         "colour_coverage": float(covered.mean()) if kept.any() else 1.0,
         "colour_clusters": float(kept.sum()),
         "generated_colour_clusters": float((clusters.fake_share[kept] >= settings.min_cluster_share).sum()),
-    }
+    }, clusters
 
 
-def colour_swatch_png(real: np.ndarray, fake: np.ndarray, seed: int = 0, width: int = 512, height: int = 40) -> bytes:
+def colour_swatch_png(clusters: ColourClusters, width: int = 512, height: int = 40) -> bytes:
     """Two bars, real above generated, split among the real colour clusters in proportion to their shares."""
-    clusters = colour_clusters(real, fake, seed=seed)
     colours = np.clip(clusters.centres, 0, 255).astype(np.uint8)
     if colours.shape[1] == 1:
         colours = np.repeat(colours, 3, axis=1)
@@ -358,7 +355,8 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
     for name, images in (("d_real_holdout", holdout_images), ("d_real_train", train_images), ("d_fake", samples)):
         metrics.update(score_summary(name, discriminator_scores(trained.discriminator, images, batch, device)))
     metrics["d_real_gap"] = metrics["d_real_train_mean"] - metrics["d_real_holdout_mean"]
-    metrics.update(colour_report(cache.images[:], samples, settings))
+    colours, clusters = colour_report(np.asarray(cache.images), samples, settings)
+    metrics.update(colours)
     memo, nearest_index, nearest_distance = memorization_report(
         *(np.float32(1 / 255) * a for a in (train_images, holdout_images, samples)), settings, "pixels")
     metrics.update(memo)
@@ -376,7 +374,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         "samples": atomic_write_bytes(out / "samples.png", grid_png(samples[:64], columns=8)),
         "nearest_pairs": atomic_write_bytes(out / "nearest_pairs.png",
                                             nearest_pairs_png(samples, train_images, nearest_index, nearest_distance)),
-        "colours": atomic_write_bytes(out / "colours.png", colour_swatch_png(cache.images[:], samples, settings.seed)),
+        "colours": atomic_write_bytes(out / "colours.png", colour_swatch_png(clusters)),
     }
     timeline = timeline_png(training_dir / "samples")
     if timeline is not None:

@@ -104,6 +104,16 @@ class Generator2(nn.Module):
         return self.net(self.project(z.view(z.shape[0], -1)).view(z.shape[0], -1, 4, 4))
 
 
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) as floats in [-1, 1], what the networks take and make."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Network images in [-1, 1] as uint8 N×C×H×W on the host."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
 def sample_latent(n: int, latent_dim: int, noise: str, device: torch.device | str = "cpu",
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Latent vectors: standard Gaussian, or uniform on [-1, 1]."""
@@ -141,7 +151,7 @@ class FlowerGenerator(nn.Module):
         self.eval()
         images = [self(chunk.to(device)) for chunk in z.split(batch_size)]
         self.train(was_training)
-        return ((torch.cat(images).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return to_uint8(torch.cat(images))
 
 
 class MinibatchDiscrimination(nn.Module):

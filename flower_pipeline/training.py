@@ -29,7 +29,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.models import ARCHITECTURES, NOISES, Discriminator, FlowerGenerator, build_models, sample_latent
+from flower_pipeline.models import (
+    ARCHITECTURES,
+    NOISES,
+    Discriminator,
+    FlowerGenerator,
+    build_models,
+    sample_latent,
+    to_uint8,
+    to_unit_range,
+)
 from flower_pipeline.plots import curves_png, grid_png
 from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
 from flower_pipeline.tensor_cache import TensorCache
@@ -155,7 +164,7 @@ class Trainer:
         """One D update and one G update, entirely on the device."""
         cfg, batch = self.config, self.config.batch_size
         index = torch.randint(0, self.data.shape[0], (batch,), device=self.device)
-        real = self.data[index].float().div_(127.5).sub_(1.0)
+        real = to_unit_range(self.data[index])
         fake = self.generator(sample_latent(batch, cfg.latent_dim, cfg.latent_noise, self.device))
 
         d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
@@ -220,7 +229,7 @@ class Trainer:
         self.generator.eval()
         images = self.generator(self.fixed_z if z is None else z)
         self.generator.train()
-        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return to_uint8(images)
 
     def state(self, history: list[dict[str, float]], pending_steps: int) -> dict[str, Any]:
         return {

@@ -82,8 +82,8 @@ def test_kid_subset_size_fits_a_small_held_out_set():
 
 def test_colour_coverage_shows_a_collapse_to_yellow_and_purple():
     real = flowers(HUES, 400, seed=1)
-    varied = colour_report(real, flowers(HUES, 256, seed=2), SETTINGS)
-    collapsed = colour_report(real, flowers([HUES[1], HUES[2]], 256, seed=3), SETTINGS)
+    varied, _ = colour_report(real, flowers(HUES, 256, seed=2), SETTINGS)
+    collapsed, _ = colour_report(real, flowers([HUES[1], HUES[2]], 256, seed=3), SETTINGS)
     assert varied["colour_clusters"] == 8
     assert varied["colour_coverage"] == 1.0 and collapsed["colour_coverage"] <= 0.25
     assert collapsed["generated_colour_clusters"] == 2

@@ -119,8 +119,7 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
     assert '"iterations": 6' in tags["config"] and tags["code_version"].startswith("0.1.0")
     assert 0 < float(tags["eval.d_fake_mean"]) < 1 and tags["promotion"] == "champion"
     assert rows[0]["tags"]["promotion_reason"].startswith("quality gate failed")
-    run = tracking.client().get_run(tags.get("mlflow_run_id") or tracking.client().get_model_version(
-        "synthetic-arch1", "1").run_id)
+    run = tracking.client().get_run(tracking.client().get_model_version("synthetic-arch1", "1").run_id)
     assert "eval_d_fake_mean" in run.data.metrics and run.data.tags["promotion"] == "champion"
 
     # The champion is a plain MLflow PyTorch model that makes images.

@@ -122,14 +122,15 @@ class MlflowTracking(dg.ConfigurableResource):
         except MlflowException:
             return None
 
-    def registered_models(self) -> list[dict[str, Any]]:
-        """Every registered model's versions, newest first, with aliases and tags.
+    def registered_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The versions of every registered model (or of `name`), newest first, with aliases and tags.
 
         MLflow reserves the alias `latest` for the newest version (models:/NAME/latest),
         so it always moves by itself; it is listed here with the set aliases.
         """
         client, rows = self.client(), []
-        for model in client.search_registered_models(order_by=["name ASC"]):
+        only = f"name='{name}'" if name is not None else None
+        for model in client.search_registered_models(filter_string=only, order_by=["name ASC"]):
             versions = client.search_model_versions(f"name='{model.name}'", order_by=["version_number DESC"])
             aliases: dict[str, list[str]] = {str(versions[0].version): ["latest"]} if versions else {}
             for alias, version in (model.aliases or {}).items():
@@ -144,17 +145,17 @@ class MlflowTracking(dg.ConfigurableResource):
         """A registered generator by alias (default champion) or version; a clear error lists what exists."""
         if alias is not None and version is not None:
             raise PipelineError("give an alias or a version, not both")
-        alias = alias if version is not None or alias else "champion"
-        if not self._model_exists(name):
+        rows = self.registered_models(name)
+        if not rows:
             names = sorted(m.name for m in self.client().search_registered_models())
             raise PipelineError(f"no registered model {name!r}; registered: {', '.join(names) or 'none'}")
-        rows = [r for r in self.registered_models() if r["name"] == name]
         if version is not None:
             if str(version) not in {r["version"] for r in rows}:
                 listed = ", ".join(r["version"] for r in reversed(rows))
                 raise PipelineError(f"{name} has no version {version}; versions: {listed}")
             uri = f"models:/{name}/{version}"
         else:
+            alias = alias or "champion"
             known = {a: r["version"] for r in rows for a in r["aliases"]}
             if alias not in known:
                 listed = ", ".join(f"{a} (v{v})" for a, v in sorted(known.items())) or "none"

@@ -11,6 +11,10 @@ arch_partitions = dg.StaticPartitionsDefinition(list(ARCHITECTURES))
 training_partitions = dg.MultiPartitionsDefinition({"dataset": dataset_partitions, "arch": arch_partitions})
 
 
+def training_partition_key(dataset: str, arch: str) -> dg.MultiPartitionKey:
+    return dg.MultiPartitionKey({"dataset": dataset, "arch": arch})
+
+
 def dataset_and_arch(context: dg.AssetExecutionContext) -> tuple[str, str]:
     """The (dataset, architecture) of a training-partitioned run."""
     keys = context.partition_key.keys_by_dimension

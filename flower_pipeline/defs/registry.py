@@ -48,8 +48,9 @@ def registered_generator(context: dg.AssetExecutionContext, storage: FlowerStora
         version = mlflow.version_of_run(name, run_id)
         if version is None:  # a retried step finds its version instead of making another
             model = mlflow.log_generator(run_id, load_trained(Path(training["path"])).generator)
-            version = mlflow.register(name, run_id, model, _version_tags(training, metrics, evaluation),
-                                      _description(training, metrics, evaluation))
+            code = code_version()
+            version = mlflow.register(name, run_id, model, _version_tags(training, metrics, evaluation, code),
+                                      _description(training, metrics, evaluation, code))
         else:
             context.log.info(f"{name} version {version.version} was already registered from run {run_id}")
 
@@ -62,32 +63,33 @@ def registered_generator(context: dg.AssetExecutionContext, storage: FlowerStora
             if promoted:
                 mlflow.set_alias(name, "champion", version.version)
         decision = "champion" if promoted else "not promoted"
+        champion_version = version.version if promoted else (champion.version if champion else None)
         mlflow.set_version_tags(name, version.version, {"promotion": decision, "promotion_reason": reason})
         mlflow.set_tags(run_id, {"registered_model": name, "registered_version": version.version,
                                  "promotion": decision, "promotion_reason": reason})
     context.log.info(f"{name} v{version.version}: {decision} ({reason})")
-    champion = mlflow.version_by_alias(name, "champion")
     return dg.MaterializeResult(metadata={
         "model": name, "version": int(version.version), "promotion": decision, "reason": reason,
-        "champion_version": int(champion.version) if champion else None,
+        "champion_version": int(champion_version) if champion_version is not None else None,
         "model_uri": f"models:/{name}/{version.version}", "mlflow_run_id": run_id,
         "tracking_uri": mlflow.uri,
     })
 
 
-def _version_tags(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any]) -> dict[str, str]:
+def _version_tags(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any],
+                  code: str) -> dict[str, str]:
     return {
         "dataset": training["dataset"], "arch": training["arch"], "cache_hash": training["cache_hash"],
-        "config": json.dumps(training["config"], sort_keys=True), "code_version": code_version(),
+        "config": json.dumps(training["config"], sort_keys=True), "code_version": code,
         "iterations": str(training["iterations"]), "quality_gate": evaluation["gate_reason"],
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()},
     }
 
 
-def _description(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any]) -> str:
+def _description(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any], code: str) -> str:
     shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "kid_mean", "d_real_holdout_mean", "d_fake_mean",
                                                         "colour_coverage", "near_copy_share_pixels") if k in metrics)
     missing = "; ".join(f"{k} unavailable: {why}" for k, why in evaluation["unavailable"].items())
     return (f"{training['arch']} generator trained {training['iterations']} iterations on {training['dataset']} "
-            f"(cache {training['cache_hash'][:12]}, code {code_version()}). {shown}."
+            f"(cache {training['cache_hash'][:12]}, code {code}). {shown}."
             + (f" {missing}." if missing else ""))

@@ -15,7 +15,7 @@ from flower_pipeline.models import ARCHITECTURES
 
 from .evaluation import generator_evaluation
 from .ingest import tensor_cache
-from .partitions import training_partitions
+from .partitions import dataset_partitions, training_partition_key
 from .registry import registered_generator
 from .training import trained_generator
 
@@ -40,15 +40,11 @@ def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, pa
 def cache_hashes(instance: dg.DagsterInstance) -> dict[str, str]:
     """The current tensor-cache content hash of every dataset that has one."""
     hashes = {}
-    for dataset in training_partitions.get_partitions_def_for_dimension("dataset").get_partition_keys():
+    for dataset in dataset_partitions.get_partition_keys():
         metadata = latest_metadata(instance, tensor_cache, dataset)
         if metadata and "content_hash" in metadata:
             hashes[dataset] = metadata["content_hash"]
     return hashes
-
-
-def partition_key(dataset: str, arch: str) -> dg.MultiPartitionKey:
-    return dg.MultiPartitionKey({"dataset": dataset, "arch": arch})
 
 
 @dg.schedule(job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",
@@ -61,7 +57,7 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext) -> list[dg.RunReque
     if not datasets:
         return dg.SkipReason("no dataset has a tensor cache yet; prepare one first")
     tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time else ""
-    return [dg.RunRequest(run_key=f"{tick}:{dataset}|{arch}", partition_key=partition_key(dataset, arch))
+    return [dg.RunRequest(run_key=f"{tick}:{dataset}|{arch}", partition_key=training_partition_key(dataset, arch))
             for dataset in datasets for arch in ARCHITECTURES]
 
 
@@ -71,7 +67,7 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> list[dg.RunReque
     requests = []
     for dataset, cache_hash in cache_hashes(context.instance).items():
         for arch in ARCHITECTURES:
-            key = partition_key(dataset, arch)
+            key = training_partition_key(dataset, arch)
             trained = latest_metadata(context.instance, trained_generator, str(key))
             # Never-trained partitions are left to the user: the sensor reacts to changed data only.
             if trained is not None and trained.get("cache_hash") != cache_hash:
