@@ -124,7 +124,7 @@ def train(args: argparse.Namespace) -> None:
 
 # A CPU-sized schedule: the demo proves every step works, it does not make good flowers.
 DEMO_TRAINING = {"iterations": 300, "features": 16, "batch_size": 16, "log_every": 50,
-                 "sample_every": 50, "checkpoint_every": 100, "device": "cpu"}
+                 "sample_every": 50, "device": "cpu"}
 DEMO_EVALUATION = {"eval_samples": 256}
 
 

@@ -49,6 +49,7 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "arch2": {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3},
 }
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 100
     sample_every: int = 1000
-    checkpoint_every: int = 1000
+    checkpoint_seconds: float = 60.0  # a checkpoint at the first log step this long after the last (0: every one)
     cuda_graphs: bool = True
+    precision: str = "fp32"  # or "bf16": autocast matrix work to bfloat16 on CUDA (weights and optimizer stay fp32)
+    channels_last: bool = True  # NHWC tensors on CUDA: cuDNN then skips its NCHW↔NHWC copies (+12% at batch 16)
 
     def resolved(self) -> TrainConfig:
         """This config with the architecture's defaults filled in, validated."""
@@ -83,12 +86,14 @@ class TrainConfig:
             raise PipelineError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.optimizer not in OPTIMIZERS:
             raise PipelineError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise PipelineError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.latent_noise not in NOISES:
             raise PipelineError(f"latent noise must be one of {', '.join(NOISES)}, got {self.latent_noise!r}")
         if self.iterations < 1 or self.batch_size < 2:
             raise PipelineError("iterations must be at least 1 and batch size at least 2")
-        if min(self.log_every, self.sample_every, self.checkpoint_every) < 1:
-            raise PipelineError("log, sample and checkpoint intervals must be at least 1")
+        if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
+            raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
         defaults = ARCH_DEFAULTS[self.arch]
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
@@ -126,6 +131,9 @@ class Trainer:
     def __init__(self, config: TrainConfig, images: np.ndarray, device: torch.device):
         self.config = config = config.resolved()
         self.device = device
+        if device.type == "cuda":  # pick the fastest conv kernels once; TF32 for the linear layers
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
         torch.manual_seed(config.seed)
         _, channels, size, _ = images.shape
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
@@ -134,6 +142,13 @@ class Trainer:
             features=config.features, dropout=config.dropout or 0.0,
             minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
             minibatch_kernel_dim=config.minibatch_kernel_dim, minibatch_weight=config.minibatch_weight))
+        cuda = device.type == "cuda"
+        self.memory_format = torch.channels_last if config.channels_last and cuda else torch.contiguous_format
+        self.generator.to(memory_format=self.memory_format)
+        self.discriminator.to(memory_format=self.memory_format)
+        # No autocast cache: cached casts would outlive a CUDA graph's capture.
+        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.precision == "bf16" and cuda,
+                                       cache_enabled=False)
         self.opt_g = self._optimizer(self.generator)
         self.opt_d = self._optimizer(self.discriminator)
         fixed = torch.Generator(device="cpu").manual_seed(config.seed + 1)
@@ -164,25 +179,27 @@ class Trainer:
         """One D update and one G update, entirely on the device."""
         cfg, batch = self.config, self.config.batch_size
         index = torch.randint(0, self.data.shape[0], (batch,), device=self.device)
-        real = to_unit_range(self.data[index])
-        fake = self.generator(sample_latent(batch, cfg.latent_dim, cfg.latent_noise, self.device))
-
-        d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
-        d_fake = self.discriminator(fake.detach() + self.noise_std * torch.randn_like(fake))
-        loss_d = (F.binary_cross_entropy_with_logits(d_real, self.real_target)
-                  + F.binary_cross_entropy_with_logits(d_fake, self.fake_target))
+        real = to_unit_range(self.data[index]).contiguous(memory_format=self.memory_format)
+        with self.autocast:
+            fake = self.generator(sample_latent(batch, cfg.latent_dim, cfg.latent_noise, self.device))
+            d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
+            d_fake = self.discriminator(fake.detach() + self.noise_std * torch.randn_like(fake))
+        loss_d = (F.binary_cross_entropy_with_logits(d_real.float(), self.real_target)
+                  + F.binary_cross_entropy_with_logits(d_fake.float(), self.fake_target))
         self.opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         self.opt_d.step()
 
-        d_gen = self.discriminator(fake + self.noise_std * torch.randn_like(fake))
-        loss_g = F.binary_cross_entropy_with_logits(d_gen, self.g_target)
+        with self.autocast:
+            d_gen = self.discriminator(fake + self.noise_std * torch.randn_like(fake))
+        loss_g = F.binary_cross_entropy_with_logits(d_gen.float(), self.g_target)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
         self.opt_g.step()
 
         with torch.no_grad():
-            self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real).mean(), torch.sigmoid(d_fake).mean()])
+            self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(),
+                                       torch.sigmoid(d_fake.float()).mean()])
             bad = ~torch.isfinite(loss_d + loss_g) & (self.first_bad < 0)
             self.first_bad.copy_(torch.where(bad, self.step_index, self.first_bad))
             self.step_index += 1
@@ -231,13 +248,12 @@ class Trainer:
         self.generator.train()
         return to_uint8(images)
 
-    def state(self, history: list[dict[str, float]], pending_steps: int) -> dict[str, Any]:
+    def state(self, history: list[dict[str, float]]) -> dict[str, Any]:
         return {
             "iteration": self.iteration, "config": asdict(self.config), "history": history,
-            "pending_steps": pending_steps,
             "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "stats": self.stats.cpu(), "first_bad": int(self.first_bad), "step_index": int(self.step_index),
+            "first_bad": int(self.first_bad), "step_index": int(self.step_index),
             "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
         }
@@ -247,7 +263,6 @@ class Trainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.stats.copy_(state["stats"])
         self.first_bad.fill_(state["first_bad"])
         self.step_index.fill_(state["step_index"])
         self.iteration = state["iteration"]
@@ -278,16 +293,17 @@ def train(
     trainer = Trainer(config, cache.train_images(), torch_device)
     checkpoint = out_dir / "checkpoint.pt"
     history: list[dict[str, float]] = []
-    pending = 0  # steps accumulated in trainer.stats since the last read
+    pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)
     if resume and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
         if state["config"] != asdict(config):
             raise PipelineError(f"{checkpoint} was written with another config; use a new output folder "
                                 "or delete the checkpoint to start over")
         trainer.load_state(state)
-        history, pending = state["history"], state["pending_steps"]
+        history = state["history"]
 
-    started, window_start, window_iter = time.perf_counter(), time.perf_counter(), trainer.iteration
+    started = window_start = last_checkpoint = time.perf_counter()
+    window_iter = trainer.iteration
     if trainer.iteration == 0:
         _save_grid(trainer, out_dir, on_sample)
     captured = trainer.iteration < config.iterations and trainer.try_capture()
@@ -308,11 +324,13 @@ def train(
             pending, window_start, window_iter = 0, now, it
             if on_log:
                 on_log(record)
+            # By time, not steps: a GPU runs hundreds of steps a second, a CPU a few.
+            if it < config.iterations and now - last_checkpoint >= config.checkpoint_seconds:
+                state = trainer.state(history)
+                atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
+                last_checkpoint = time.perf_counter()
         if it % config.sample_every == 0 or it == config.iterations:
             _save_grid(trainer, out_dir, on_sample)
-        if it % config.checkpoint_every == 0 and it < config.iterations:
-            state = trainer.state(history, pending)
-            atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
 
     seconds = time.perf_counter() - started
     files = _write_outputs(trainer, out_dir, history, cache)
@@ -341,7 +359,7 @@ def _write_outputs(trainer: Trainer, out_dir: Path, history: list[dict[str, floa
         "channels": int(trainer.data.shape[1]), "image_size": int(trainer.data.shape[2]),
         "cache_hash": cache.content_hash, "dataset": cache.meta["params"].get("dataset"),
     }, f))
-    atomic_write(files["final_state"], lambda f: torch.save(trainer.state(history, 0), f))
+    atomic_write(files["final_state"], lambda f: torch.save(trainer.state(history), f))
     atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(), columns=8))
     atomic_write_json(files["history"], history)
     curves = curves_png(history, title=f"{cfg.arch} on {cache.meta['params'].get('dataset')}")
@@ -394,10 +412,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default = getattr(defaults, f.name)
         if f.name == "betas":
             parser.add_argument(flag, type=float, nargs=2, default=default)
-        elif f.name in ("minibatch_discrimination", "cuda_graphs"):
+        elif f.name in ("minibatch_discrimination", "cuda_graphs", "channels_last"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
-            kind = {"arch": str, "optimizer": str, "latent_noise": str}.get(f.name, type(default) if default is not None
+            kind = {"arch": str, "optimizer": str, "latent_noise": str, "precision": str}.get(f.name, type(default) if default is not None
                                                                             else float)
             parser.add_argument(flag, type=kind, default=default)
     return parser.parse_args(argv)

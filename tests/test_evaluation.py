@@ -161,7 +161,7 @@ def test_evaluate_a_finished_training(tmp_path):
 
     cache = TensorCache.load(path)
     config = TrainConfig(iterations=8, batch_size=8, features=8, minibatch_kernels=8, log_every=4, sample_every=4,
-                         checkpoint_every=4)
+                         checkpoint_seconds=0)
     train(config, cache, tmp_path / "run", device="cpu")
     result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), features=StandIn(),
                       no_features_reason="unused")

@@ -13,7 +13,7 @@ from flower_pipeline.tensor_cache import TensorCache, write_cache
 from flower_pipeline.training import TrainConfig, load_trained, train
 
 TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8, log_every=4, sample_every=6,
-                   checkpoint_every=4)
+                   checkpoint_seconds=0)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
     resize_images(paths, ResizeSpec(size=32))
     cache = TensorCache.load(build_tensor_cache(paths, spec)["path"])
     config = TrainConfig(iterations=150, batch_size=16, features=16, log_every=25, sample_every=150,
-                         checkpoint_every=150, instance_noise=0.0)
+                         checkpoint_seconds=0, instance_noise=0.0)
     history = train(config, cache, tmp_path / "run", device="cpu").history
     assert history[-1]["loss_d"] < history[0]["loss_d"]
 

@@ -17,7 +17,7 @@ def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path):
                               run_config={"ops": {"resized_images": {"config": {"size": 32}}}}).success
         key = dg.MultiPartitionKey({"dataset": "synthetic", "arch": "arch1"})
         config = {"iterations": 6, "batch_size": 4, "features": 8, "log_every": 2, "sample_every": 3,
-                  "checkpoint_every": 3, "device": "cpu"}
+                  "checkpoint_seconds": 0, "device": "cpu"}
         result = dg.materialize([trained_generator], partition_key=key, instance=instance, resources=resources,
                                 run_config={"ops": {"trained_generator": {"config": config}}})
         assert result.success

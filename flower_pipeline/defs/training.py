@@ -38,7 +38,7 @@ class TrainingConfig(dg.Config):
     seed: int = Field(0, description="Same config and seed give the same result on the same device.")
     log_every: int = Field(100, description="Steps between progress lines and metrics.")
     sample_every: int = Field(1000, description="Steps between fixed-noise sample grids.")
-    checkpoint_every: int = Field(1000, description="Steps between checkpoints.")
+    checkpoint_seconds: float = Field(60.0, description="Seconds between checkpoints (0: at every log step).")
 
 
 def training_stage(arch: str) -> str:
