@@ -1,7 +1,14 @@
-"""The datasets the pipeline knows, with their official sources and checksums."""
+"""The datasets the pipeline knows, and the variants made of them.
+
+A dataset is where photos come from: a catalogued one (Flowers-17, Flowers-102,
+the synthetic stand-in) or a user's collection under a name of their own. A
+variant is dataset × colour mode × image side, e.g. `flowers17-gray-64`: the
+unit that has its own tensor cache, trainings and registered models.
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from flower_pipeline.errors import PipelineError
@@ -71,19 +78,64 @@ DATASETS: dict[str, DatasetSpec] = {
         images_per_class=40,
         synthetic=True,
     ),
-    "custom": DatasetSpec(
-        name="custom",
-        title="Your own photos",
-        archive=None,
-        labels="folders",
-    ),
 }
 
-DATASET_NAMES = tuple(DATASETS)
+CATALOGUED = tuple(DATASETS)
+CUSTOM = "custom"  # what `prepare --dataset` takes for a user's collection, named with --name
+MODES = ("color", "gray")
+_SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def custom_name(name: str) -> str:
+    """A user's collection name, checked: a plain slug that no catalogued dataset uses."""
+    if not _SLUG.fullmatch(name):
+        raise PipelineError(f"collection name {name!r} is not a plain slug: use letters, digits, '-' and '_', "
+                            "at most 64 characters, starting with a letter or digit")
+    if name in CATALOGUED or name == CUSTOM:
+        raise PipelineError(f"collection name {name!r} is taken by a catalogued dataset; choose another")
+    return name
 
 
 def get_dataset(name: str) -> DatasetSpec:
-    try:
+    """A catalogued dataset, or a user's collection (classes from its top-level folders)."""
+    if name in DATASETS:
         return DATASETS[name]
-    except KeyError:
-        raise PipelineError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}") from None
+    return DatasetSpec(name=custom_name(name), title=f"{name} (your photos)", archive=None, labels="folders")
+
+
+def check_size(size: int) -> int:
+    """Image sides the networks take: powers of two from 16 to 512."""
+    if not (16 <= size <= 512 and size & (size - 1) == 0):
+        raise PipelineError(f"image size must be one of 16, 32, 64, 128, 256 or 512, got {size}")
+    return size
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Dataset × colour mode × image side: `flowers17-color-64`, `roses-gray-128`."""
+
+    dataset: str
+    mode: str = "color"
+    size: int = 64
+
+    def __post_init__(self) -> None:
+        get_dataset(self.dataset)
+        if self.mode not in MODES:
+            raise PipelineError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        check_size(self.size)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}-{self.mode}-{self.size}"
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.mode == "color" else 1
+
+    @classmethod
+    def parse(cls, name: str) -> Variant:
+        parts = name.rsplit("-", 2)
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise PipelineError(f"{name!r} is not a variant name: <dataset>-<color|gray>-<size>, "
+                                "e.g. flowers17-gray-64")
+        return cls(parts[0], parts[1], int(parts[2]))

@@ -9,20 +9,19 @@ Bad input ends with one `error:` line and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
-from flower_pipeline.catalog import DATASET_NAMES
+from flower_pipeline.catalog import CATALOGUED, CUSTOM, MODES, Variant, custom_name
 from flower_pipeline.errors import PipelineError
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-
-
 PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
 
 
@@ -35,19 +34,19 @@ def _instance() -> Any:
     return dg.DagsterInstance.get()
 
 
-def materialize(assets: Sequence[Any], partition_key: str, run_config: dict[str, Any], data_dir: Path) -> Any:
-    """Materialize `assets` for one partition in the project's Dagster instance."""
-    import dagster as dg
+@functools.cache
+def _definitions() -> Any:
+    from flower_pipeline.definitions import defs
 
-    from flower_pipeline.defs.mlflow_tracking import MlflowTracking
-    from flower_pipeline.defs.resources import FlowerStorage
+    return defs()
 
-    result = dg.materialize(
-        assets, partition_key=partition_key, instance=_instance(),
-        resources={"storage": FlowerStorage(data_dir=str(data_dir)),
-                   "mlflow": MlflowTracking(data_dir=str(data_dir))},
-        run_config={**QUIET_LOGGERS, "ops": run_config}, raise_on_error=False,
-    )
+
+def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> Any:
+    """Run one of the project's jobs for one partition in the project's instance, as the UI would."""
+    result = _definitions().resolve_job_def(name).execute_in_process(
+        partition_key=partition_key, instance=_instance(), raise_on_error=False,
+        run_config={**QUIET_LOGGERS, "ops": ops,
+                    "resources": {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}})
     if not result.success:
         raise PipelineError(_failure_message(result))
     return result
@@ -66,94 +65,93 @@ def _failure_message(result: Any) -> str:
     return "the run failed; see the Dagster UI for its log"
 
 
+def _variant(args: argparse.Namespace) -> Variant:
+    if args.dataset == CUSTOM:
+        if not args.name:
+            raise PipelineError("--dataset custom needs --name: what to call your collection, e.g. --name roses")
+        return Variant(custom_name(args.name), args.mode, args.size)
+    if args.name:
+        raise PipelineError(f"--name is for your own collections (--dataset custom), not {args.dataset}")
+    return Variant(args.dataset, args.mode, args.size)
+
+
 def prepare(args: argparse.Namespace) -> None:
-    from flower_pipeline.defs import ingest as assets
+    """Download and extract the dataset (shared by its variants), then resize and cache the variant."""
+    from flower_pipeline.defs.partitions import add_variant
 
-    run_config = {
-        "raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5}},
-        "resized_images": {"config": {"size": args.size, "mode": args.mode, "crop": args.crop}},
-        "tensor_cache": {"config": {"holdout_fraction": args.holdout}},
-    }
-    materialize([assets.raw_archive, assets.extracted_images, assets.resized_images, assets.tensor_cache],
-                args.dataset, run_config, args.data_dir)
-    _report_prepared(args.data_dir, args.dataset)
-
-
-def _report_prepared(data_dir: Path, dataset: str) -> None:
-    from flower_pipeline.ingest import DatasetPaths
-
-    manifest = DatasetPaths(data_dir.resolve(), dataset).read_manifest("tensor_cache")
-    n, c, h, w = manifest["shape"]
-    print(f"{dataset}: {n} images ({c}×{h}×{w}) in {len(manifest['class_counts'])} classes")
-    print(f"tensor cache: {manifest['path']}")
-    skipped = manifest["skipped"]
-    print(f"skipped: {len(skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(skipped.items())))
+    variant = _variant(args)
+    add_variant(_instance(), variant)
+    run_job("prepare_dataset", variant.dataset,
+            {"raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5}}},
+            args.data_dir)
+    result = run_job("prepare_variant", variant.name,
+                     {"resized_images": {"config": {"crop": args.crop}},
+                      "tensor_cache": {"config": {"holdout_fraction": args.holdout}}}, args.data_dir)
+    ref = result.output_for_node("tensor_cache")
+    n, c, h, w = ref.shape
+    print(f"{ref.variant}: {n} images ({c}×{h}×{w}) in {len(ref.class_counts)} classes")
+    print(f"tensor cache: {ref.path}")
+    print(f"skipped: {len(ref.skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(ref.skipped.items())))
 
 
 def train(args: argparse.Namespace) -> None:
-    """Train, evaluate and register one dataset × architecture (the retraining job's three assets)."""
-    from flower_pipeline.defs.evaluation import EvaluationConfig, generator_evaluation
-    from flower_pipeline.defs.partitions import training_partition_key
-    from flower_pipeline.defs.registry import registered_generator
-    from flower_pipeline.defs.training import TrainingConfig, trained_generator
+    """Train, evaluate and register one variant × architecture (the retraining job's three assets)."""
+    from flower_pipeline.defs.partitions import existing_variant, training_key
+    from flower_pipeline.evaluation import EvalSettings
+    from flower_pipeline.settings import given_flags
+    from flower_pipeline.training import TrainConfig
 
-    training = {k: v for k in TrainingConfig.model_fields if (v := getattr(args, k)) is not None}
-    evaluation = {k: v for k in EvaluationConfig.model_fields
-                  if k != "device" and (v := getattr(args, f"eval_{k}")) is not None}
-    evaluation["device"] = training.get("device", "auto")
-    result = materialize([trained_generator, generator_evaluation, registered_generator],
-                         training_partition_key(args.dataset, args.arch),
-                         {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
-                         args.data_dir)
-
-    def meta(node: str) -> dict[str, Any]:
-        return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
-
-    trained, evaluated, registered = meta("trained_generator"), meta("generator_evaluation"), meta(
-        "registered_generator")
-    print(f"{args.dataset} × {args.arch}: {trained['iterations']} iterations in {trained['seconds']} s "
-          f"on {trained['device']}; outputs in {trained['path']}")
-    fid = evaluated["fid"]
-    print(f"  held-out D(x) {evaluated['d_real_holdout_mean']:.3f}, D(G(z)) {evaluated['d_fake_mean']:.3f}, "
-          f"FID {'n/a' if isinstance(fid, str) else f'{fid:.1f}'}, colour coverage "
-          f"{evaluated['colour_coverage']:.2f}, near-copies {evaluated['near_copy_share_pixels']:.0%}")
-    if isinstance(fid, str):
-        print(f"  FID and KID {fid}")
-    print(f"  {registered['model']} v{registered['version']}: {registered['promotion']} ({registered['reason']})")
+    variant = existing_variant(_instance(), args.variant)
+    training = {**given_flags(args, TrainConfig), "device": args.device}
+    evaluation = {**given_flags(args, EvalSettings, prefix="eval_"), "device": args.device}
+    training.pop("arch", None)
+    result = run_job("retrain_generators", training_key(variant.name, args.arch),
+                     {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
+                     args.data_dir)
+    trained, evaluated = result.output_for_node("trained_generator"), result.output_for_node("generator_evaluation")
+    registered, metrics = result.output_for_node("registered_generator"), evaluated.metrics
+    print(f"{variant.name} × {args.arch}: {trained.iterations} iterations in {trained.seconds:.1f} s "
+          f"on {trained.device}; outputs in {trained.path}")
+    fid = f"FID {metrics['fid']:.1f}" if "fid" in metrics else "FID n/a"
+    print(f"  D(x) train {metrics['d_real_train_mean']:.3f}, held-out {metrics['d_real_holdout_mean']:.3f}, "
+          f"D(G(z)) {metrics['d_fake_mean']:.3f}; {fid}, colour coverage {metrics['colour_coverage']:.2f}, "
+          f"near-copies {metrics['near_copy_share_pixels']:.0%}")
+    if "fid" in evaluated.unavailable:
+        print(f"  FID and KID unavailable: {evaluated.unavailable['fid']}")
+    print(f"  {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
 
 
 # A CPU-sized schedule: the demo proves every step works, it does not make good flowers.
-DEMO_TRAINING = {"iterations": 300, "features": 16, "batch_size": 16, "log_every": 50,
-                 "sample_every": 50, "device": "cpu"}
+DEMO_VARIANTS = (Variant("synthetic", "color", 32), Variant("synthetic", "gray", 32))
+DEMO_TRAINING = {"iterations": 300, "features": 16, "batch_size": 16, "log_every": 50, "sample_every": 50}
 DEMO_EVALUATION = {"eval_samples": 256}
 
 
 def demo(args: argparse.Namespace) -> None:
-    """Everything on the synthetic data: ingest, both architectures, evaluation, registry, a sample."""
-    from flower_pipeline.defs.evaluation import EvaluationConfig
-    from flower_pipeline.defs.training import TrainingConfig
-
-    args.dataset, args.source, args.sha256, args.md5 = "synthetic", None, None, None
-    args.size, args.mode, args.crop, args.holdout = 64, "color", "center", 0.1
-    prepare(args)
-    for option in TrainingConfig.model_fields:
-        setattr(args, option, {**DEMO_TRAINING, "iterations": args.iterations}.get(option))
-    for option in EvaluationConfig.model_fields:
-        setattr(args, f"eval_{option}", DEMO_EVALUATION.get(f"eval_{option}"))
-    for arch in ("arch1", "arch2"):
-        args.arch = arch
-        train(args)
+    """Everything on the synthetic data, in colour and black-and-white: ingest, both architectures,
+    evaluation, registry, and a sample from each champion."""
+    args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
+    args.crop, args.holdout, args.device = "center", 0.1, "cpu"
+    for variant in DEMO_VARIANTS:
+        args.mode, args.size = variant.mode, variant.size
+        prepare(args)
+    for option, value in {**DEMO_TRAINING, "iterations": args.iterations, **DEMO_EVALUATION}.items():
+        setattr(args, option, value)
+    for variant in DEMO_VARIANTS:
+        for arch in ("arch1", "arch2"):
+            args.variant, args.arch = variant.name, arch
+            train(args)
 
     from flower_pipeline.registry import list_models
 
-    champions = [r["name"] for r in list_models(data_dir=args.data_dir)
-                 if r["name"].startswith("synthetic-") and "champion" in r["aliases"]]
+    champions = sorted({r["name"] for r in list_models(data_dir=args.data_dir)
+                        if r["name"].startswith("synthetic-") and "champion" in r["aliases"]})
     print()
-    if champions:
-        args.model, args.alias, args.version, args.n, args.seed, args.dir = champions[0], "champion", None, 64, 0, False
-        args.output = args.data_dir / "demo-samples.png"
+    for model in champions:
+        args.model, args.alias, args.version, args.n, args.seed, args.dir = model, "champion", None, 64, 0, False
+        args.output = args.data_dir / f"demo-{model}.png"
         sample(args)
-    else:
+    if not champions:
         print("no version passed the quality gate, so there is no champion to sample from")
     print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml   (Dagster UI)")
     print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}"
@@ -176,10 +174,10 @@ def models(args: argparse.Namespace) -> None:
         value = tags.get(f"eval.{key}")
         return f"{float(value):.{digits}f}" if value is not None else "-"
 
-    header = ("MODEL", "VER", "ALIASES", "DATASET", "ARCH", "FID", "COLOUR DIST", "COVERAGE", "D(x)", "D(G(z))",
+    header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", "FID", "COLOUR DIST", "COVERAGE", "D(x)", "D(G(z))",
               "CREATED (UTC)")
     table = [header] + [(
-        r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["tags"].get("dataset", "-"),
+        r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["tags"].get("variant", "-"),
         r["tags"].get("arch", "-"), metric(r["tags"], "fid", 1), metric(r["tags"], "colour_distance", 3),
         metric(r["tags"], "colour_coverage", 2), metric(r["tags"], "d_real_holdout_mean", 3),
         metric(r["tags"], "d_fake_mean", 3),
@@ -211,25 +209,10 @@ def sample(args: argparse.Namespace) -> None:
     print(f"{len(images)} images from {args.model}{which} (seed {args.seed}){where}")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config_class: Any, prefix: str = "",
-                     skip: tuple[str, ...] = ()) -> None:
-    """One --flag per field of a Dagster config class; unset flags keep the class's default."""
-    for name, field in config_class.model_fields.items():
-        if name in skip:
-            continue
-        kind = next(a for a in (*get_args(field.annotation), field.annotation) if a is not type(None))
-        default = "the architecture's" if field.default is None else field.default
-        options: dict[str, Any] = {"default": None, "help": f"{field.description} (default: {default})"}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = kind
-        parser.add_argument("--" + (prefix + name).replace("_", "-"), dest=prefix + name, **options)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from flower_pipeline.defs.evaluation import EvaluationConfig
-    from flower_pipeline.defs.training import TrainingConfig
+    from flower_pipeline.evaluation import EvalSettings
+    from flower_pipeline.settings import add_flags
+    from flower_pipeline.training import TrainConfig
 
     parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -240,23 +223,26 @@ def build_parser() -> argparse.ArgumentParser:
                          help="where datasets, caches and models are written (default ./data)")
         return sub
 
-    p = with_data_dir(commands.add_parser("prepare", help="download, extract, resize and cache a dataset"))
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p = with_data_dir(commands.add_parser("prepare", help="download, extract, resize and cache a dataset variant"))
+    p.add_argument("--dataset", required=True, choices=(*CATALOGUED, CUSTOM),
+                   help="a catalogued dataset, or custom for your own photos (with --name)")
+    p.add_argument("--name", help="your collection's name (with --dataset custom), e.g. roses")
     p.add_argument("--source", help="mirror URL, local archive, or (custom) a folder of images")
     checksum = p.add_mutually_exclusive_group()
     checksum.add_argument("--sha256", help="expected sha256 of --source")
     checksum.add_argument("--md5", help="expected md5 of --source")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
-    p.add_argument("--mode", choices=("color", "gray"), default="color")
+    p.add_argument("--mode", choices=MODES, default="color", help="colour or black-and-white (default color)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels: 16 to 512, a power of two (64)")
     p.add_argument("--crop", choices=("center", "pad", "stretch"), default="center")
-    p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation")
+    p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation (default 0.1)")
     p.set_defaults(run=prepare)
 
-    p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one dataset × architecture"))
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one variant × architecture"))
+    p.add_argument("--variant", required=True, help="a prepared variant, e.g. flowers17-gray-64")
     p.add_argument("--arch", required=True, choices=("arch1", "arch2"))
-    add_config_flags(p, TrainingConfig)
-    add_config_flags(p, EvaluationConfig, prefix="eval_", skip=("device",))
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    add_flags(p, TrainConfig, skip=("arch",))
+    add_flags(p, EvalSettings, prefix="eval_")
     p.set_defaults(run=train)
 
     p = with_data_dir(commands.add_parser("demo", help="run the main job on the built-in synthetic data"))
@@ -268,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=models)
 
     p = with_data_dir(commands.add_parser("sample", help="make images with a registered generator"))
-    p.add_argument("--model", required=True, help="registered model name, e.g. flowers17-arch1")
+    p.add_argument("--model", required=True, help="registered model name, e.g. flowers17-color-64-arch1")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--alias", help="model alias (default champion)")
     which.add_argument("--version", type=int, help="model version number")

@@ -3,7 +3,8 @@
 Five views of one generator, each a plain function on uint8 N×C×H×W images:
 
 - the source's measure: mean D(x) on held-out and training images and mean
-  D(G(z)) on generated ones (0.5 each is the ideal), with their spread;
+  D(G(z)) on generated ones (0.5 each is the ideal), with their spread,
+  scored as D was trained (batch statistics, batches of the training size);
 - FID and KID from the 2015-12-05 Inception-v3 pool features (torch-fidelity),
   or reported unavailable with the reason;
 - mode collapse: colour histograms of generated vs real images as a distance,
@@ -13,12 +14,12 @@ Five views of one generator, each a plain function on uint8 N×C×H×W images:
 - pictures: a sample grid, the training timeline and the closest sample/training pairs.
 
 `evaluate` runs them all on a finished training folder and writes the
-results beside it; `QualityGate` and `promotion_decision` say what may become
-the champion.
+results beside it; `quality_gate` says whether a version may become champion.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import pickle
@@ -26,7 +27,6 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -36,6 +36,7 @@ from flower_pipeline.download import fetch
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
+from flower_pipeline.settings import setting
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import load_trained
@@ -48,13 +49,21 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N
 
 @dataclass(frozen=True)
 class EvalSettings:
-    samples: int = 1000  # generated images scored and compared
-    seed: int = 0  # of the generated images
-    kid_subset_size: int = 1000  # lowered to the smaller set's size where needed
-    kid_subsets: int = 100
-    near_copy_ratio: float = 0.5  # a sample is a near-copy below this share of the held-out median distance
-    min_cluster_share: float = 0.02  # colour clusters holding less of the real images are ignored
-    cover_fraction: float = 0.25  # a cluster is covered when samples hold at least this share of its real share
+    samples: int = setting(1000, "Generated images scored and compared with the real ones.")
+    seed: int = setting(0, "Seed of the generated images and of the scoring batches.")
+    inception_weights: str = setting(
+        "auto", "auto (torch hub cache, else one download), off, or a local copy of "
+        f"{INCEPTION_FILE}; without it FID and KID are reported unavailable ($FLOWER_PIPELINE_INCEPTION_WEIGHTS).")
+    kid_subset_size: int = setting(1000, "KID subset size; lowered to the smaller set's size where needed.")
+    kid_subsets: int = setting(100, "KID subsets averaged.")
+    near_copy_ratio: float = setting(0.5, "A sample is a near-copy below this share of the held-out median "
+                                          "distance to the training set.")
+    min_cluster_share: float = setting(0.02, "Real colour clusters holding less than this share are ignored.")
+    cover_fraction: float = setting(0.25, "A colour cluster is covered when the samples hold this share of its "
+                                          "real share.")
+    max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).")
+    min_colour_coverage: float = setting(0.5, "Quality gate: least share of real colour clusters covered.")
+    max_near_copy_share: float = setting(0.5, "Quality gate: most samples that may be near-copies.")
 
 
 # --- the source's measure: discriminator scores ---------------------------------------------------------------
@@ -62,17 +71,33 @@ class EvalSettings:
 
 @torch.no_grad()
 def discriminator_scores(discriminator: Discriminator, images: np.ndarray, batch_size: int,
-                         device: torch.device | str = "cpu") -> np.ndarray:
-    """D(x) = sigmoid(logit) for each image, in batches of the training batch size.
+                         device: torch.device | str = "cpu", seed: int = 0) -> np.ndarray:
+    """D(x) = sigmoid(logit) for each image, scored as D was trained.
 
-    Minibatch discrimination compares the images of a batch, so scoring in
-    batches of the size D was trained on keeps its inputs as it knew them.
+    In training D sees batches of `batch_size` images drawn at random, all real
+    or all generated, in training mode: batch norm normalizes with the batch's
+    own statistics, and minibatch discrimination compares the batch's images.
+    Eval mode would use batch norm's running averages, a mix of real and fake
+    batches that D never saw as such (it scored real photos near 0). So the
+    images are shuffled into batches of the training size (the last one filled
+    up with other images, whose scores are dropped) and scored by a copy of D in
+    training mode: D's saved state stays as it was.
     """
-    discriminator.eval()
-    batches = (torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
-               for i in range(0, len(images), batch_size))
-    scores = [torch.sigmoid(discriminator(to_unit_range(batch))).cpu() for batch in batches]
-    return torch.cat(scores).double().numpy()
+    scorer = copy.deepcopy(discriminator).to(device).train()
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    filler = rng.choice(len(images), (-len(order)) % batch_size, replace=len(images) < batch_size)
+    batches = np.concatenate([order, filler]).reshape(-1, batch_size)
+    scores = np.empty(len(images))
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)  # dropout masks (architecture 2), as in training
+        for row, batch in enumerate(batches):
+            x = torch.from_numpy(np.ascontiguousarray(images[batch])).to(device)
+            batch_scores = torch.sigmoid(scorer(to_unit_range(x)).float()).double().cpu().numpy()
+            keep = min(batch_size, len(order) - row * batch_size)  # the filler's scores are dropped
+            scores[batch[:keep]] = batch_scores[:keep]
+    return scores
 
 
 def score_summary(name: str, scores: np.ndarray) -> dict[str, float]:
@@ -353,7 +378,8 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
 
     metrics: dict[str, float] = {}
     for name, images in (("d_real_holdout", holdout_images), ("d_real_train", train_images), ("d_fake", samples)):
-        metrics.update(score_summary(name, discriminator_scores(trained.discriminator, images, batch, device)))
+        scores = discriminator_scores(trained.discriminator, images, batch, device, settings.seed)
+        metrics.update(score_summary(name, scores))
     metrics["d_real_gap"] = metrics["d_real_train_mean"] - metrics["d_real_holdout_mean"]
     colours, clusters = colour_report(np.asarray(cache.images), samples, settings)
     metrics.update(colours)
@@ -396,56 +422,27 @@ def scores_in_range(metrics: dict[str, float]) -> tuple[bool, str]:
     return True, ", ".join(f"{k} {metrics[k]:.3f}" for k in SCORE_KEYS)
 
 
-@dataclass(frozen=True)
-class QualityGate:
-    """Thresholds a version must meet to become champion. FID applies only where it was measured."""
-
-    max_fid: float | None = 150.0
-    min_colour_coverage: float = 0.5
-    max_near_copy_share: float = 0.5
-
-    def check(self, metrics: dict[str, float]) -> tuple[bool, str]:
-        failures, passes = [], []
-        tests: list[tuple[str, float | None, float | None, str]] = [
-            ("fid", metrics.get("fid"), self.max_fid, "<="),
-            ("colour_coverage", metrics.get("colour_coverage"), self.min_colour_coverage, ">="),
-            ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), self.max_near_copy_share, "<="),
-        ]
-        for name, value, limit, op in tests:
-            if value is None or limit is None:
-                continue
-            ok = value <= limit if op == "<=" else value >= limit
-            (passes if ok else failures).append(f"{name} {value:.3g} {op if ok else _negate(op)} {limit:g}")
-        ok, scores = scores_in_range(metrics)
-        if not ok:
-            failures.append(scores)
-        if failures:
-            return False, "failed: " + "; ".join(failures)
-        return True, "passed: " + "; ".join(passes)
+def quality_gate(metrics: dict[str, float], settings: EvalSettings) -> tuple[bool, str]:
+    """Whether a version may become champion, and why: FID (only where measured), colour coverage,
+    near-copy share, and D scores in (0, 1)."""
+    failures, passes = [], []
+    tests: list[tuple[str, float | None, float | None, str]] = [
+        ("fid", metrics.get("fid"), settings.max_fid, "<="),
+        ("colour_coverage", metrics.get("colour_coverage"), settings.min_colour_coverage, ">="),
+        ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), settings.max_near_copy_share, "<="),
+    ]
+    for name, value, limit, op in tests:
+        if value is None or limit is None:
+            continue
+        ok = value <= limit if op == "<=" else value >= limit
+        (passes if ok else failures).append(f"{name} {value:.3g} {op if ok else _negate(op)} {limit:g}")
+    ok, scores = scores_in_range(metrics)
+    if not ok:
+        failures.append(scores)
+    if failures:
+        return False, "failed: " + "; ".join(failures)
+    return True, "passed: " + "; ".join(passes)
 
 
 def _negate(op: str) -> str:
     return ">" if op == "<=" else "<"
-
-
-def ranking_metric(new: dict[str, Any], champion: dict[str, Any]) -> str:
-    """FID when both versions have it; otherwise the colour distance (lower is better for both).
-
-    D scores do not rank versions: each version is judged by its own discriminator.
-    """
-    return "fid" if new.get("fid") is not None and champion.get("fid") is not None else "colour_distance"
-
-
-def promotion_decision(gate_passed: bool, gate_reason: str, new: dict[str, Any],
-                       champion: dict[str, Any] | None) -> tuple[bool, str]:
-    """Whether the new version becomes champion, and why."""
-    if not gate_passed:
-        return False, f"quality gate {gate_reason}"
-    if champion is None:
-        return True, f"first version to pass the quality gate ({gate_reason})"
-    metric = ranking_metric(new, champion)
-    if new.get(metric) is None or champion.get(metric) is None:
-        return True, f"the champion has no {metric} to compare; the new version passed the gate"
-    better = float(new[metric]) < float(champion[metric])
-    verdict = "beats" if better else "does not beat"
-    return better, f"{metric} {float(new[metric]):.4g} {verdict} the champion's {float(champion[metric]):.4g}"

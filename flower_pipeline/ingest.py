@@ -1,15 +1,15 @@
 """The ingest stages, download → extraction → resize → tensor cache, as plain functions.
 
-Each stage reads the previous stage's manifest (a small JSON file in the
-dataset's folder) and writes its own last, atomically, so a manifest exists
-only for a stage that finished. The Dagster assets in `flower_pipeline.defs`
-are thin wrappers around these functions.
+Each stage takes the previous stage's output (a small frozen record of paths,
+hashes and counts) and returns its own; nothing is read from "the latest" file
+on disk. Download and extraction belong to a dataset and are shared by its
+variants; resizing and the tensor cache belong to one variant. The Dagster
+assets in `flower_pipeline.defs` pass these records between them.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 import urllib.parse
@@ -17,60 +17,88 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from flower_pipeline.catalog import DatasetSpec, RemoteFile
+from flower_pipeline.catalog import DatasetSpec, RemoteFile, Variant, get_dataset
 from flower_pipeline.download import Checksum, ProgressFn, fetch, is_url
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.extract import ExtractLimits, extract_archive, list_images
 from flower_pipeline.imaging import ResizeSpec, resize_all
-from flower_pipeline.storage import atomic_save_npy, atomic_write_json
+from flower_pipeline.storage import atomic_save_npy
 from flower_pipeline.synthetic import write_synthetic_archive
 from flower_pipeline.tensor_cache import write_cache
 
-Manifest = dict[str, Any]
-STAGES = ("raw_archive", "extracted_images", "resized_images", "tensor_cache")
+
+@dataclass(frozen=True)
+class RawArchive:
+    dataset: str
+    kind: str  # archive, synthetic or folder
+    path: str
+    source: str
+    sha256: str
+    size: int
+    companions: dict[str, str]  # official name → local path (Flowers-102's label tables)
+    downloaded: bool
+    seconds: float
 
 
 @dataclass(frozen=True)
-class DatasetPaths:
-    """Where one dataset's files live under the data folder."""
-
-    data_dir: Path
+class ExtractedImages:
     dataset: str
+    root: str
+    images: list[str]  # relative paths under root
+    skipped: dict[str, str]  # member → why
+    bytes: int
+    reused: bool
+    kind: str
+    archive_sha256: str
+    companions: dict[str, str]
+    seconds: float
 
-    @property
-    def root(self) -> Path:
-        return self.data_dir / self.dataset
 
-    def manifest_path(self, stage: str) -> Path:
-        return self.root / f"{stage}.json"
+@dataclass(frozen=True)
+class ResizedImages:
+    variant: str
+    file: str  # N×H×W×C uint8 .npy
+    names: list[str]
+    skipped: dict[str, str]
+    params: dict[str, object]
+    seconds: float
 
-    def read_manifest(self, stage: str) -> Manifest:
-        path = self.manifest_path(stage)
-        if not path.is_file():
-            raise PipelineError(f"{self.dataset}: {stage} is not materialized yet; prepare the dataset first")
-        return json.loads(path.read_text())
 
-    def write_manifest(self, stage: str, manifest: Manifest) -> Manifest:
-        atomic_write_json(self.manifest_path(stage), manifest)
-        return manifest
+@dataclass(frozen=True)
+class TensorCacheRef:
+    """A tensor cache: its folder and its identity (the content hash training and retraining compare)."""
+
+    variant: str
+    path: str
+    content_hash: str
+    count: int
+    shape: list[int]
+    class_counts: dict[str, int]
+    expected_images: int
+    skipped: dict[str, str]
+    reused: bool
+    seconds: float
+
+
+def dataset_root(data_dir: Path, dataset: str) -> Path:
+    return data_dir / dataset
 
 
 def fetch_raw_archive(
-    paths: DatasetPaths,
+    data_dir: Path,
     spec: DatasetSpec,
     *,
     source: str | None = None,
     checksum: Checksum | None = None,
     progress: ProgressFn | None = None,
     backoff_s: float = 1.0,
-) -> Manifest:
-    """Obtain the dataset's archive (download, local file or generated) and record it."""
+) -> RawArchive:
+    """Obtain the dataset's archive (download, local file or generated)."""
     started = time.perf_counter()
-    downloads = paths.root / "downloads"
+    downloads = dataset_root(data_dir, spec.name) / "downloads"
     companions: dict[str, str] = {}
     if spec.synthetic and source is None:
         archive = downloads / "synthetic-flowers.tgz"
@@ -83,11 +111,9 @@ def fetch_raw_archive(
         raise PipelineError(f"{spec.name} needs --source: an archive (.tgz/.tar/.zip), a folder or a URL")
     elif source is not None and not is_url(source) and Path(source).expanduser().is_dir():
         folder = Path(source).expanduser().resolve()
-        return paths.write_manifest("raw_archive", {
-            "kind": "folder", "path": str(folder), "source": source, "sha256": _folder_digest(folder),
-            "size": sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()),
-            "companions": {}, "downloaded": False, "seconds": time.perf_counter() - started,
-        })
+        return RawArchive(spec.name, "folder", str(folder), source, _folder_digest(folder),
+                          sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()), {}, False,
+                          time.perf_counter() - started)
     else:
         if source is not None and spec.archive is not None and checksum is None:
             raise PipelineError(
@@ -106,11 +132,8 @@ def fetch_raw_archive(
             companions[companion.filename] = str(
                 fetch(where, downloads, checksum=expected, backoff_s=backoff_s).path)
         kind = "archive"
-    return paths.write_manifest("raw_archive", {
-        "kind": kind, "path": str(fetched.path), "source": origin, "sha256": fetched.sha256,
-        "size": fetched.size, "companions": companions, "downloaded": fetched.downloaded,
-        "seconds": time.perf_counter() - started,
-    })
+    return RawArchive(spec.name, kind, str(fetched.path), origin, fetched.sha256, fetched.size, companions,
+                      fetched.downloaded, time.perf_counter() - started)
 
 
 def _beside(origin: str, companion: RemoteFile) -> str:
@@ -128,47 +151,41 @@ def _folder_digest(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def extract_images(paths: DatasetPaths, *, limits: ExtractLimits | None = None) -> Manifest:
+def extract_images(raw: RawArchive, data_dir: Path, *, limits: ExtractLimits | None = None) -> ExtractedImages:
     """Extract the raw archive safely (or adopt a folder of images as it is)."""
-    raw = paths.read_manifest("raw_archive")
     started = time.perf_counter()
-    if raw["kind"] == "folder":
-        root = Path(raw["path"])
-        images, skipped, total, reused = list_images(root), {}, raw["size"], True
+    if raw.kind == "folder":
+        root = Path(raw.path)
+        images, skipped, total, reused = list_images(root), {}, raw.size, True
         if not images:
             raise PipelineError(f"{root} holds no image files")
     else:
-        result = extract_archive(Path(raw["path"]), paths.root / "extracted",
-                                 archive_sha256=raw["sha256"], limits=limits or ExtractLimits())
+        result = extract_archive(Path(raw.path), dataset_root(data_dir, raw.dataset) / "extracted",
+                                 archive_sha256=raw.sha256, limits=limits or ExtractLimits())
         root, images, skipped = result.root, result.images, result.skipped
         total, reused = result.total_bytes, result.reused
-    return paths.write_manifest("extracted_images", {
-        "root": str(root), "images": images, "skipped": skipped, "bytes": total,
-        "reused": reused, "archive_sha256": raw["sha256"], "seconds": time.perf_counter() - started,
-    })
+    return ExtractedImages(raw.dataset, str(root), images, skipped, total, reused, raw.kind, raw.sha256,
+                           raw.companions, time.perf_counter() - started)
 
 
-def resize_images(
-    paths: DatasetPaths, spec: ResizeSpec, *, progress: Callable[[int, int], None] | None = None
-) -> Manifest:
-    """Decode and resize every extracted image; unusable ones are skipped with a reason."""
-    extracted = paths.read_manifest("extracted_images")
-    root = Path(extracted["root"])
-    names: list[str] = extracted["images"]
+def resize_images(extracted: ExtractedImages, variant: Variant, data_dir: Path, *, crop: str = "center",
+                  progress: Callable[[int, int], None] | None = None) -> ResizedImages:
+    """Decode and resize every extracted image for one variant; unusable ones are skipped with a reason."""
+    if extracted.dataset != variant.dataset:
+        raise PipelineError(f"variant {variant.name} is made from {variant.dataset}, not {extracted.dataset}")
+    spec = ResizeSpec(size=variant.size, mode=variant.mode, crop=crop)
+    root, names = Path(extracted.root), extracted.images
     started = time.perf_counter()
     result = resize_all([root / n for n in names], spec, names=names, progress=progress)
     if not result.kept:
-        raise PipelineError(f"{paths.dataset}: none of the {len(names)} images could be used "
+        raise PipelineError(f"{variant.name}: none of the {len(names)} images could be used "
                             f"(first problem: {next(iter(result.skipped.items()), ('', ''))})")
-    params = spec.as_dict()
-    out_dir = paths.root / "resized" / f"{spec.size}px-{spec.mode}-{spec.crop}"
-    atomic_save_npy(out_dir / "images.npy", result.images)
-    kept_names = [names[i] for i in result.kept]
-    return paths.write_manifest("resized_images", {
-        "file": str(out_dir / "images.npy"), "names": kept_names, "skipped": result.skipped,
-        "params": params, "archive_sha256": extracted["archive_sha256"],
-        "seconds": time.perf_counter() - started,
-    })
+    out = dataset_root(data_dir, variant.dataset) / "resized" / f"{spec.size}px-{spec.mode}-{spec.crop}"
+    atomic_save_npy(out / "images.npy", result.images)
+    params = {**spec.as_dict(), "dataset": variant.dataset, "variant": variant.name,
+              "archive_sha256": extracted.archive_sha256}
+    return ResizedImages(variant.name, str(out / "images.npy"), [names[i] for i in result.kept], result.skipped,
+                         params, time.perf_counter() - started)
 
 
 def label_images(spec: DatasetSpec, names: list[str], companions: dict[str, str]) -> tuple[np.ndarray, list[str]]:
@@ -201,82 +218,87 @@ def _image_number(name: str) -> int:
     return int(match.group(1))
 
 
-def build_tensor_cache(paths: DatasetPaths, spec: DatasetSpec, *, holdout_fraction: float = 0.1) -> Manifest:
+def build_tensor_cache(extracted: ExtractedImages, resized: ResizedImages, data_dir: Path, *,
+                       holdout_fraction: float = 0.1) -> TensorCacheRef:
     """Turn the resized images into the content-keyed tensor cache."""
-    raw = paths.read_manifest("raw_archive")
-    extracted = paths.read_manifest("extracted_images")
-    resized = paths.read_manifest("resized_images")
+    if not 0 <= holdout_fraction < 1:
+        raise PipelineError(f"the holdout fraction must be at least 0 and below 1, got {holdout_fraction}")
+    spec = get_dataset(extracted.dataset)
     started = time.perf_counter()
-    images = np.load(resized["file"])
-    names: list[str] = resized["names"]
-    labels, class_names = label_images(spec, names, raw["companions"])
-    cache_dir, reused = write_cache(
-        paths.root / "cache", images, labels, names, class_names=class_names,
-        params={"dataset": spec.name, "archive_sha256": raw["sha256"], **resized["params"]},
-        holdout_fraction=holdout_fraction)
+    images = np.load(resized.file)
+    labels, class_names = label_images(spec, resized.names, extracted.companions)
+    cache_dir, reused, key = write_cache(
+        dataset_root(data_dir, spec.name) / "cache", images, labels, resized.names, class_names=class_names,
+        params=resized.params, holdout_fraction=holdout_fraction)
     counts = Counter(labels.tolist())
     # A user's folder or archive has no catalogued count: every image file found is expected.
-    expected = spec.expected_images if spec.expected_images and raw["kind"] != "folder" else len(extracted["images"])
-    return paths.write_manifest("tensor_cache", {
-        "path": str(cache_dir), "content_hash": cache_dir.name, "reused": reused,
-        "count": len(names), "shape": [len(names), images.shape[3], images.shape[1], images.shape[2]],
-        "class_counts": {class_names[k]: v for k, v in sorted(counts.items())},
-        "expected_images": expected,
-        "skipped": {**extracted["skipped"], **resized["skipped"]},
-        "params": resized["params"], "holdout_fraction": holdout_fraction,
-        "seconds": time.perf_counter() - started,
-    })
+    expected = spec.expected_images if spec.expected_images and extracted.kind != "folder" else len(extracted.images)
+    return TensorCacheRef(
+        resized.variant, str(cache_dir), key, len(resized.names),
+        [len(resized.names), images.shape[3], images.shape[1], images.shape[2]],
+        {class_names[k]: v for k, v in sorted(counts.items())}, expected,
+        {**extracted.skipped, **resized.skipped}, reused, time.perf_counter() - started)
 
 
 @dataclass(frozen=True)
 class CheckOutcome:
-    name: str
     passed: bool
     description: str
-    warn_only: bool = False
 
 
-CACHE_CHECKS = ("image_count", "tensor_format", "no_duplicates", "class_balance")
+def check_image_count(ref: TensorCacheRef) -> CheckOutcome:
+    kept = ref.count == ref.expected_images - len(ref.skipped)
+    return CheckOutcome(kept, f"{ref.count} images; catalog {ref.expected_images} less {len(ref.skipped)} skipped")
 
 
-def check_tensor_cache(manifest: Manifest, spec: DatasetSpec) -> list[CheckOutcome]:
-    """The tensor cache's quality checks, in CACHE_CHECKS order."""
+def check_tensor_format(ref: TensorCacheRef) -> CheckOutcome:
     from flower_pipeline.tensor_cache import TensorCache
 
-    cache = TensorCache.load(manifest["path"])
-    images, labels, names = cache.images, cache.labels, cache.names
-    expected, skipped = manifest["expected_images"], len(manifest["skipped"])
-    count_ok = len(names) == expected - skipped
-    size = manifest["params"]["size"]
-    channels = 3 if manifest["params"]["mode"] == "color" else 1
+    variant, cache = Variant.parse(ref.variant), TensorCache.load(ref.path)
+    images, size, channels = cache.images, variant.size, variant.channels
     sample = np.asarray(images[: min(len(images), 256)])
-    format_ok = (images.dtype == np.uint8 and images.shape[1:] == (channels, size, size)
-                 and len(labels) == len(images) == len(names) and int(sample.max()) > int(sample.min()))
-    pixel_hashes = Counter(hashlib.sha1(np.asarray(im).tobytes()).hexdigest() for im in images)
+    ok = (images.dtype == np.uint8 and images.shape[1:] == (channels, size, size)
+          and len(cache.labels) == len(images) == len(cache.names) and int(sample.max()) > int(sample.min()))
+    return CheckOutcome(ok, f"{images.dtype} {list(images.shape)}; expected uint8 [N, {channels}, {size}, {size}]")
+
+
+def check_no_duplicates(ref: TensorCacheRef) -> CheckOutcome:
+    """Repeated file names fail; identical pixels after resizing are reported only."""
+    from flower_pipeline.tensor_cache import TensorCache
+
+    cache = TensorCache.load(ref.path)
+    pixel_hashes = Counter(hashlib.sha1(np.asarray(im).tobytes()).hexdigest() for im in cache.images)
     same_pixels = sum(c - 1 for c in pixel_hashes.values() if c > 1)
-    duplicate_names = len(names) - len(set(names))
-    counts = np.bincount(labels, minlength=len(cache.meta["class_names"]))
+    repeated = len(cache.names) - len(set(cache.names))
+    return CheckOutcome(repeated == 0, f"{repeated} repeated file names; {same_pixels} images identical to another "
+                                       "after resizing" + (" (a warning only)" if same_pixels else ""))
+
+
+def check_class_balance(ref: TensorCacheRef) -> CheckOutcome:
+    """Balanced per-class counts are promised only for the catalogued archive; elsewhere, no empty class."""
+    from flower_pipeline.tensor_cache import TensorCache
+
+    spec = get_dataset(Variant.parse(ref.variant).dataset)
+    cache = TensorCache.load(ref.path)
+    counts = np.bincount(cache.labels, minlength=len(cache.meta["class_names"]))
     present = counts[counts > 0]
-    # Balanced per-class counts are promised only for the catalogued archive.
-    if spec.images_per_class and expected == spec.expected_images:
-        per_class_skips = Counter(_class_of_skip(spec, n) for n in manifest["skipped"])
-        balance_ok = all(c == spec.images_per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
-        balance_text = (f"{len(present)} classes of {spec.images_per_class} expected, less skips; "
-                        f"counts {counts.tolist()}")
-    else:
-        balance_ok = bool(len(present)) and bool(present.min() >= 1)
-        balance_text = f"{len(present)} classes, {present.min()}–{present.max()} images each"
-    return [
-        CheckOutcome("image_count", count_ok,
-                     f"{len(names)} images; catalog {expected} less {skipped} skipped"),
-        CheckOutcome("tensor_format", format_ok,
-                     f"{images.dtype} {list(images.shape)}; expected uint8 [N, {channels}, {size}, {size}]"),
-        CheckOutcome("no_duplicates", duplicate_names == 0,
-                     f"{duplicate_names} repeated file names; {same_pixels} images identical to another "
-                     "after resizing" + (" (a warning only)" if same_pixels else "")),
-        CheckOutcome("class_balance", balance_ok, balance_text),
-    ]
+    if spec.images_per_class and ref.expected_images == spec.expected_images:
+        per_class_skips = Counter(_class_of_skip(spec, n) for n in ref.skipped)
+        ok = all(c == spec.images_per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
+        return CheckOutcome(ok, f"{len(present)} classes of {spec.images_per_class} expected, less skips; "
+                                f"counts {counts.tolist()}")
+    ok = bool(len(present)) and bool(present.min() >= 1)
+    return CheckOutcome(ok, f"{len(present)} classes, {present.min()}–{present.max()} images each")
 
 
 def _class_of_skip(spec: DatasetSpec, name: str) -> int:
     return (_image_number(name) - 1) // (spec.images_per_class or 1)
+
+
+def prepare_variant(data_dir: Path, variant: Variant, *, source: str | None = None,
+                    checksum: Checksum | None = None, holdout_fraction: float = 0.1) -> TensorCacheRef:
+    """The whole ingest of one variant without Dagster (scripts, benchmarks, tests)."""
+    raw = fetch_raw_archive(data_dir, get_dataset(variant.dataset), source=source, checksum=checksum)
+    extracted = extract_images(raw, data_dir)
+    return build_tensor_cache(extracted, resize_images(extracted, variant, data_dir), data_dir,
+                              holdout_fraction=holdout_fraction)

@@ -18,6 +18,11 @@ from flower_pipeline.errors import PipelineError
 
 ARCHITECTURES = ("arch1", "arch2")
 NOISES = ("gaussian", "uniform")
+# How a trained generator's batch norm normalizes when it makes images: "batch" uses each batch's own
+# statistics, as in training; "eval" uses the running averages. Batch statistics won on real Flowers-17
+# (README, "The generator's batch norm"), so grids, evaluation and registered models use them.
+BN_MODES = ("batch", "eval")
+SAMPLE_BN_MODE = "batch"
 
 
 def _steps(image_size: int) -> int:
@@ -122,8 +127,38 @@ def sample_latent(n: int, latent_dim: int, noise: str, device: torch.device | st
     return torch.randn(n, latent_dim, device=device, generator=generator)
 
 
+@torch.no_grad()
+def run_generator(net: nn.Module, z: torch.Tensor, bn_mode: str = SAMPLE_BN_MODE, batch_size: int = 16) -> torch.Tensor:
+    """Images in [-1, 1] for latent vectors z, with batch norm in `bn_mode` (see BN_MODES).
+
+    "batch" runs z in batches of the training batch size (the last one filled up
+    with vectors from the start of z, whose images are dropped), and leaves the
+    running averages as they were.
+    """
+    if bn_mode not in BN_MODES:
+        raise PipelineError(f"batch norm mode must be one of {', '.join(BN_MODES)}, got {bn_mode!r}")
+    was_training = net.training
+    if bn_mode == "eval":
+        net.eval()
+        images = torch.cat([net(chunk) for chunk in z.split(256)])
+        net.train(was_training)
+        return images
+    saved = {k: v.clone() for k, v in net.state_dict().items() if "running_" in k or "num_batches" in k}
+    net.train()
+    try:
+        images = []
+        for chunk in z.split(batch_size):
+            if len(chunk) < batch_size <= len(z):
+                chunk = torch.cat([chunk, z[: batch_size - len(chunk)]])
+            images.append(net(chunk))
+        return torch.cat(images)[: len(z)]
+    finally:
+        net.load_state_dict(saved, strict=False)
+        net.train(was_training)
+
+
 class FlowerGenerator(nn.Module):
-    """A trained generator with what it takes to make images: its latent size and noise.
+    """A trained generator with what it takes to make images: its latent size, noise and batch norm mode.
 
     `forward(z)` maps latent vectors to images in [-1, 1] (what MLflow's pyfunc
     serves); `generate(n, seed=s)` returns n uint8 N×C×H×W images, the same for
@@ -131,27 +166,24 @@ class FlowerGenerator(nn.Module):
     """
 
     def __init__(self, net: nn.Module, *, latent_dim: int, latent_noise: str, channels: int, image_size: int,
-                 info: dict[str, str] | None = None):
+                 batch_size: int, bn_mode: str = SAMPLE_BN_MODE, info: dict[str, str] | None = None):
         super().__init__()
         self.net = net
         self.latent_dim, self.latent_noise = latent_dim, latent_noise
         self.channels, self.image_size = channels, image_size
-        self.info = dict(info or {})  # dataset, architecture, registry name: for people reading a loaded model
+        self.batch_size, self.bn_mode = batch_size, bn_mode  # batch statistics over batches of the training size
+        self.info = dict(info or {})  # variant, architecture, registry name: for people reading a loaded model
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)
+        return run_generator(self.net, z, self.bn_mode, self.batch_size)
 
     @torch.no_grad()
-    def generate(self, n: int, seed: int = 0, batch_size: int = 256) -> np.ndarray:
+    def generate(self, n: int, seed: int = 0) -> np.ndarray:
         if n < 1:
             raise PipelineError(f"the number of images must be at least 1, got {n}")
         device = next(self.parameters()).device
         z = sample_latent(n, self.latent_dim, self.latent_noise, "cpu", torch.Generator().manual_seed(seed))
-        was_training = self.training
-        self.eval()
-        images = [self(chunk.to(device)) for chunk in z.split(batch_size)]
-        self.train(was_training)
-        return to_uint8(torch.cat(images))
+        return to_uint8(self(z.to(device)))
 
 
 class MinibatchDiscrimination(nn.Module):

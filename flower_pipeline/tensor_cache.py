@@ -55,6 +55,11 @@ class TensorCache:
     def content_hash(self) -> str:
         return self.meta["content_hash"]
 
+    @property
+    def variant(self) -> str:
+        """The variant it was made for (e.g. flowers17-color-64), else its folder name."""
+        return str(self.meta["params"].get("variant", self.path.name))
+
     def train_images(self) -> np.ndarray:
         return np.asarray(self.images[~self.holdout])
 
@@ -98,14 +103,17 @@ def write_cache(
     class_names: list[str],
     params: dict[str, Any],
     holdout_fraction: float = 0.1,
-) -> tuple[Path, bool]:
-    """Write (or reuse) the cache for this content; returns (path, reused)."""
+) -> tuple[Path, bool, str]:
+    """Write (or reuse) the cache for this content; returns (path, reused, content hash).
+
+    The folder is named by the hash's first 16 characters; the full hash is the cache's identity.
+    """
     images = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))
     labels = np.asarray(labels, np.int64)
     key = content_hash(images, labels, names, {**params, "holdout_fraction": holdout_fraction})
     final = parent / key[:16]
     if (final / "meta.json").is_file():
-        return final, True
+        return final, True, key
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.tmp-", dir=parent))
     try:
@@ -124,4 +132,4 @@ def write_cache(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return final, False
+    return final, False, key

@@ -35,16 +35,17 @@ from flower_pipeline.models import (
     Discriminator,
     FlowerGenerator,
     build_models,
+    run_generator,
     sample_latent,
     to_uint8,
     to_unit_range,
 )
 from flower_pipeline.plots import curves_png, grid_png
+from flower_pipeline.settings import add_flags, given_flags, setting
 from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
 from flower_pipeline.tensor_cache import TensorCache
 
-# What each architecture does unless the config says otherwise (None fields below).
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {  # what each architecture does where the config says None
     "arch1": {"real_label": 0.9, "fake_label": 0.0, "minibatch_discrimination": True, "dropout": 0.0},
     "arch2": {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3},
 }
@@ -54,31 +55,35 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    arch: str = "arch1"
-    iterations: int = 20_000  # the source's "epochs" are batches
-    batch_size: int = 16
-    optimizer: str = "adam"
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    real_label: float | None = None  # target for real images: 0.9 is one-sided smoothing
-    fake_label: float | None = None  # target for generated images (0.2 with real 0.8: two-sided)
-    minibatch_discrimination: bool | None = None
-    minibatch_weight: float = 1.0  # 2.0 doubles it, as the source tried
-    minibatch_kernels: int = 100
-    minibatch_kernel_dim: int = 5
-    dropout: float | None = None
-    latent_dim: int = 100
-    latent_noise: str = "gaussian"  # or "uniform" on [-1, 1]
-    instance_noise: float = 0.1  # std of Gaussian noise added to D's inputs at the start ("sharpening")
-    instance_noise_decay: float = 0.5  # share of training over which it decays linearly to 0
-    features: int = 64
-    seed: int = 0
-    log_every: int = 100
-    sample_every: int = 1000
-    checkpoint_seconds: float = 60.0  # a checkpoint at the first log step this long after the last (0: every one)
-    cuda_graphs: bool = True
-    precision: str = "fp32"  # or "bf16": autocast matrix work to bfloat16 on CUDA (weights and optimizer stay fp32)
-    channels_last: bool = True  # NHWC tensors on CUDA: cuDNN then skips its NCHW↔NHWC copies (+12% at batch 16)
+    """Everything that shapes a training: the source's experiments are changes of these."""
+
+    arch: str = setting("arch1", "Architecture: arch1 (strided transposed convolutions, minibatch discrimination, "
+                        "one-sided smoothing) or arch2 (upsampling + convolution, dropout).", ARCHITECTURES)
+    iterations: int = setting(20_000, "Training steps (the source's 'epochs' are batches).")
+    batch_size: int = setting(16, "Images per step; the source found 16 best.")
+    optimizer: str = setting("adam", "Optimizer of both networks.", OPTIMIZERS)
+    lr: float = setting(2e-4, "Learning rate of both networks.")
+    beta1: float = setting(0.5, "Adam's beta1 (RMSprop and SGD ignore it).")
+    beta2: float = setting(0.999, "Adam's beta2.")
+    real_label: float | None = setting(None, "Target for real images: arch1 0.9 (one-sided smoothing), arch2 1.0.")
+    fake_label: float | None = setting(None, "Target for generated images: 0.0 by default; 0.2 with 0.8.")
+    minibatch_discrimination: bool | None = setting(None, "Minibatch discrimination in D: on for arch1 only.")
+    minibatch_weight: float = setting(1.0, "Scale of the minibatch features: 2.0 doubles them.")
+    minibatch_kernels: int = setting(100, "Minibatch discrimination kernels.")
+    minibatch_kernel_dim: int = setting(5, "Size of each minibatch discrimination kernel.")
+    dropout: float | None = setting(None, "Dropout in D: arch2 0.3, arch1 0.")
+    latent_dim: int = setting(100, "Size of the latent noise vector.")
+    latent_noise: str = setting("gaussian", "Latent noise: Gaussian, or uniform on [-1, 1].", NOISES)
+    instance_noise: float = setting(0.1, "Initial std of Gaussian noise on D's inputs, 'sharpening' (0: off).")
+    instance_noise_decay: float = setting(0.5, "Share of training over which that noise decays linearly to 0.")
+    features: int = setting(64, "Network width.")
+    seed: int = setting(0, "Same settings and seed give the same result on the same device.")
+    log_every: int = setting(100, "Steps between progress lines and logged metrics.")
+    sample_every: int = setting(1000, "Steps between fixed-noise sample grids.")
+    checkpoint_seconds: float = setting(60.0, "Seconds between checkpoints, taken at log steps (0: at every one).")
+    cuda_graphs: bool = setting(True, "Replay the training step as one CUDA graph on CUDA.")
+    precision: str = setting("fp32", "bf16 autocasts matrix work on CUDA (weights stay fp32).", PRECISIONS)
+    channels_last: bool = setting(True, "NHWC tensors on CUDA: cuDNN then skips its layout copies (+12% at batch 16).")
 
     def resolved(self) -> TrainConfig:
         """This config with the architecture's defaults filled in, validated."""
@@ -170,7 +175,8 @@ class Trainer:
         capturable on CUDA so the step can live inside a CUDA graph."""
         cfg, cuda = self.config, self.device.type == "cuda"
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), cfg.lr, betas=cfg.betas, fused=True, capturable=cuda)
+            return torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True,
+                                    capturable=cuda)
         if cfg.optimizer == "rmsprop":  # no fused RMSprop in PyTorch
             return torch.optim.RMSprop(model.parameters(), cfg.lr, capturable=cuda, foreach=True)
         return torch.optim.SGD(model.parameters(), cfg.lr, momentum=0.9, fused=True)
@@ -240,13 +246,9 @@ class Trainer:
         self.stats.zero_()
         return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), values, strict=True)), first_bad
 
-    @torch.no_grad()
-    def samples(self, z: torch.Tensor | None = None) -> np.ndarray:
-        """Generator output for z (default: the fixed grid noise) as N×C×H×W uint8."""
-        self.generator.eval()
-        images = self.generator(self.fixed_z if z is None else z)
-        self.generator.train()
-        return to_uint8(images)
+    def samples(self) -> np.ndarray:
+        """The generator's images of the fixed grid noise, as N×C×H×W uint8."""
+        return to_uint8(run_generator(self.generator, self.fixed_z, batch_size=self.config.batch_size))
 
     def state(self, history: list[dict[str, float]]) -> dict[str, Any]:
         return {
@@ -357,12 +359,12 @@ def _write_outputs(trainer: Trainer, out_dir: Path, history: list[dict[str, floa
     atomic_write(files["generator"], lambda f: torch.save({
         "arch": cfg.arch, "config": asdict(cfg), "state_dict": trainer.generator.state_dict(),
         "channels": int(trainer.data.shape[1]), "image_size": int(trainer.data.shape[2]),
-        "cache_hash": cache.content_hash, "dataset": cache.meta["params"].get("dataset"),
+        "cache_hash": cache.content_hash, "variant": cache.variant,
     }, f))
     atomic_write(files["final_state"], lambda f: torch.save(trainer.state(history), f))
     atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(), columns=8))
     atomic_write_json(files["history"], history)
-    curves = curves_png(history, title=f"{cfg.arch} on {cache.meta['params'].get('dataset')}")
+    curves = curves_png(history, title=f"{cfg.arch} on {cache.variant}")
     if curves is not None:
         files["curves"] = atomic_write_bytes(out_dir / "curves.png", curves)
     return files
@@ -373,7 +375,7 @@ class TrainedModels:
     generator: FlowerGenerator
     discriminator: Discriminator
     config: TrainConfig
-    dataset: str | None
+    variant: str
     cache_hash: str
 
 
@@ -385,7 +387,7 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu") -> TrainedMo
     except (OSError, RuntimeError) as err:
         raise PipelineError(f"{out_dir} holds no finished training ({type(err).__name__}: {err})") from None
     known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in saved["config"].items() if k in known})
+    config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in known})
     net, discriminator = build_models(
         config.arch, channels=saved["channels"], image_size=saved["image_size"], latent_dim=config.latent_dim,
         features=config.features, dropout=config.dropout or 0.0,
@@ -395,9 +397,9 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu") -> TrainedMo
     discriminator.load_state_dict(state["discriminator"])
     generator = FlowerGenerator(net, latent_dim=config.latent_dim, latent_noise=config.latent_noise,
                                 channels=saved["channels"], image_size=saved["image_size"],
-                                info={"dataset": str(saved["dataset"]), "arch": config.arch})
+                                batch_size=config.batch_size, info={"variant": saved["variant"], "arch": config.arch})
     return TrainedModels(generator.to(device).eval(), discriminator.to(device).eval(), config,
-                         saved["dataset"], saved["cache_hash"])
+                         saved["variant"], saved["cache_hash"])
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -406,25 +408,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="output folder (default ./runs/<arch>-<cache hash>)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
-    defaults = TrainConfig()
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        if f.name == "betas":
-            parser.add_argument(flag, type=float, nargs=2, default=default)
-        elif f.name in ("minibatch_discrimination", "cuda_graphs", "channels_last"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
-        else:
-            kind = {"arch": str, "optimizer": str, "latent_noise": str, "precision": str}.get(f.name, type(default) if default is not None
-                                                                            else float)
-            parser.add_argument(flag, type=kind, default=default)
+    add_flags(parser, TrainConfig)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    config = TrainConfig(**{**values, "betas": tuple(values["betas"])})
+    config = TrainConfig(**given_flags(args, TrainConfig))
+
     def log(record: dict[str, float]) -> None:
         print(f"iter {record['iteration']:>6}/{config.iterations}  {record['it_per_s']:7.1f} it/s  "
               f"loss D {record['loss_d']:.3f} G {record['loss_g']:.3f}  "

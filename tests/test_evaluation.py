@@ -155,7 +155,7 @@ def test_timeline_stacks_the_fixed_noise_grids_oldest_first(tmp_path):
 
 def test_evaluate_a_finished_training(tmp_path):
     images = flowers(HUES, 96, seed=1).transpose(0, 2, 3, 1)
-    path, _ = write_cache(tmp_path / "cache", images, np.arange(96) % 8, [f"{i}.jpg" for i in range(96)],
+    path, *_ = write_cache(tmp_path / "cache", images, np.arange(96) % 8, [f"{i}.jpg" for i in range(96)],
                           class_names=[str(i) for i in range(8)], params={"dataset": "test"}, holdout_fraction=0.25)
     from flower_pipeline.tensor_cache import TensorCache
 

@@ -20,7 +20,7 @@ TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8,
 def small_cache(tmp_path_factory) -> TensorCache:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    path, _ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
+    path, *_ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
                           class_names=["a", "b", "c", "d"], params={"dataset": "test", "size": 32})
     return TensorCache.load(path)
 
@@ -103,22 +103,13 @@ def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
 @pytest.mark.real_data
 @pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
 def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
-    from flower_pipeline.catalog import get_dataset
+    from flower_pipeline.catalog import Variant
     from flower_pipeline.download import Checksum
-    from flower_pipeline.imaging import ResizeSpec
-    from flower_pipeline.ingest import (
-        DatasetPaths,
-        build_tensor_cache,
-        extract_images,
-        fetch_raw_archive,
-        resize_images,
-    )
+    from flower_pipeline.ingest import prepare_variant
 
-    paths, spec = DatasetPaths(tmp_path, "flowers17"), get_dataset("flowers17")
-    fetch_raw_archive(paths, spec, source=str(FLOWERS17_TGZ), checksum=Checksum("sha256", FLOWERS17_SHA256))
-    extract_images(paths)
-    resize_images(paths, ResizeSpec(size=32))
-    cache = TensorCache.load(build_tensor_cache(paths, spec)["path"])
+    ref = prepare_variant(tmp_path, Variant("flowers17", "color", 32), source=str(FLOWERS17_TGZ),
+                          checksum=Checksum("sha256", FLOWERS17_SHA256))
+    cache = TensorCache.load(ref.path)
     config = TrainConfig(iterations=150, batch_size=16, features=16, log_every=25, sample_every=150,
                          checkpoint_seconds=0, instance_noise=0.0)
     history = train(config, cache, tmp_path / "run", device="cpu").history
@@ -128,7 +119,7 @@ def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
 def test_untrainable_or_broken_caches_are_refused_in_one_line(tmp_path):
     images = np.zeros((8, 48, 48, 3), np.uint8)
     images[:, :, :24] = 255
-    path, _ = write_cache(tmp_path / "c48", images, np.zeros(8), [f"{i}.jpg" for i in range(8)], class_names=["a"],
+    path, *_ = write_cache(tmp_path / "c48", images, np.zeros(8), [f"{i}.jpg" for i in range(8)], class_names=["a"],
                           params={"dataset": "test", "size": 48})
     with pytest.raises(PipelineError, match="power of two"):
         train(TINY, TensorCache.load(path), tmp_path / "run", device="cpu")

@@ -1,123 +1,150 @@
-"""Ingest assets, one partition per dataset: raw_archive → extracted_images → resized_images → tensor_cache."""
+"""Ingest assets: raw_archive → extracted_images per dataset, then resized_images → tensor_cache per variant."""
 
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from flower_pipeline import ingest
-from flower_pipeline.catalog import get_dataset
+from flower_pipeline import __version__, ingest
+from flower_pipeline.catalog import Variant, get_dataset
 from flower_pipeline.download import Checksum
-from flower_pipeline.imaging import ResizeSpec
 from flower_pipeline.plots import grid_png
 from flower_pipeline.tensor_cache import TensorCache
 
-from .partitions import dataset_partitions
-from .resources import FlowerStorage
+from .partitions import dataset_partitions, variant_partitions
+from .resources import FlowerStorage, pick
 from .support import image_markdown, progress, user_errors
 
 GROUP = "ingest"
+OWNERS = ["team:flower-pipeline"]
 
 
 class RawArchiveConfig(dg.Config):
-    source: str | None = Field(None, description="A mirror URL, a local archive or (custom only) a folder of "
+    source: str | None = Field(None, description="A mirror URL, a local archive or (your collection) a folder of "
                                                  "images; default: the official URL.")
     sha256: str | None = Field(None, description="Expected sha256 of the source.")
     md5: str | None = Field(None, description="Expected md5 of the source.")
 
 
 class ResizeConfig(dg.Config):
-    size: int = Field(64, description="Image side in pixels.")
-    mode: str = Field("color", description="color or gray (black-and-white).")
-    crop: str = Field("center", description="center (square crop), pad (letterbox) or stretch.")
+    crop: str = Field("center", description="center (square crop), pad (letterbox) or stretch. The variant's name "
+                                            "gives colour mode and size.")
 
 
 class TensorCacheConfig(dg.Config):
     holdout_fraction: float = Field(0.1, description="Share of each class held out of training, for evaluation.")
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"http"})
+@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"http"}, owners=OWNERS,
+          code_version=__version__)
 def raw_archive(context: dg.AssetExecutionContext, config: RawArchiveConfig,
-                storage: FlowerStorage) -> dg.MaterializeResult:
-    """The dataset's archive, downloaded (resumably) and checksum-verified, or a local file."""
-    spec = get_dataset(context.partition_key)
-    with user_errors(), progress(context, f"download {spec.name}", "B", scale=1024) as report:
-        manifest = ingest.fetch_raw_archive(
-            storage.dataset(spec.name), spec, source=config.source,
-            checksum=Checksum.parse(config.sha256, config.md5), progress=report)
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(manifest["path"]), "source": manifest["source"],
-        "kind": manifest["kind"], "sha256": manifest["sha256"], "bytes": manifest["size"],
-        "downloaded": manifest["downloaded"], "seconds": round(manifest["seconds"], 2),
+                storage: FlowerStorage) -> ingest.RawArchive:
+    """The dataset's archive, downloaded (resumably) and checksum-verified, or a local file or folder."""
+    with user_errors():
+        spec = get_dataset(context.partition_key)
+        with progress(context, f"download {spec.name}", "B", scale=1024) as report:
+            raw = ingest.fetch_raw_archive(storage.root, spec, source=config.source,
+                                           checksum=Checksum.parse(config.sha256, config.md5), progress=report)
+    context.add_output_metadata({
+        "path": dg.MetadataValue.path(raw.path), "source": raw.source, "kind": raw.kind, "sha256": raw.sha256,
+        "bytes": raw.size, "downloaded": raw.downloaded, "seconds": round(raw.seconds, 2),
     })
+    return raw
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, deps=[raw_archive])
-def extracted_images(context: dg.AssetExecutionContext, storage: FlowerStorage) -> dg.MaterializeResult:
+@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"python"}, owners=OWNERS,
+          code_version=__version__)
+def extracted_images(context: dg.AssetExecutionContext, raw_archive: ingest.RawArchive,
+                     storage: FlowerStorage) -> ingest.ExtractedImages:
     """The archive's images, extracted safely (no member may land outside the target)."""
     with user_errors():
-        manifest = ingest.extract_images(storage.dataset(context.partition_key))
-    if manifest["skipped"]:
-        context.log.warning(f"skipped {len(manifest['skipped'])} members: {manifest['skipped']}")
-    return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(manifest["root"]), "images": len(manifest["images"]),
-        "skipped_members": dg.MetadataValue.json(manifest["skipped"]), "bytes": manifest["bytes"],
-        "reused": manifest["reused"], "seconds": round(manifest["seconds"], 2),
+        extracted = ingest.extract_images(raw_archive, storage.root)
+    if extracted.skipped:
+        context.log.warning(f"skipped {len(extracted.skipped)} members: {extracted.skipped}")
+    context.add_output_metadata({
+        "path": dg.MetadataValue.path(extracted.root), "images": len(extracted.images),
+        "skipped_members": dg.MetadataValue.json(extracted.skipped), "bytes": extracted.bytes,
+        "reused": extracted.reused, "seconds": round(extracted.seconds, 2),
     })
+    return extracted
 
 
-@dg.asset(partitions_def=dataset_partitions, group_name=GROUP, deps=[extracted_images], kinds={"opencv"})
-def resized_images(context: dg.AssetExecutionContext, config: ResizeConfig,
-                   storage: FlowerStorage) -> dg.MaterializeResult:
-    """Every image decoded and resized with OpenCV on all cores; unusable ones skipped by name."""
-    with user_errors(), progress(context, "resize", "img") as report:
-        spec = ResizeSpec(size=config.size, mode=config.mode, crop=config.crop)
-        manifest = ingest.resize_images(storage.dataset(context.partition_key), spec, progress=report)
-    kept, skipped = len(manifest["names"]), manifest["skipped"]
-    if skipped:
-        context.log.warning(f"skipped {len(skipped)} images: {skipped}")
-    return dg.MaterializeResult(metadata={
-        "images": kept, "skipped": len(skipped), "skipped_images": dg.MetadataValue.json(skipped),
-        "size": config.size, "mode": config.mode, "crop": config.crop,
-        "seconds": round(manifest["seconds"], 2),
-        "images_per_second": round(kept / max(manifest["seconds"], 1e-9), 1),
-    })
-
-
-@dg.asset(
-    partitions_def=dataset_partitions, group_name=GROUP, deps=[resized_images], kinds={"numpy"},
-    check_specs=[dg.AssetCheckSpec(name, asset="tensor_cache") for name in ingest.CACHE_CHECKS],
-)
-def tensor_cache(context: dg.AssetExecutionContext, config: TensorCacheConfig,
-                 storage: FlowerStorage) -> dg.MaterializeResult:
-    """One memory-mappable uint8 N×C×H×W array with labels, names and a train/holdout split."""
-    spec = get_dataset(context.partition_key)
+# Each variant reads its own dataset's extraction: Dagster maps dataset → variant partitions with no
+# built-in rule, so the variant takes the dataset's record from all of them (see `pick`).
+@dg.asset(partitions_def=variant_partitions, group_name=GROUP, kinds={"opencv"}, owners=OWNERS,
+          code_version=__version__,
+          ins={"extracted_images": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+def resized_images(context: dg.AssetExecutionContext, config: ResizeConfig, extracted_images: Any,
+                   storage: FlowerStorage) -> ingest.ResizedImages:
+    """Every image of the variant's dataset decoded and resized with OpenCV on all cores; unusable ones skipped."""
     with user_errors():
-        manifest = ingest.build_tensor_cache(storage.dataset(spec.name), spec,
-                                             holdout_fraction=config.holdout_fraction)
-        outcomes = ingest.check_tensor_cache(manifest, spec)
-    cache = TensorCache.load(manifest["path"])
-    preview = np.asarray(cache.images[np.linspace(0, len(cache.images) - 1, 32).astype(int)])
-    return dg.MaterializeResult(
-        metadata={
-            "path": dg.MetadataValue.path(manifest["path"]), "content_hash": manifest["content_hash"],
-            "images": manifest["count"], "shape": str(manifest["shape"]),
-            "holdout_images": int(cache.holdout.sum()), "classes": len(manifest["class_counts"]),
-            "class_counts": dg.MetadataValue.json(manifest["class_counts"]),
-            "skipped": len(manifest["skipped"]), "bytes": int(cache.images.nbytes),
-            "reused": manifest["reused"], "synthetic": spec.synthetic,
-            "preview": image_markdown(grid_png(preview, columns=8), f"{spec.name} preview"),
-        },
-        check_results=[
-            dg.AssetCheckResult(
-                check_name=o.name, passed=o.passed, description=o.description,
-                severity=dg.AssetCheckSeverity.WARN if o.warn_only else dg.AssetCheckSeverity.ERROR)
-            for o in outcomes
-        ],
-    )
+        variant = Variant.parse(context.partition_key)
+        extracted = pick(extracted_images, variant.dataset, "dataset")
+        with progress(context, "resize", "img") as report:
+            resized = ingest.resize_images(extracted, variant, storage.root, crop=config.crop, progress=report)
+    if resized.skipped:
+        context.log.warning(f"skipped {len(resized.skipped)} images: {resized.skipped}")
+    context.add_output_metadata({
+        "images": len(resized.names), "skipped": len(resized.skipped),
+        "skipped_images": dg.MetadataValue.json(resized.skipped), "size": variant.size, "mode": variant.mode,
+        "crop": config.crop, "seconds": round(resized.seconds, 2),
+        "images_per_second": round(len(resized.names) / max(resized.seconds, 1e-9), 1),
+    })
+    return resized
 
+
+@dg.asset(partitions_def=variant_partitions, group_name=GROUP, kinds={"numpy"}, owners=OWNERS,
+          code_version=__version__,
+          ins={"extracted_images": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+def tensor_cache(context: dg.AssetExecutionContext, config: TensorCacheConfig, resized_images: ingest.ResizedImages,
+                 extracted_images: Any, storage: FlowerStorage) -> ingest.TensorCacheRef:
+    """One memory-mappable uint8 N×C×H×W array with labels, names and a train/holdout split."""
+    with user_errors():
+        variant = Variant.parse(context.partition_key)
+        extracted = pick(extracted_images, variant.dataset, "dataset")
+        ref = ingest.build_tensor_cache(extracted, resized_images, storage.root,
+                                        holdout_fraction=config.holdout_fraction)
+    cache = TensorCache.load(ref.path)
+    preview = np.asarray(cache.images[np.linspace(0, len(cache.images) - 1, 32).astype(int)])
+    context.add_output_metadata({
+        "path": dg.MetadataValue.path(ref.path), "content_hash": ref.content_hash, "images": ref.count,
+        "shape": str(ref.shape), "holdout_images": int(cache.holdout.sum()), "classes": len(ref.class_counts),
+        "class_counts": dg.MetadataValue.json(ref.class_counts), "skipped": len(ref.skipped),
+        "bytes": int(cache.images.nbytes), "reused": ref.reused,
+        "synthetic": get_dataset(variant.dataset).synthetic,
+        "preview": image_markdown(grid_png(preview, columns=8), f"{variant.name} preview"),
+    })
+    return ref
+
+
+def _cache_check(check: Callable[[ingest.TensorCacheRef], ingest.CheckOutcome], description: str,
+                 severity: dg.AssetCheckSeverity) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=tensor_cache, name=check.__name__.removeprefix("check_"), description=description,
+                    blocking=severity == dg.AssetCheckSeverity.ERROR)
+    def cache_check(context: dg.AssetCheckExecutionContext, tensor_cache: Any) -> dg.AssetCheckResult:
+        with user_errors():
+            outcome = check(pick(tensor_cache, context.partition_key, "variant"))
+        return dg.AssetCheckResult(passed=outcome.passed, description=outcome.description, severity=severity)
+
+    return cache_check
+
+
+cache_checks = [
+    _cache_check(ingest.check_image_count, "Every image of the archive is in the cache, less the skipped ones.",
+                 dg.AssetCheckSeverity.WARN),
+    _cache_check(ingest.check_tensor_format, "uint8 N×C×H×W of the variant's mode and size, labels and names "
+                                             "for every image, not one flat colour.", dg.AssetCheckSeverity.ERROR),
+    _cache_check(ingest.check_no_duplicates, "No file name twice (identical pixels are reported, not failed).",
+                 dg.AssetCheckSeverity.WARN),
+    _cache_check(ingest.check_class_balance, "Catalogued datasets keep their per-class counts; no class is empty.",
+                 dg.AssetCheckSeverity.WARN),
+]
 
 prepare_dataset_job = dg.define_asset_job(
-    "prepare_dataset", selection=dg.AssetSelection.groups(GROUP),
-    description="Download, extract, resize and cache one dataset.",
-)
+    "prepare_dataset", selection=[raw_archive, extracted_images], partitions_def=dataset_partitions,
+    description="Download (or read) and extract one dataset, shared by its variants.")
+prepare_variant_job = dg.define_asset_job(
+    "prepare_variant", selection=[resized_images, tensor_cache], partitions_def=variant_partitions,
+    description="Resize one variant's images (colour mode × size) and build its tensor cache.")

@@ -1,95 +1,92 @@
-"""The registration asset: every evaluated generator becomes a registered MLflow model version.
-
-`latest` always names the new version (MLflow reserves that alias for the
-newest version: models:/NAME/latest); `champion` moves only when the
-version passed the quality gate and beats the current champion on FID (or,
-where either lacks FID, on the colour distance; see
-`flower_pipeline.evaluation.promotion_decision`).
-"""
+"""The registration asset: every evaluated generator becomes a version of the registered model `<variant>-<arch>`."""
 
 import json
 from pathlib import Path
-from typing import Any
 
 import dagster as dg
 
-from flower_pipeline import code_version
-from flower_pipeline.evaluation import promotion_decision
+from flower_pipeline import __version__, code_version
+from flower_pipeline.registry import (
+    CHAMPION,
+    METRIC_TAG,
+    MlflowTracking,
+    RegisteredVersion,
+    metrics_from_tags,
+    model_name,
+    promotion_decision,
+)
 from flower_pipeline.training import load_trained
 
-from .evaluation import HEADLINE, evaluation_stage, generator_evaluation
-from .mlflow_tracking import MlflowTracking
-from .partitions import dataset_and_arch, training_partitions
-from .resources import FlowerStorage
+from .evaluation import HEADLINE, Evaluation
+from .ingest import OWNERS
+from .partitions import training_partitions
+from .resources import storage
 from .support import user_errors
 
-METRIC_TAG = "eval."  # version tags carrying evaluation metrics, read back to compare with the champion
 
-
-def model_name(dataset: str, arch: str) -> str:
-    return f"{dataset}-{arch}"
-
-
-def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
-    return {k.removeprefix(METRIC_TAG): float(v) for k, v in tags.items() if k.startswith(METRIC_TAG)}
-
-
-@dg.asset(partitions_def=training_partitions, deps=[generator_evaluation], group_name="registry", kinds={"mlflow"})
-def registered_generator(context: dg.AssetExecutionContext, storage: FlowerStorage,
-                         mlflow: MlflowTracking) -> dg.MaterializeResult:
-    """The evaluated generator as a version of the registered model `<dataset>-<arch>`, aliased latest/champion."""
-    dataset, arch = dataset_and_arch(context)
-    name = model_name(dataset, arch)
+@dg.asset(partitions_def=training_partitions, group_name="registry", kinds={"mlflow"}, owners=OWNERS,
+          code_version=__version__)
+def registered_generator(context: dg.AssetExecutionContext, generator_evaluation: Evaluation,
+                         mlflow: MlflowTracking) -> RegisteredVersion:
+    """The evaluated generator as a version of `<variant>-<arch>`; `champion` moves only to a better one."""
+    evaluation, training = generator_evaluation, generator_evaluation.training
+    name, run_id = model_name(training.variant, training.arch), training.mlflow_run_id
+    metrics = {k: v for k, v in evaluation.metrics.items() if k in HEADLINE}
     with user_errors():
-        evaluation = storage.dataset(dataset).read_manifest(evaluation_stage(arch))
-        training = evaluation["training"]
-        metrics = {k: v for k, v in evaluation["metrics"].items() if k in HEADLINE}
-        run_id = training["mlflow_run_id"]
         version = mlflow.version_of_run(name, run_id)
         if version is None:  # a retried step finds its version instead of making another
-            model = mlflow.log_generator(run_id, load_trained(Path(training["path"])).generator)
+            model = mlflow.log_generator(run_id, name, load_trained(Path(training.path)).generator)
             code = code_version()
-            version = mlflow.register(name, run_id, model, _version_tags(training, metrics, evaluation, code),
-                                      _description(training, metrics, evaluation, code))
+            version = mlflow.register(name, run_id, model, _version_tags(evaluation, metrics, code),
+                                      _description(evaluation, metrics, code))
         else:
             context.log.info(f"{name} version {version.version} was already registered from run {run_id}")
 
-        champion = mlflow.version_by_alias(name, "champion")
+        champion = mlflow.version_by_alias(name, CHAMPION)
         if champion is not None and champion.version == version.version:
             promoted, reason = True, "already the champion"
         else:
-            promoted, reason = promotion_decision(evaluation["gate_passed"], evaluation["gate_reason"], metrics,
+            promoted, reason = promotion_decision(evaluation.gate_passed, evaluation.gate_reason, metrics,
                                                   metrics_from_tags(champion.tags) if champion else None)
             if promoted:
-                mlflow.set_alias(name, "champion", version.version)
-        decision = "champion" if promoted else "not promoted"
+                mlflow.set_alias(name, CHAMPION, version.version)
+        decision = CHAMPION if promoted else "not promoted"
         champion_version = version.version if promoted else (champion.version if champion else None)
         mlflow.set_version_tags(name, version.version, {"promotion": decision, "promotion_reason": reason})
         mlflow.set_tags(run_id, {"registered_model": name, "registered_version": version.version,
                                  "promotion": decision, "promotion_reason": reason})
     context.log.info(f"{name} v{version.version}: {decision} ({reason})")
-    return dg.MaterializeResult(metadata={
-        "model": name, "version": int(version.version), "promotion": decision, "reason": reason,
-        "champion_version": int(champion_version) if champion_version is not None else None,
-        "model_uri": f"models:/{name}/{version.version}", "mlflow_run_id": run_id,
-        "tracking_uri": mlflow.uri,
+    registered = RegisteredVersion(name, int(version.version), decision, reason,
+                                   int(champion_version) if champion_version is not None else None, run_id)
+    context.add_output_metadata({
+        "model": name, "version": registered.version, "promotion": decision, "reason": reason,
+        "champion_version": registered.champion_version, "model_uri": f"models:/{name}/{version.version}",
+        "mlflow_run_id": run_id, "tracking_uri": mlflow.uri,
     })
+    return registered
 
 
-def _version_tags(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any],
-                  code: str) -> dict[str, str]:
+def _version_tags(evaluation: Evaluation, metrics: dict[str, float], code: str) -> dict[str, str]:
+    training = evaluation.training
     return {
-        "dataset": training["dataset"], "arch": training["arch"], "cache_hash": training["cache_hash"],
-        "config": json.dumps(training["config"], sort_keys=True), "code_version": code,
-        "iterations": str(training["iterations"]), "quality_gate": evaluation["gate_reason"],
+        "variant": training.variant, "arch": training.arch, "cache_hash": training.cache.content_hash,
+        "config": json.dumps(training.config, sort_keys=True), "code_version": code,
+        "iterations": str(training.iterations), "quality_gate": evaluation.gate_reason,
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()},
     }
 
 
-def _description(training: dict[str, Any], metrics: dict[str, float], evaluation: dict[str, Any], code: str) -> str:
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "kid_mean", "d_real_holdout_mean", "d_fake_mean",
-                                                        "colour_coverage", "near_copy_share_pixels") if k in metrics)
-    missing = "; ".join(f"{k} unavailable: {why}" for k, why in evaluation["unavailable"].items())
-    return (f"{training['arch']} generator trained {training['iterations']} iterations on {training['dataset']} "
-            f"(cache {training['cache_hash'][:12]}, code {code}). {shown}."
-            + (f" {missing}." if missing else ""))
+def _description(evaluation: Evaluation, metrics: dict[str, float], code: str) -> str:
+    training = evaluation.training
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "kid_mean", "d_real_train_mean", "d_real_holdout_mean",
+                                                        "d_fake_mean", "colour_coverage", "near_copy_share_pixels")
+                      if k in metrics)
+    missing = sorted(set(evaluation.unavailable.values()))  # one reason, said once
+    return (f"{training.arch} generator trained {training.iterations} iterations on {training.variant} "
+            f"(cache {training.cache.content_hash[:12]}, code {code}). {shown}."
+            + (f" FID and KID unavailable: {'; '.join(missing)}." if missing else ""))
+
+
+@dg.definitions
+def registry_resources() -> dg.Definitions:
+    return dg.Definitions(resources={"mlflow": MlflowTracking(storage=storage)})

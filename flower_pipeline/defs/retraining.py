@@ -1,7 +1,7 @@
-"""Retraining: a weekly schedule and a sensor that retrains when a dataset's tensor cache changes.
+"""Retraining: a weekly schedule and a sensor that retrains when a variant's tensor cache changes.
 
 Both request ordinary runs of `retrain_generators` (train → evaluate →
-register) one per dataset × architecture partition, so they appear in the UI
+register) one per variant × architecture partition, so they appear in the UI
 like any run and queue in the `gpu` pool. Both start stopped, as Dagster's
 schedules and sensors do: turn them on in the UI (Automation) with
 `dagster dev` running.
@@ -15,7 +15,7 @@ from flower_pipeline.models import ARCHITECTURES
 
 from .evaluation import generator_evaluation
 from .ingest import tensor_cache
-from .partitions import dataset_partitions, training_partition_key
+from .partitions import known_variants, training_key
 from .registry import registered_generator
 from .training import trained_generator
 
@@ -24,7 +24,8 @@ RETRAIN_CRON = os.environ.get("FLOWER_PIPELINE_RETRAIN_CRON", "0 3 * * 1")  # Mo
 retrain_job = dg.define_asset_job(
     "retrain_generators",
     selection=dg.AssetSelection.assets(trained_generator, generator_evaluation, registered_generator),
-    description="Train, evaluate and register one dataset × architecture partition.",
+    partitions_def=trained_generator.partitions_def,
+    description="Train, evaluate and register one variant × architecture partition.",
 )
 
 
@@ -38,36 +39,36 @@ def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, pa
 
 
 def cache_hashes(instance: dg.DagsterInstance) -> dict[str, str]:
-    """The current tensor-cache content hash of every dataset that has one."""
+    """The current tensor-cache content hash of every variant that has one (the full hash training records)."""
     hashes = {}
-    for dataset in dataset_partitions.get_partition_keys():
-        metadata = latest_metadata(instance, tensor_cache, dataset)
+    for variant in known_variants(instance):
+        metadata = latest_metadata(instance, tensor_cache, variant)
         if metadata and "content_hash" in metadata:
-            hashes[dataset] = metadata["content_hash"]
+            hashes[variant] = metadata["content_hash"]
     return hashes
 
 
 @dg.schedule(job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Retrain, evaluate and register every architecture of every prepared dataset "
+             description="Retrain, evaluate and register every architecture of every prepared variant "
                          "(cron: $FLOWER_PIPELINE_RETRAIN_CRON, default weekly).")
 def weekly_retraining(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     # A static × static multi-partition gives no schedule of its own: one run request per partition key.
-    datasets = sorted(cache_hashes(context.instance))
-    if not datasets:
-        return dg.SkipReason("no dataset has a tensor cache yet; prepare one first")
+    variants = sorted(cache_hashes(context.instance))
+    if not variants:
+        return dg.SkipReason("no variant has a tensor cache yet; prepare one first")
     tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time else ""
-    return [dg.RunRequest(run_key=f"{tick}:{dataset}|{arch}", partition_key=training_partition_key(dataset, arch))
-            for dataset in datasets for arch in ARCHITECTURES]
+    return [dg.RunRequest(run_key=f"{tick}:{training_key(variant, arch)}", partition_key=training_key(variant, arch))
+            for variant in variants for arch in ARCHITECTURES]
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Retrain a trained dataset × architecture when its dataset's tensor cache content changes.")
+           description="Retrain a trained variant × architecture when its tensor cache content changes.")
 def retrain_on_new_data(context: dg.SensorEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     requests = []
-    for dataset, cache_hash in cache_hashes(context.instance).items():
+    for variant, cache_hash in cache_hashes(context.instance).items():
         for arch in ARCHITECTURES:
-            key = training_partition_key(dataset, arch)
+            key = training_key(variant, arch)
             trained = latest_metadata(context.instance, trained_generator, str(key))
             # Never-trained partitions are left to the user: the sensor reacts to changed data only.
             if trained is not None and trained.get("cache_hash") != cache_hash:
