@@ -33,13 +33,14 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
 import flower_pipeline
 from flower_pipeline.defs.resources import FlowerStorage
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import FlowerGenerator, sample_latent
 
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
 METRIC_TAG = "eval."  # version tags carrying evaluation metrics, read back to compare with the champion
 CHAMPION = "champion"
 
@@ -69,7 +70,7 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @property
     def uri(self) -> str:
-        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        uri = self.tracking_uri or os.environ.get(TRACKING_ENV)
         if uri:
             return uri
         try:
@@ -84,9 +85,16 @@ class MlflowTracking(dg.ConfigurableResource):
 
     @contextlib.contextmanager
     def _fluent(self) -> Iterator[None]:
-        """MLflow's fluent API pointed at this store for the block only (the global URI is restored)."""
-        with _use_tracking_uri(self.uri):
+        """MLflow's fluent API pointed at this store for the block only; the global URI and
+        $MLFLOW_TRACKING_URI (which `mlflow.set_tracking_uri` also rewrites) are restored after it."""
+        uri, saved, saved_env = self.uri, tracking_utils._tracking_uri, os.environ.get(TRACKING_ENV)
+        mlflow.set_tracking_uri(uri)
+        try:
             yield
+        finally:
+            mlflow.set_tracking_uri(saved)
+            if saved_env is not None:
+                os.environ[TRACKING_ENV] = saved_env
 
     def experiment_id(self) -> str:
         client = self.client()

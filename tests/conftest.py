@@ -109,3 +109,30 @@ def make_zip(members: dict[str, bytes]) -> bytes:
 def flowers_like(count: int, digits: int = 4) -> dict[str, bytes]:
     """An archive's members in the Oxford layout: jpg/image_0001.jpg …"""
     return {f"jpg/image_{i:0{digits}d}.jpg": jpeg(seed=i) for i in range(1, count + 1)}
+
+
+def run_job(instance, name: str, partition, data_dir: Path, ops: dict | None = None, assets: list[str] | None = None,
+            raise_on_error: bool = False):
+    """Run one of the project's jobs (or some of its assets) for one partition, as the CLI and the UI do."""
+    import dagster as dg
+
+    from flower_pipeline.definitions import defs
+
+    return defs().resolve_job_def(name).execute_in_process(
+        partition_key=partition, instance=instance, raise_on_error=raise_on_error,
+        asset_selection=[dg.AssetKey(a) for a in assets] if assets else None,
+        run_config={"ops": ops or {}, "resources": {"storage": {"config": {"data_dir": str(data_dir)}}}})
+
+
+def prepare(instance, data_dir: Path, variant: str, raw_config: dict | None = None, ops: dict | None = None):
+    """Both prepare jobs for a variant (dataset, then variant); returns the variant job's result."""
+    from flower_pipeline.catalog import Variant
+    from flower_pipeline.defs.partitions import add_variant
+
+    parsed = Variant.parse(variant)
+    add_variant(instance, parsed)
+    dataset = run_job(instance, "prepare_dataset", parsed.dataset, data_dir,
+                      {"raw_archive": {"config": raw_config or {}}})
+    if not dataset.success:
+        return dataset
+    return run_job(instance, "prepare_variant", variant, data_dir, ops)

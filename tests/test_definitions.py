@@ -18,11 +18,14 @@ def test_code_location_has_every_asset_check_job_and_resource():
         "generator_evaluation", "registered_generator"}
     assert {c.name for c in graph.asset_check_keys} == {"image_count", "tensor_format", "no_duplicates",
                                                         "class_balance", "scores_in_range", "quality_gate"}
-    assert loaded.resolve_job_def("prepare_dataset") is not None
-    assert loaded.resolve_job_def("retrain_generators") is not None
+    for job in ("prepare_dataset", "prepare_variant", "retrain_generators"):
+        assert loaded.resolve_job_def(job) is not None
+    assert all(graph.get(k).owners and graph.get(k).code_version for k in graph.get_all_asset_keys())
+    for check in graph.asset_check_keys:
+        assert loaded.resolve_assets_def(check.asset_key) is not None
     assert {s.name for s in loaded.schedules} == {"weekly_retraining"}
     assert {s.name for s in loaded.sensors} == {"retrain_on_new_data"}
-    assert {"storage", "mlflow"} <= set(loaded.resources)
+    assert {"storage", "mlflow", "io_manager"} <= set(loaded.resources)
     dg.Definitions.validate_loadable(loaded)
 
 
@@ -31,3 +34,10 @@ def test_instance_config_limits_the_gpu_pool_to_one():
     assert config["concurrency"]["pools"]["default_limit"] == 1
     workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["python_module"]["module_name"] == "flower_pipeline.definitions"
+
+
+def test_variants_and_datasets_are_dynamic_and_training_is_variant_by_architecture():
+    from flower_pipeline.defs.partitions import dataset_partitions, training_partitions, variant_partitions
+
+    assert (dataset_partitions.name, variant_partitions.name) == ("datasets", "variants")
+    assert [d.name for d in training_partitions.partitions_defs] == ["arch", "variant"]

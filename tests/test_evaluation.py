@@ -11,16 +11,17 @@ from torch import nn
 from flower_pipeline.evaluation import (
     INCEPTION_FILE,
     EvalSettings,
-    QualityGate,
     colour_report,
+    discriminator_scores,
     evaluate,
     fid_kid,
     memorization_report,
-    promotion_decision,
+    quality_gate,
     resolve_inception_weights,
     scores_in_range,
     timeline_png,
 )
+from flower_pipeline.registry import promotion_decision
 from flower_pipeline.storage import png_bytes
 from flower_pipeline.tensor_cache import write_cache
 from flower_pipeline.training import TrainConfig, train
@@ -109,11 +110,11 @@ def test_scores_gate_and_promotion_rules():
     assert not scores_in_range({**good, "d_fake_mean": float("nan")})[0]
     assert not scores_in_range({**good, "d_real_holdout_mean": 1.0})[0]
 
-    gate = QualityGate(max_fid=100, min_colour_coverage=0.5, max_near_copy_share=0.2)
-    assert gate.check(good)[0]  # FID not measured: judged on the rest
-    passed, why = gate.check({**good, "fid": 140.0})
+    gate = EvalSettings(max_fid=100, min_colour_coverage=0.5, max_near_copy_share=0.2)
+    assert quality_gate(good, gate)[0]  # FID not measured: judged on the rest
+    passed, why = quality_gate({**good, "fid": 140.0}, gate)
     assert not passed and "fid 140 > 100" in why
-    assert not gate.check({**good, "colour_coverage": 0.25})[0]
+    assert not quality_gate({**good, "colour_coverage": 0.25}, gate)[0]
 
     assert promotion_decision(False, "failed: x", good, None) == (False, "quality gate failed: x")
     assert promotion_decision(True, "passed", good, None)[0]
@@ -206,3 +207,25 @@ def test_a_corrupt_inception_weights_file_is_one_clear_error(tmp_path):
     weights.write_bytes(weights.read_bytes()[:50])  # truncated mid-download
     with pytest.raises(PipelineError, match=r"weights\.pth is not a usable Inception weights file"):
         inception_features(weights)
+
+
+@pytest.mark.parametrize("arch", ["arch1", "arch2"])
+def test_d_scores_on_training_images_agree_with_the_last_training_window(tmp_path, arch):
+    """Scored as D was trained (batch statistics, training-size batches), D(x) on the training images matches
+    the mean D(x) of the training's final log window; scored in eval mode it need not."""
+    images = flowers(HUES, 160, seed=1).transpose(0, 2, 3, 1)
+    path, *_ = write_cache(tmp_path / "cache", images, np.arange(160) % 8, [f"{i}.jpg" for i in range(160)],
+                           class_names=[str(i) for i in range(8)], params={"dataset": "test"})
+    from flower_pipeline.tensor_cache import TensorCache
+    from flower_pipeline.training import load_trained
+
+    cache = TensorCache.load(path)
+    config = TrainConfig(arch=arch, iterations=120, batch_size=16, features=8, minibatch_kernels=8, log_every=8,
+                         instance_noise=0.0, checkpoint_seconds=0)
+    result = train(config, cache, tmp_path / "run", device="cpu")
+    trained = load_trained(tmp_path / "run")
+    scores = discriminator_scores(trained.discriminator, cache.train_images(), config.batch_size)
+    # Within 0.06 (the issue asks 0.1): eval-mode scores miss it here by 0.09 (arch1) and 0.18 (arch2).
+    assert abs(scores.mean() - result.final["d_real"]) < 0.06, (scores.mean(), result.final["d_real"])
+    again = discriminator_scores(trained.discriminator, cache.train_images(), config.batch_size)
+    np.testing.assert_array_equal(scores, again)  # same seed, same batches: and D's saved state is untouched

@@ -14,18 +14,17 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import pytest
+from conftest import prepare, run_job
+from mlflow.tracking._tracking_service import utils as tracking_utils
 
-from flower_pipeline.defs.evaluation import generator_evaluation
-from flower_pipeline.defs.ingest import extracted_images, raw_archive, resized_images, tensor_cache
-from flower_pipeline.defs.mlflow_tracking import MlflowTracking
-from flower_pipeline.defs.registry import registered_generator
-from flower_pipeline.defs.resources import FlowerStorage
-from flower_pipeline.defs.training import trained_generator
+from flower_pipeline.defs.partitions import training_key
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import FlowerGenerator
-from flower_pipeline.registry import list_models, load_generator
+from flower_pipeline.registry import MlflowTracking, list_models, load_generator, tracking
 
-KEY = dg.MultiPartitionKey({"dataset": "synthetic", "arch": "arch1"})
+VARIANT = "synthetic-color-32"
+KEY = training_key(VARIANT, "arch1")
+MODEL = f"{VARIANT}-arch1"
 TINY = {"iterations": 6, "batch_size": 8, "features": 8, "log_every": 3, "sample_every": 3, "checkpoint_seconds": 0,
         "device": "cpu"}
 LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0, "max_near_copy_share": 1.0}
@@ -61,93 +60,111 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "server"])
-def tracking(request, tmp_path) -> MlflowTracking:
+def store(request, tmp_path, monkeypatch) -> MlflowTracking:
+    """The MLflow store the pipeline reaches: SQLite in the data folder, or a server named by MLFLOW_TRACKING_URI."""
     if request.param == "sqlite":
-        return MlflowTracking(data_dir=str(tmp_path / "data"))
-    return MlflowTracking(tracking_uri=request.getfixturevalue("mlflow_server"), data_dir=str(tmp_path / "data"))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        return tracking(data_dir=tmp_path / "data")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", request.getfixturevalue("mlflow_server"))
+    return tracking(data_dir=tmp_path / "data")
 
 
-def _run(assets: list, instance: dg.DagsterInstance, resources: dict, training: dict | None = None,
-         evaluation: dict | None = None) -> dg.ExecuteInProcessResult:
+def _chain(instance: dg.DagsterInstance, data, training: dict | None = None, evaluation: dict | None = None,
+           assets: list[str] | None = None) -> dg.ExecuteInProcessResult:
     ops = {}
     if training is not None:
         ops["trained_generator"] = {"config": training}
     if evaluation is not None:
         ops["generator_evaluation"] = {"config": evaluation}
-    return dg.materialize(assets, partition_key=KEY, instance=instance, resources=resources, run_config={"ops": ops})
+    return run_job(instance, "retrain_generators", KEY, data, ops, assets=assets)
 
 
 def _meta(result: dg.ExecuteInProcessResult, node: str) -> dict:
     return {k: v.value for k, v in result.asset_materializations_for_node(node)[0].metadata.items()}
 
 
-def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tmp_path, tracking):
-    resources = {"storage": FlowerStorage(data_dir=str(tmp_path / "data")), "mlflow": tracking}
-    chain = [trained_generator, generator_evaluation, registered_generator]
+def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tmp_path, store):
+    data = tmp_path / "data"
+    global_uri = (tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI"))
     with dg.instance_for_test() as instance:
-        assert dg.materialize([raw_archive, extracted_images, resized_images, tensor_cache], partition_key="synthetic",
-                              instance=instance, resources=resources,
-                              run_config={"ops": {"resized_images": {"config": {"size": 32}}}}).success
+        assert prepare(instance, data, VARIANT).success
 
-        first = _run(chain, instance, resources, TINY, LENIENT)
+        first = _chain(instance, data, TINY, LENIENT)
+        assert first.success
         evaluated = _meta(first, "generator_evaluation")
         assert 0 < evaluated["d_real_holdout_mean"] < 1 and 0 < evaluated["d_fake_mean"] < 1
-        assert evaluated["fid"] == "unavailable: turned off (inception_weights: off)"
+        assert "fid" not in evaluated and evaluated["fid_status"] == "unavailable: turned off (inception_weights: off)"
         for picture in ("samples", "timeline", "nearest_pairs", "colours"):
             assert "data:image/png;base64," in evaluated[picture], picture
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks == {"scores_in_range": True, "quality_gate": True}
-        registered = _meta(first, "registered_generator")
-        assert (registered["model"], registered["version"], registered["promotion"]) == ("synthetic-arch1", 1,
-                                                                                         "champion")
+        registered = first.output_for_node("registered_generator")
+        assert (registered.model, registered.version, registered.promotion) == (MODEL, 1, "champion")
 
-        second = _run(chain, instance, resources, {**TINY, "seed": 1}, STRICT)
+        second = _chain(instance, data, {**TINY, "seed": 1}, STRICT)
         assert {e.check_name: e.passed for e in second.get_asset_check_evaluations()}["quality_gate"] is False
-        registered = _meta(second, "registered_generator")
-        assert registered["version"] == 2 and registered["promotion"] == "not promoted"
-        assert registered["reason"].startswith("quality gate failed: colour_coverage")
-        assert registered["champion_version"] == 1
+        registered = second.output_for_node("registered_generator")
+        assert registered.version == 2 and registered.promotion == "not promoted"
+        assert registered.reason.startswith("quality gate failed: colour_coverage")
+        assert registered.champion_version == 1
 
-        retried = _run([registered_generator], instance, resources)  # a retried step: no third version
-        assert _meta(retried, "registered_generator")["version"] == 2
+        retried = _chain(instance, data, assets=["registered_generator"])  # a retried step: no third version
+        assert retried.output_for_node("registered_generator").version == 2
+    assert (tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")) == global_uri  # left as it was
 
-    rows = list_models(tracking_uri=tracking.tracking_uri, data_dir=tracking.data_dir)
+    rows = list_models(data_dir=data)
     assert [(r["name"], r["version"], r["aliases"]) for r in rows] == [
-        ("synthetic-arch1", "2", ["latest"]), ("synthetic-arch1", "1", ["champion"])]
+        (MODEL, "2", ["latest"]), (MODEL, "1", ["champion"])]
     tags = rows[1]["tags"]
-    assert tags["dataset"] == "synthetic" and tags["arch"] == "arch1" and len(tags["cache_hash"]) == 64
+    assert tags["variant"] == VARIANT and tags["arch"] == "arch1" and len(tags["cache_hash"]) == 64
     assert '"iterations": 6' in tags["config"] and tags["code_version"].startswith("0.1.0")
     assert 0 < float(tags["eval.d_fake_mean"]) < 1 and tags["promotion"] == "champion"
     assert rows[0]["tags"]["promotion_reason"].startswith("quality gate failed")
-    run = tracking.client().get_run(tracking.client().get_model_version("synthetic-arch1", "1").run_id)
+    version = store.client().get_model_version(MODEL, "1")
+    assert version.description.count("unavailable") == 1  # each fact said once
+    run = store.client().get_run(version.run_id)
     assert "eval_d_fake_mean" in run.data.metrics and run.data.tags["promotion"] == "champion"
 
     # The champion is a plain MLflow PyTorch model that makes images.
-    mlflow.set_tracking_uri(tracking.uri)
-    model = mlflow.pytorch.load_model("models:/synthetic-arch1@champion")
+    mlflow.set_tracking_uri(store.uri)
+    model = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
     assert isinstance(model, FlowerGenerator) and model.generate(4, seed=7).shape == (4, 3, 32, 32)
-    by_version = load_generator("synthetic-arch1", version=1, tracking_uri=tracking.tracking_uri,
-                                data_dir=tracking.data_dir)
+    by_version = load_generator(MODEL, version=1, data_dir=data)
     np.testing.assert_array_equal(model.generate(4, seed=7), by_version.generate(4, seed=7))
-    latest = load_generator("synthetic-arch1", alias="latest", tracking_uri=tracking.tracking_uri,
-                            data_dir=tracking.data_dir)
+    latest = load_generator(MODEL, alias="latest", data_dir=data)
     assert not np.array_equal(latest.generate(4, seed=7), by_version.generate(4, seed=7))  # v2: another seed
-    np.testing.assert_array_equal(mlflow.pytorch.load_model("models:/synthetic-arch1@latest").generate(4, seed=7),
+    np.testing.assert_array_equal(mlflow.pytorch.load_model(f"models:/{MODEL}@latest").generate(4, seed=7),
                                   latest.generate(4, seed=7))  # MLflow's reserved alias: the newest version
 
-    where = {"tracking_uri": tracking.tracking_uri, "data_dir": tracking.data_dir}
-    with pytest.raises(PipelineError, match="no registered model 'nope'; registered: synthetic-arch1"):
-        load_generator("nope", **where)
+    with pytest.raises(PipelineError, match=f"no registered model 'nope'; registered: {MODEL}"):
+        load_generator("nope", data_dir=data)
     with pytest.raises(PipelineError, match=r"no alias 'best'; aliases: champion \(v1\), latest \(v2\)"):
-        load_generator("synthetic-arch1", alias="best", **where)
+        load_generator(MODEL, alias="best", data_dir=data)
     with pytest.raises(PipelineError, match="no version 9; versions: 1, 2"):
-        load_generator("synthetic-arch1", version=9, **where)
+        load_generator(MODEL, version=9, data_dir=data)
+
+
+def test_an_evaluation_whose_mlflow_step_failed_is_never_registered(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with dg.instance_for_test() as instance:
+        assert prepare(instance, data, VARIANT).success
+        assert _chain(instance, data, TINY, assets=["trained_generator"]).success
+        # Evaluation against a store that has no such run: its MLflow step fails after the metrics are computed.
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+        failed = _chain(instance, data, TINY, LENIENT, assets=["generator_evaluation"])
+        assert not failed.success
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        alone = _chain(instance, data, assets=["registered_generator"])  # registration run on its own later
+        assert not alone.success
+        failure = alone.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+        assert "no output of generator_evaluation" in failure
+    assert list_models(data_dir=data) == []
 
 
 def test_registry_default_store_lives_in_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    tracking = MlflowTracking(tracking_uri=None, data_dir=str(tmp_path / "data"))
-    assert tracking.uri == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
+    assert tracking(data_dir=tmp_path / "data").uri == f"sqlite:///{tmp_path / 'data' / 'mlflow.db'}"
     assert list_models(data_dir=tmp_path / "data") == []
     assert os.path.exists(tmp_path / "data" / "mlflow.db")
 

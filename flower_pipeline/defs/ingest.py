@@ -143,8 +143,8 @@ cache_checks = [
 ]
 
 prepare_dataset_job = dg.define_asset_job(
-    "prepare_dataset", selection=[raw_archive, extracted_images], partitions_def=dataset_partitions,
+    "prepare_dataset", selection=[raw_archive, extracted_images],
     description="Download (or read) and extract one dataset, shared by its variants.")
 prepare_variant_job = dg.define_asset_job(
-    "prepare_variant", selection=[resized_images, tensor_cache], partitions_def=variant_partitions,
+    "prepare_variant", selection=[resized_images, tensor_cache],
     description="Resize one variant's images (colour mode × size) and build its tensor cache.")

@@ -24,7 +24,6 @@ RETRAIN_CRON = os.environ.get("FLOWER_PIPELINE_RETRAIN_CRON", "0 3 * * 1")  # Mo
 retrain_job = dg.define_asset_job(
     "retrain_generators",
     selection=dg.AssetSelection.assets(trained_generator, generator_evaluation, registered_generator),
-    partitions_def=trained_generator.partitions_def,
     description="Train, evaluate and register one variant × architecture partition.",
 )
 
