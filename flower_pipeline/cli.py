@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -209,12 +210,19 @@ def sample(args: argparse.Namespace) -> None:
     print(f"{len(images)} images from {args.model}{which} (seed {args.seed}){where}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one `error:` line with a hint, not the whole usage text."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(1, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from flower_pipeline.evaluation import EvalSettings
     from flower_pipeline.settings import add_flags
     from flower_pipeline.training import TrainConfig
 
-    parser = argparse.ArgumentParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="flower-pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_data_dir(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -269,7 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument already explained in one line
+        return int(done.code or 0)
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -70,6 +70,22 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+@pytest.fixture(autouse=True)
+def mlflow_global_uri_restored() -> Iterator[None]:
+    """Tests that call mlflow.set_tracking_uri (which also sets $MLFLOW_TRACKING_URI) leave no trace."""
+    import os
+
+    from mlflow.tracking._tracking_service import utils
+
+    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils._tracking_uri = saved
+    if saved_env is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+
+
 @pytest.fixture
 def http_server() -> Iterator[FileServer]:
     state = FileServer()

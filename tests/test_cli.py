@@ -11,6 +11,7 @@ import pytest
 from conftest import flowers_like, make_tgz
 
 PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
+MODELS = ["synthetic-color-32-arch1", "synthetic-color-32-arch2", "synthetic-gray-32-arch1", "synthetic-gray-32-arch2"]
 
 
 def _instance_home(tmp_path: Path) -> Path:
@@ -59,30 +60,49 @@ def _main(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.Mon
 
 
 def test_missing_source_and_bad_options_are_one_line(tmp_path, capsys, monkeypatch):
-    for args in (["--dataset", "custom"], ["--dataset", "custom", "--source", str(tmp_path / "nope")],
-                 ["--dataset", "synthetic", "--size", "3"]):
+    for args in (["--dataset", "custom"], ["--dataset", "custom", "--name", "mine", "--source", str(tmp_path / "nope")],
+                 ["--dataset", "synthetic", "--size", "3"], ["--dataset", "synthetic", "--size", "48"],
+                 ["--dataset", "synthetic", "--name", "mine"]):
         code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", *args)
         assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("name", ["a/b", "my.roses", "my roses", "x" * 65, "-x", "flowers17"])
+def test_a_collection_name_that_is_not_a_plain_new_slug_is_refused(tmp_path, capsys, monkeypatch, name):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", f"--name={name}",
+                         "--source", str(tmp_path))
+    assert code == 1 and err.startswith(f"error: collection name {name!r}") and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()
+
+
+def test_unknown_variant_lists_the_prepared_ones(tmp_path, capsys, monkeypatch):
+    assert _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16")[0] == 0
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "flowers17-color-64", "--arch", "arch1")
+    assert code == 1 and err == "error: unknown variant 'flowers17-color-64'; variants: synthetic-color-16\n"
 
 
 def test_prepare_prints_the_cache_and_skips(tmp_path):
     archive = tmp_path / "mine.tgz"
     archive.write_bytes(make_tgz({**flowers_like(4), "jpg/broken.jpg": b"\xff\xd8garbage"}))
-    done = _cli(tmp_path, "prepare", "--dataset", "custom", "--source", str(archive), "--size", "32",
+    done = _cli(tmp_path, "prepare", "--dataset", "custom", "--name", "mine", "--source", str(archive), "--size", "32",
                 "--mode", "gray")
     assert done.returncode == 0, done.stderr
-    assert "custom: 4 images (1×32×32)" in done.stdout and "tensor cache: " in done.stdout
+    assert "mine-gray-32: 4 images (1×32×32)" in done.stdout and "tensor cache: " in done.stdout
     assert "skipped: 1" in done.stdout and "jpg/broken.jpg" in done.stdout
 
 
-def test_train_flags_cover_every_training_setting():
+def test_train_flags_cover_every_training_and_evaluation_setting():
     from flower_pipeline.cli import build_parser
-    from flower_pipeline.defs.training import TrainingConfig
+    from flower_pipeline.evaluation import EvalSettings
+    from flower_pipeline.settings import given_flags
+    from flower_pipeline.training import TrainConfig
 
-    args = build_parser().parse_args(["train", "--dataset", "synthetic", "--arch", "arch1", "--latent-dim", "64",
-                                      "--no-minibatch-discrimination", "--real-label", "0.8"])
-    given = {k: getattr(args, k) for k in TrainingConfig.model_fields if getattr(args, k) is not None}
-    assert given == {"latent_dim": 64, "minibatch_discrimination": False, "real_label": 0.8}
+    args = build_parser().parse_args(["train", "--variant", "synthetic-color-64", "--arch", "arch1", "--latent-dim",
+                                      "64", "--no-minibatch-discrimination", "--real-label", "0.8", "--beta1", "0.4",
+                                      "--eval-samples", "10", "--eval-max-fid", "90"])
+    assert given_flags(args, TrainConfig) == {"arch": "arch1", "latent_dim": 64, "minibatch_discrimination": False,
+                                              "real_label": 0.8, "beta1": 0.4}
+    assert given_flags(args, EvalSettings, prefix="eval_") == {"samples": 10, "max_fid": 90.0}
 
 
 @pytest.mark.slow
@@ -91,24 +111,31 @@ def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, cap
     done = _cli(tmp_path, "demo")
     assert done.returncode == 0, done.stderr
     out = done.stdout
-    assert "synthetic: 320 images (3×64×64) in 8 classes" in out
-    for arch in ("arch1", "arch2"):
-        assert f"synthetic × {arch}: 300 iterations" in out and f"synthetic-{arch} v1: " in out
+    assert "synthetic-color-32: 320 images (3×32×32) in 8 classes" in out
+    assert "synthetic-gray-32: 320 images (1×32×32) in 8 classes" in out
+    for model in MODELS:
+        variant, arch = model.rsplit("-", 1)
+        assert f"{variant} × {arch}: 300 iterations" in out and f"{model} v1: " in out
     assert "FID and KID unavailable: " in out  # no Inception weights and no network here: said, not invented
-    champion = next(line.split()[-1] for line in out.splitlines() if "@champion" in line)
-    assert champion == str(tmp_path / "data" / "demo-samples.png")
-    assert Path(champion).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    champions = [line.split()[-1] for line in out.splitlines() if "@champion" in line]
+    assert champions and all(Path(c).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in champions)
     assert "dagster dev -w workspace.yaml" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     data = tmp_path / "data" / "synthetic" / "training"
     for picture in ("samples", "timeline", "nearest_pairs", "colours"):
-        assert len(list(data.glob(f"arch*/*/evaluation/{picture}.png"))) == 2, picture
+        assert len(list(data.glob(f"*/arch*/*/evaluation/{picture}.png"))) == 4, picture
     assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home") == []
 
     code, out, _ = _main(tmp_path, capsys, monkeypatch, "models")
     listing = out.splitlines()
     assert code == 0 and listing[0].split()[:3] == ["MODEL", "VER", "ALIASES"]
-    assert [line.split()[:2] for line in listing[1:]] == [["synthetic-arch1", "1"], ["synthetic-arch2", "1"]]
+    assert [line.split()[:2] for line in listing[1:]] == [[m, "1"] for m in MODELS]
     assert all("latest" in line for line in listing[1:])
+    for model, channels in (("synthetic-color-32-arch1", 3), ("synthetic-gray-32-arch1", 1)):  # each its own images
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", model, "--version", "1", "-n", "2",
+                             "--dir", "-o", str(tmp_path / "data" / model))
+        assert code == 0, err
+        png = next((tmp_path / "data" / model).iterdir()).read_bytes()
+        assert png[25] == {3: 2, 1: 0}[channels]  # PNG colour type: RGB or grey
 
     name = next(line.split()[0] for line in listing[1:] if "champion" in line)
     for run in ("a", "b"):  # same seed, same images
@@ -118,8 +145,7 @@ def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, cap
     first, second = sorted((tmp_path / "data" / "a").iterdir()), sorted((tmp_path / "data" / "b").iterdir())
     assert len(first) == 3 and [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
 
-    for args, message in ((["--model", "nope"], "error: no registered model 'nope'; registered: synthetic-arch1, "
-                                                "synthetic-arch2"),
+    for args, message in ((["--model", "nope"], f"error: no registered model 'nope'; registered: {', '.join(MODELS)}"),
                           (["--model", name, "--alias", "best"], f"error: {name} has no alias 'best'; aliases: "),
                           (["--model", name, "--version", "7"], f"error: {name} has no version 7; versions: 1")):
         code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", *args, "-o", str(tmp_path / "data" / "x.png"))
@@ -134,3 +160,11 @@ def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, cap
     (tmp_path / "data" / "mlartifacts").rename(tmp_path / "data" / "moved")
     code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", name, "-o", str(tmp_path / "data" / "y"))
     assert code == 1 and err.startswith(f"error: cannot load models:/{name}@champion") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("args", [["prepare", "--dataset", "flowers18"], ["prepare", "--dataset", "synthetic",
+                                  "--mode", "sepia"], ["train", "--variant", "x-color-64", "--arch", "arch3"]])
+def test_argument_errors_are_one_line_with_the_choices(tmp_path, capsys, monkeypatch, args):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, *args)
+    assert code == 1 and err.startswith("error: argument ") and "choose from" in err and "--help" in err
+    assert err.count("\n") == 1, err
