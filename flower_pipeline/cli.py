@@ -79,20 +79,29 @@ def _variant(args: argparse.Namespace) -> Variant:
 def prepare(args: argparse.Namespace) -> None:
     """Download and extract the dataset (shared by its variants), then resize and cache the variant."""
     from flower_pipeline.defs.partitions import add_variant
+    from flower_pipeline.features import FeatureSettings
+    from flower_pipeline.settings import given_flags
 
     variant = _variant(args)
     add_variant(_instance(), variant)
     run_job("prepare_dataset", variant.dataset,
             {"raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5}}},
             args.data_dir)
+    features = {**given_flags(args, FeatureSettings, prefix="feature_net_"), "device": args.device}
     result = run_job("prepare_variant", variant.name,
                      {"resized_images": {"config": {"crop": args.crop}},
-                      "tensor_cache": {"config": {"holdout_fraction": args.holdout}}}, args.data_dir)
-    ref = result.output_for_node("tensor_cache")
+                      "tensor_cache": {"config": {"holdout_fraction": args.holdout}},
+                      "feature_network": {"config": features}}, args.data_dir)
+    ref, network = result.output_for_node("tensor_cache"), result.output_for_node("feature_network")
     n, c, h, w = ref.shape
     print(f"{ref.variant}: {n} images ({c}×{h}×{w}) in {len(ref.class_counts)} classes")
     print(f"tensor cache: {ref.path}")
     print(f"skipped: {len(ref.skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(ref.skipped.items())))
+    if network.path is None:
+        print(f"feature network: unavailable: {network.unavailable}")
+    else:
+        print(f"feature network: held-out accuracy {network.accuracy:.1%} on {network.classes} classes "
+              f"(chance {1 / network.classes:.1%}), {network.seconds:.0f} s")
 
 
 def train(args: argparse.Namespace) -> None:
@@ -114,9 +123,13 @@ def train(args: argparse.Namespace) -> None:
     print(f"{variant.name} × {args.arch}: {trained.iterations} iterations in {trained.seconds:.1f} s "
           f"on {trained.device}; outputs in {trained.path}")
     fid = f"FID {metrics['fid']:.1f}" if "fid" in metrics else "FID n/a"
+    flowers = (f"fd_flowers {metrics['fd_flowers']:.2f}, precision {metrics['precision']:.2f}, recall "
+               f"{metrics['recall']:.2f}" if "fd_flowers" in metrics else "fd_flowers n/a")
     print(f"  D(x) train {metrics['d_real_train_mean']:.3f}, held-out {metrics['d_real_holdout_mean']:.3f}, "
-          f"D(G(z)) {metrics['d_fake_mean']:.3f}; {fid}, colour coverage {metrics['colour_coverage']:.2f}, "
-          f"near-copies {metrics['near_copy_share_pixels']:.0%}")
+          f"D(G(z)) {metrics['d_fake_mean']:.3f}; {flowers}; {fid}, colour coverage "
+          f"{metrics['colour_coverage']:.2f}, near-copies {metrics['near_copy_share_pixels']:.0%}")
+    if "fd_flowers" in evaluated.unavailable:
+        print(f"  fd_flowers unavailable: {evaluated.unavailable['fd_flowers']}")
     if "fid" in evaluated.unavailable:
         print(f"  FID and KID unavailable: {evaluated.unavailable['fid']}")
     print(f"  {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
@@ -131,8 +144,13 @@ DEMO_EVALUATION = {"eval_samples": 256}
 def demo(args: argparse.Namespace) -> None:
     """Everything on the synthetic data, in colour and black-and-white: ingest, both architectures,
     evaluation, registry, and a sample from each champion."""
+    from flower_pipeline.features import FeatureSettings
+    from flower_pipeline.settings import setting_fields
+
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
     args.crop, args.holdout, args.device = "center", 0.1, "cpu"
+    for name, *_ in setting_fields(FeatureSettings):  # the feature network's defaults
+        setattr(args, f"feature_net_{name}", None)
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
@@ -219,6 +237,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     from flower_pipeline.evaluation import EvalSettings
+    from flower_pipeline.features import FeatureSettings
     from flower_pipeline.settings import add_flags
     from flower_pipeline.training import TrainConfig
 
@@ -243,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="image side in pixels: 16 to 512, a power of two (64)")
     p.add_argument("--crop", choices=("center", "pad", "stretch"), default="center")
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation (default 0.1)")
+    p.add_argument("--device", default="auto", help="for the feature network: auto, cpu, cuda or cuda:N")
+    add_flags(p, FeatureSettings, prefix="feature_net_")
     p.set_defaults(run=prepare)
 
     p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one variant × architecture"))

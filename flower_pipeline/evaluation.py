@@ -1,12 +1,14 @@
 """Evaluation of a trained generator, with torch and numpy (torch-fidelity for FID/KID).
 
-Five views of one generator, each a plain function on uint8 N×C×H×W images:
+Six views of one generator, each a plain function on uint8 N×C×H×W images:
 
 - the source's measure: mean D(x) on held-out and training images and mean
   D(G(z)) on generated ones (0.5 each is the ideal), with their spread,
   scored as D was trained (batch statistics, batches of the training size);
 - FID and KID from the 2015-12-05 Inception-v3 pool features (torch-fidelity),
   or reported unavailable with the reason;
+- the project's own offline measure (flower_pipeline.features): fd_flowers,
+  kd_flowers, precision and recall in the variant's feature network's space;
 - mode collapse: colour histograms of generated vs real images as a distance,
   and the share of the real images' colour clusters that the samples cover;
 - memorization: each sample's distance to its nearest training image, against
@@ -34,6 +36,7 @@ import torch
 
 from flower_pipeline.download import fetch
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.features import flowers_measures
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.settings import setting
@@ -45,6 +48,7 @@ INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N×D
+FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,12 @@ class EvalSettings:
     min_cluster_share: float = setting(0.02, "Real colour clusters holding less than this share are ignored.")
     cover_fraction: float = setting(0.25, "A colour cluster is covered when the samples hold this share of its "
                                           "real share.")
+    neighbours: int = setting(3, "k of the k-nearest-neighbour manifolds of precision and recall.")
     max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).")
+    max_fd_flowers: float | None = setting(None, "Quality gate: highest fd_flowers a champion may have (when "
+                                                 "measured; its scale is the variant's own feature network's).")
+    min_recall: float | None = setting(0.1, "Quality gate: least recall (share of real images the samples "
+                                            "cover in the flowers feature space) a champion must have.")
     min_colour_coverage: float = setting(0.5, "Quality gate: least share of real colour clusters covered.")
     max_near_copy_share: float = setting(0.5, "Quality gate: most samples that may be near-copies.")
 
@@ -364,8 +373,13 @@ class EvalResult:
 
 
 def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, device: torch.device | str = "cpu",
-             features: FeatureFn | None = None, no_features_reason: str = "no feature extractor") -> EvalResult:
-    """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation."""
+             features: FeatureFn | None = None, no_features_reason: str = "no feature extractor",
+             flowers: FeatureFn | None = None, no_flowers_reason: str = "no feature network") -> EvalResult:
+    """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation.
+
+    `features` gives Inception features (FID, KID); `flowers` the variant's own feature network's
+    (fd_flowers, kd_flowers, precision, recall). Each missing one is reported with its reason.
+    """
     if settings.samples < 2:
         raise PipelineError(f"evaluation needs at least 2 samples, got {settings.samples}")
     trained = load_trained(training_dir, device)
@@ -388,8 +402,16 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
     metrics.update(memo)
 
     unavailable: dict[str, str] = {}
+    try:
+        if flowers is None:
+            raise PipelineError(no_flowers_reason)
+        real_flowers = flowers(np.asarray(cache.images))
+        metrics.update(flowers_measures(real_flowers, flowers(samples), settings.neighbours, settings.kid_subsets,
+                                        settings.seed))
+    except PipelineError as err:  # no labels, or too few images for the feature size: said, not a crash
+        unavailable.update(dict.fromkeys(FLOWERS_MEASURES, str(err)))
     if features is None:
-        unavailable = dict.fromkeys(("fid", "kid_mean", "near_copy_share_inception"), no_features_reason)
+        unavailable.update(dict.fromkeys(("fid", "kid_mean", "near_copy_share_inception"), no_features_reason))
     else:
         real_train, real_holdout, fake = features(train_images), features(holdout_images), features(samples)
         metrics.update(fid_kid(np.concatenate([real_train, real_holdout]), fake, settings))
@@ -428,6 +450,8 @@ def quality_gate(metrics: dict[str, float], settings: EvalSettings) -> tuple[boo
     failures, passes = [], []
     tests: list[tuple[str, float | None, float | None, str]] = [
         ("fid", metrics.get("fid"), settings.max_fid, "<="),
+        ("fd_flowers", metrics.get("fd_flowers"), settings.max_fd_flowers, "<="),
+        ("recall", metrics.get("recall"), settings.min_recall, ">="),
         ("colour_coverage", metrics.get("colour_coverage"), settings.min_colour_coverage, ">="),
         ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), settings.max_near_copy_share, "<="),
     ]

@@ -42,6 +42,7 @@ from flower_pipeline.models import FlowerGenerator, sample_latent
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 METRIC_TAG = "eval."  # version tags carrying evaluation metrics, read back to compare with the champion
+FEATURE_NETWORK = "feature_network"  # version tag: the id of the network its fd_flowers was measured with
 CHAMPION = "champion"
 
 
@@ -242,11 +243,17 @@ def metrics_from_tags(tags: dict[str, str]) -> dict[str, float]:
 
 
 def ranking_metric(new: dict[str, Any], champion: dict[str, Any]) -> str:
-    """FID when both versions have it; otherwise the colour distance (lower is better for both).
+    """FID when both versions have it; else fd_flowers when both were measured with the same feature network;
+    else the colour distance. Lower is better for all three.
 
     D scores do not rank versions: each version is judged by its own discriminator.
     """
-    return "fid" if new.get("fid") is not None and champion.get("fid") is not None else "colour_distance"
+    if new.get("fid") is not None and champion.get("fid") is not None:
+        return "fid"
+    if (new.get("fd_flowers") is not None and champion.get("fd_flowers") is not None
+            and new.get(FEATURE_NETWORK) == champion.get(FEATURE_NETWORK) is not None):
+        return "fd_flowers"
+    return "colour_distance"
 
 
 def promotion_decision(gate_passed: bool, gate_reason: str, new: dict[str, Any],

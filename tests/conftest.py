@@ -140,8 +140,13 @@ def run_job(instance, name: str, partition, data_dir: Path, ops: dict | None = N
         run_config={"ops": ops or {}, "resources": {"storage": {"config": {"data_dir": str(data_dir)}}}})
 
 
+QUICK_FEATURES = {"feature_network": {"config": {"epochs": 1, "width": 4, "dim": 8}}}  # tests of other things
+
+
 def prepare(instance, data_dir: Path, variant: str, raw_config: dict | None = None, ops: dict | None = None):
-    """Both prepare jobs for a variant (dataset, then variant); returns the variant job's result."""
+    """Both prepare jobs for a variant (dataset, then variant); returns the variant job's result.
+
+    The feature network is a token one unless `ops` configures it."""
     from flower_pipeline.catalog import Variant
     from flower_pipeline.defs.partitions import add_variant
 
@@ -151,4 +156,4 @@ def prepare(instance, data_dir: Path, variant: str, raw_config: dict | None = No
                       {"raw_archive": {"config": raw_config or {}}})
     if not dataset.success:
         return dataset
-    return run_job(instance, "prepare_variant", variant, data_dir, ops)
+    return run_job(instance, "prepare_variant", variant, data_dir, {**QUICK_FEATURES, **(ops or {})})

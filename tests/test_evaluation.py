@@ -21,7 +21,7 @@ from flower_pipeline.evaluation import (
     scores_in_range,
     timeline_png,
 )
-from flower_pipeline.registry import promotion_decision
+from flower_pipeline.registry import promotion_decision, ranking_metric
 from flower_pipeline.storage import png_bytes
 from flower_pipeline.tensor_cache import write_cache
 from flower_pipeline.training import TrainConfig, train
@@ -110,8 +110,12 @@ def test_scores_gate_and_promotion_rules():
     assert not scores_in_range({**good, "d_fake_mean": float("nan")})[0]
     assert not scores_in_range({**good, "d_real_holdout_mean": 1.0})[0]
 
-    gate = EvalSettings(max_fid=100, min_colour_coverage=0.5, max_near_copy_share=0.2)
-    assert quality_gate(good, gate)[0]  # FID not measured: judged on the rest
+    gate = EvalSettings(max_fid=100, min_colour_coverage=0.5, max_near_copy_share=0.2, max_fd_flowers=20,
+                        min_recall=0.3)
+    assert quality_gate(good, gate)[0]  # FID and the flowers measures not measured: judged on the rest
+    assert not quality_gate({**good, "fd_flowers": 25.0, "recall": 0.5}, gate)[0]
+    passed, why = quality_gate({**good, "fd_flowers": 5.0, "recall": 0.2}, gate)
+    assert not passed and "recall 0.2 < 0.3" in why
     passed, why = quality_gate({**good, "fid": 140.0}, gate)
     assert not passed and "fid 140 > 100" in why
     assert not quality_gate({**good, "colour_coverage": 0.25}, gate)[0]
@@ -125,6 +129,18 @@ def test_scores_gate_and_promotion_rules():
     # Without FID on both sides, the colour distance decides.
     promote, why = promotion_decision(True, "passed", {**good, "colour_distance": 0.04}, {**good, "fid": 50.0})
     assert promote and why.startswith("colour_distance")
+
+
+def test_ranking_uses_fid_then_fd_flowers_of_the_same_feature_network_then_colour_distance():
+    net_a, net_b = {"feature_network": "a"}, {"feature_network": "b"}
+    both = {"fid": 40.0, "fd_flowers": 3.0, "colour_distance": 0.1}
+    assert ranking_metric({**both, **net_a}, {**both, **net_b}) == "fid"
+    no_fid = {"fd_flowers": 3.0, "colour_distance": 0.1}
+    assert ranking_metric({**no_fid, **net_a}, {**no_fid, **net_a}) == "fd_flowers"
+    assert ranking_metric({**no_fid, **net_a}, {**no_fid, **net_b}) == "colour_distance"  # other network's scale
+    assert ranking_metric({"colour_distance": 0.1, **net_a}, {**no_fid, **net_a}) == "colour_distance"
+    promote, why = promotion_decision(True, "passed", {**no_fid, "fd_flowers": 2.0, **net_a}, {**no_fid, **net_a})
+    assert promote and why.startswith("fd_flowers 2 beats the champion's 3")
 
 
 def test_inception_weights_off_missing_or_unreachable_are_reported_with_the_reason(tmp_path):
@@ -165,11 +181,12 @@ def test_evaluate_a_finished_training(tmp_path):
                          checkpoint_seconds=0)
     train(config, cache, tmp_path / "run", device="cpu")
     result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), features=StandIn(),
-                      no_features_reason="unused")
+                      no_features_reason="unused", flowers=StandIn())
     metrics = result.metrics
     assert result.unavailable == {}
     for key in ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean", "d_real_gap", "fid", "kid_mean",
-                "colour_distance", "colour_coverage", "near_copy_share_pixels", "near_copy_share_inception"):
+                "colour_distance", "colour_coverage", "near_copy_share_pixels", "near_copy_share_inception",
+                "fd_flowers", "kd_flowers", "precision", "recall"):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["d_real_holdout_mean"] < 1
     assert metrics["kid_subset_size"] == 40  # all 96 real images vs 40 samples
@@ -178,6 +195,7 @@ def test_evaluate_a_finished_training(tmp_path):
 
     offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), no_features_reason="no weights")
     assert "fid" not in offline.metrics and offline.unavailable["fid"] == "no weights"
+    assert "fd_flowers" not in offline.metrics and offline.unavailable["recall"] == "no feature network"
     for key in ("d_real_holdout_mean", "d_fake_mean", "colour_coverage", "near_copy_share_pixels"):
         assert offline.metrics[key] == pytest.approx(metrics[key]), key  # same seed, same samples
 

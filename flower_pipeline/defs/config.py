@@ -9,7 +9,7 @@ from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.settings import setting_fields
 from flower_pipeline.training import TrainConfig
 
-DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+DEVICE_FIELD = (str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N."))
 
 
 def config_class(name: str, settings: type, skip: tuple[str, ...] = (), **extra: Any) -> type[dg.Config]:
@@ -24,10 +24,8 @@ def config_class(name: str, settings: type, skip: tuple[str, ...] = (), **extra:
 
 
 # The architecture comes from the partition; the device is where, not what, so it is no training setting.
-TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",),
-                              device=(str, Field("auto", description=DEVICE_HELP)))
-EvaluationConfig = config_class("EvaluationConfig", EvalSettings,
-                                device=(str, Field("auto", description=DEVICE_HELP)))
+TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",), device=DEVICE_FIELD)
+EvaluationConfig = config_class("EvaluationConfig", EvalSettings, device=DEVICE_FIELD)
 
 
 def settings_from(config: dg.Config, settings: type, **fixed: Any) -> Any:

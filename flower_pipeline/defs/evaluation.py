@@ -2,6 +2,7 @@
 
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +18,13 @@ from flower_pipeline.evaluation import (
     resolve_inception_weights,
     scores_in_range,
 )
+from flower_pipeline.features import flower_features, load_feature_network
 from flower_pipeline.registry import MlflowTracking
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
 from .config import EvaluationConfig, settings_from
+from .features import FeatureNetworkRef
 from .ingest import OWNERS
 from .partitions import training_partitions
 from .resources import pick
@@ -30,9 +33,10 @@ from .training import TrainedRun
 
 # Shown in the UI and logged to MLflow; everything else stays in metrics.json.
 HEADLINE = ("d_real_train_mean", "d_real_holdout_mean", "d_real_gap", "d_fake_mean", "d_real_holdout_std",
-            "d_fake_std", "fid", "kid_mean", "kid_std", "colour_distance", "colour_coverage",
-            "generated_colour_clusters", "colour_clusters", "near_copy_share_pixels", "memorization_ratio_pixels",
-            "near_copy_share_inception", "memorization_ratio_inception")
+            "d_fake_std", "fd_flowers", "kd_flowers", "precision", "recall", "fid", "kid_mean", "kid_std",
+            "colour_distance", "colour_coverage", "generated_colour_clusters", "colour_clusters",
+            "near_copy_share_pixels", "memorization_ratio_pixels", "near_copy_share_inception",
+            "memorization_ratio_inception")
 INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"
 
 
@@ -40,6 +44,7 @@ INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"
 class Evaluation:
     partition: str  # the training partition, arch1|flowers17-color-64
     training: TrainedRun
+    feature_network: str  # the id of the feature network fd_flowers etc. were measured with
     metrics: dict[str, float]
     unavailable: dict[str, str]  # metric → why it was not measured
     gate_passed: bool
@@ -50,7 +55,7 @@ class Evaluation:
 @dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
           code_version=__version__)
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
-                         mlflow: MlflowTracking) -> Evaluation:
+                         feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""
     training = trained_generator
     with user_errors():
@@ -62,9 +67,17 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         weights, reason = resolve_inception_weights(weights_setting, Path(torch.hub.get_dir()) / "checkpoints")
         if weights is None:
             context.log.warning(f"FID and KID unavailable: {reason}")
+        same_cache = feature_network.network_id.startswith(training.cache.content_hash[:16])
+        if feature_network.path is not None and same_cache:
+            network = load_feature_network(Path(feature_network.path), device)
+            flowers, no_flowers = partial(flower_features, network, device=device), ""
+        else:
+            flowers, no_flowers = None, feature_network.unavailable or (
+                f"the feature network was trained on another cache ({feature_network.network_id}); prepare "
+                f"{training.variant} again")
         result = evaluate(Path(training.path), cache, settings, device=device,
                           features=inception_features(weights, device) if weights else None,
-                          no_features_reason=reason)
+                          no_features_reason=reason, flowers=flowers, no_flowers_reason=no_flowers)
         metrics = result.metrics
         gate_passed, gate_reason = quality_gate(metrics, settings)
         context.log.info(f"quality gate {gate_reason}")
@@ -81,16 +94,17 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         "path": dg.MetadataValue.path(str(result.files["metrics"].parent)),
         "headline": dg.MetadataValue.md(_table(shown)),
     }
-    if "fid" in result.unavailable:
-        metadata["fid_status"] = f"unavailable: {result.unavailable['fid']}"
+    for key, status in (("fid", "fid_status"), ("fd_flowers", "flowers_status")):
+        if key in result.unavailable:
+            metadata[status] = f"unavailable: {result.unavailable[key]}"
     for name, alt in (("samples", "generated samples"), ("timeline", "fixed-noise samples during training"),
                       ("nearest_pairs", "closest samples (top) and their nearest training images"),
                       ("colours", "dominant colours: real (top) vs generated")):
         if name in result.files:
             metadata[name] = image_markdown(result.files[name].read_bytes(), alt)
     context.add_output_metadata(metadata)
-    return Evaluation(str(context.partition_key), training, metrics, result.unavailable, gate_passed, gate_reason,
-                      {k: str(v) for k, v in result.files.items()})
+    return Evaluation(str(context.partition_key), training, feature_network.network_id, metrics, result.unavailable,
+                      gate_passed, gate_reason, {k: str(v) for k, v in result.files.items()})
 
 
 def _table(metrics: dict[str, float]) -> str:

@@ -146,5 +146,6 @@ prepare_dataset_job = dg.define_asset_job(
     "prepare_dataset", selection=[raw_archive, extracted_images],
     description="Download (or read) and extract one dataset, shared by its variants.")
 prepare_variant_job = dg.define_asset_job(
-    "prepare_variant", selection=[resized_images, tensor_cache],
-    description="Resize one variant's images (colour mode × size) and build its tensor cache.")
+    "prepare_variant", selection=["resized_images", "tensor_cache", "feature_network"],
+    description="Resize one variant's images (colour mode × size), build its tensor cache and train its feature "
+                "network.")

@@ -8,6 +8,7 @@ import dagster as dg
 from flower_pipeline import __version__, code_version
 from flower_pipeline.registry import (
     CHAMPION,
+    FEATURE_NETWORK,
     METRIC_TAG,
     MlflowTracking,
     RegisteredVersion,
@@ -46,8 +47,10 @@ def registered_generator(context: dg.AssetExecutionContext, generator_evaluation
         if champion is not None and champion.version == version.version:
             promoted, reason = True, "already the champion"
         else:
-            promoted, reason = promotion_decision(evaluation.gate_passed, evaluation.gate_reason, metrics,
-                                                  metrics_from_tags(champion.tags) if champion else None)
+            new = {**metrics, FEATURE_NETWORK: evaluation.feature_network}
+            held = ({**metrics_from_tags(champion.tags), FEATURE_NETWORK: champion.tags.get(FEATURE_NETWORK)}
+                    if champion else None)
+            promoted, reason = promotion_decision(evaluation.gate_passed, evaluation.gate_reason, new, held)
             if promoted:
                 mlflow.set_alias(name, CHAMPION, version.version)
         decision = CHAMPION if promoted else "not promoted"
@@ -72,19 +75,21 @@ def _version_tags(evaluation: Evaluation, metrics: dict[str, float], code: str) 
         "variant": training.variant, "arch": training.arch, "cache_hash": training.cache.content_hash,
         "config": json.dumps(training.config, sort_keys=True), "code_version": code,
         "iterations": str(training.iterations), "quality_gate": evaluation.gate_reason,
+        FEATURE_NETWORK: evaluation.feature_network,
         **{f"{METRIC_TAG}{k}": repr(float(v)) for k, v in metrics.items()},
     }
 
 
 def _description(evaluation: Evaluation, metrics: dict[str, float], code: str) -> str:
     training = evaluation.training
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "kid_mean", "d_real_train_mean", "d_real_holdout_mean",
-                                                        "d_fake_mean", "colour_coverage", "near_copy_share_pixels")
-                      if k in metrics)
-    missing = sorted(set(evaluation.unavailable.values()))  # one reason, said once
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("fid", "kid_mean", "fd_flowers", "recall", "d_real_train_mean",
+                                                        "d_real_holdout_mean", "d_fake_mean", "colour_coverage",
+                                                        "near_copy_share_pixels") if k in metrics)
+    missing = sorted({f"{'FID and KID' if k in ('fid', 'kid_mean') else 'fd_flowers and the rest'} unavailable: "
+                      f"{why}" for k, why in evaluation.unavailable.items() if k in ("fid", "fd_flowers")})
     return (f"{training.arch} generator trained {training.iterations} iterations on {training.variant} "
             f"(cache {training.cache.content_hash[:12]}, code {code}). {shown}."
-            + (f" FID and KID unavailable: {'; '.join(missing)}." if missing else ""))
+            + "".join(f" {m}." for m in missing))  # each reason once
 
 
 @dg.definitions

@@ -1,0 +1,88 @@
+"""The offline measure proves itself on sets with known answers: real Flowers-17 and synthetic flowers."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ
+
+from flower_pipeline.catalog import Variant
+from flower_pipeline.download import Checksum
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.features import (
+    FeatureSettings,
+    feature_network_unavailable,
+    flower_features,
+    flowers_measures,
+    known_answer_sets,
+    load_feature_network,
+    precision_recall,
+    train_feature_network,
+)
+from flower_pipeline.ingest import prepare_variant
+from flower_pipeline.tensor_cache import TensorCache, write_cache
+
+
+def _measure_known_answers(cache: TensorCache, settings: FeatureSettings, out: Path) -> tuple[dict, float]:
+    result = train_feature_network(cache, settings, out)
+    network = load_feature_network(result.path)
+    train = flower_features(network, cache.train_images())
+    table = {name: flowers_measures(train, flower_features(network, images))
+             for name, images in known_answer_sets(cache.train_images(), cache.holdout_images()).items()}
+    return table, result.accuracy
+
+
+def _assert_known_answers(table: dict) -> None:
+    fd = {name: row["fd_flowers"] for name, row in table.items()}
+    assert min(fd, key=fd.get) == "held-out photos", fd
+    assert fd["held-out photos"] < fd["blur σ=1"] < fd["blur σ=2"] < fd["blur σ=3"], fd
+    collapsed, varied = table["two colours only"], table["held-out photos"]
+    assert collapsed["precision"] > 0.8 and collapsed["recall"] < varied["recall"] / 2, (collapsed, varied)
+    assert table["noise"]["precision"] < 0.05, table["noise"]
+
+
+def test_known_answers_on_synthetic_flowers(tmp_path):
+    ref = prepare_variant(tmp_path, Variant("synthetic", "color", 32), holdout_fraction=0.5)
+    table, accuracy = _measure_known_answers(TensorCache.load(ref.path), FeatureSettings(dim=32, epochs=12),
+                                             tmp_path / "net")
+    assert accuracy > 0.4  # 8 classes, chance 0.125
+    _assert_known_answers(table)
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
+def test_known_answers_on_real_flowers17(tmp_path):
+    ref = prepare_variant(tmp_path, Variant("flowers17", "color", 64), source=str(FLOWERS17_TGZ),
+                          checksum=Checksum("sha256", FLOWERS17_SHA256))
+    table, accuracy = _measure_known_answers(TensorCache.load(ref.path), FeatureSettings(), tmp_path / "net")
+    assert accuracy >= 0.6  # 17 species, chance 0.06
+    _assert_known_answers(table)
+
+
+def test_same_inputs_and_seed_give_the_same_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (60, 16, 16, 3), dtype=np.uint8)
+    path, *_ = write_cache(tmp_path / "cache", images, np.arange(60) % 3, [f"{i}.jpg" for i in range(60)],
+                           class_names=["a", "b", "c"], params={"dataset": "test"}, holdout_fraction=0.2)
+    cache, settings = TensorCache.load(path), FeatureSettings(epochs=2, width=4, dim=8)
+    first = train_feature_network(cache, settings, tmp_path / "a")
+    second = train_feature_network(cache, settings, tmp_path / "b")
+    assert first.accuracy == second.accuracy and not first.reused
+    assert train_feature_network(cache, settings, tmp_path / "a").reused  # cached by its folder
+    a, b = (flower_features(load_feature_network(r.path), cache.images) for r in (first, second))
+    np.testing.assert_array_equal(a, b)
+    assert flowers_measures(a[:30], a[30:]) == flowers_measures(b[:30], b[30:])
+
+
+def test_too_few_images_or_no_labels_give_one_reason(tmp_path):
+    features = np.random.default_rng(0).normal(size=(40, 16))
+    with pytest.raises(PipelineError, match="needs more than 16 images on each side"):
+        flowers_measures(features[:30], features[30:])
+    with pytest.raises(PipelineError, match="more than k=3 images"):
+        precision_recall(features[:3], features[3:])
+    images = np.zeros((10, 16, 16, 3), np.uint8)
+    path, *_ = write_cache(tmp_path / "one", images, np.zeros(10), [f"{i}.jpg" for i in range(10)],
+                           class_names=["all"], params={"dataset": "roses"})
+    reason = feature_network_unavailable(TensorCache.load(path), FeatureSettings())
+    assert reason is not None and "needs labels" in reason and "\n" not in reason
