@@ -178,6 +178,137 @@ def demo(args: argparse.Namespace) -> None:
     print("      .venv/bin/flower-pipeline models   (the registry)")
 
 
+def _ensure_variant(variant: Variant, data_dir: Path) -> None:
+    """Prepare a variant the study needs: its dataset from the official source (or as prepared before)."""
+    import dagster as dg
+
+    from flower_pipeline.defs.partitions import add_variant
+
+    instance = _instance()
+    if variant.name in instance.get_materialized_partitions(dg.AssetKey("feature_network")):
+        return
+    add_variant(instance, variant)
+    if variant.dataset not in instance.get_materialized_partitions(dg.AssetKey("extracted_images")):
+        print(f"preparing {variant.dataset} (download and extraction) …", flush=True)
+        run_job("prepare_dataset", variant.dataset, {}, data_dir)
+    print(f"preparing {variant.name} …", flush=True)
+    run_job("prepare_variant", variant.name, {}, data_dir)
+
+
+def _cpu_estimate(plan: list[Any]) -> str:
+    """How long the plan would take here, from this machine's measured architecture-1 speed at its size."""
+    import time
+
+    import numpy as np
+
+    from flower_pipeline.training import TrainConfig, Trainer, pick_device
+
+    size = int(plan[0].variant.rsplit("-", 1)[1])
+    images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)
+    trainer = Trainer(TrainConfig(arch="arch1"), images, pick_device("cpu"))
+    trainer.run_step()
+    started = time.perf_counter()
+    for _ in range(5):
+        trainer.run_step()
+    rate = 5 / (time.perf_counter() - started)
+    hours = sum(run.config["iterations"] for run in plan) / rate / 3600
+    return f"about {hours:.0f} hours at the {rate:.1f} it/s measured here"
+
+
+def study_run(args: argparse.Namespace) -> None:
+    """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
+    from flower_pipeline.catalog import Variant as Parsed
+    from flower_pipeline.defs.study import study_partitions, study_run_key, study_run_partitions
+    from flower_pipeline.registry import tracking
+    from flower_pipeline.study import load_study
+    from flower_pipeline.training import pick_device
+
+    study = load_study(args.study)
+    plan = study.plan(args.profile, tuple(args.only or ()))
+    if args.profile == "full" and pick_device(args.device).type != "cuda":
+        warning = (f"the full profile trains {len(plan)} runs of up to 20,000 iterations on a CPU: "
+                   f"{_cpu_estimate(plan)}")
+        if not args.yes:
+            raise PipelineError(f"{warning}; pass --yes to start anyway, or use --profile quick")
+        print(f"warning: {warning}", file=sys.stderr)
+    instance = _instance()
+    prepared = set(instance.get_dynamic_partitions("datasets"))
+    for run in plan:  # before anything starts: a collection must have been prepared with its source
+        dataset = Parsed.parse(run.variant).dataset
+        if dataset not in CATALOGUED and dataset not in prepared:
+            raise PipelineError(f"run {run.label} uses the collection {dataset!r}, which is not prepared; prepare it "
+                                f"first: flower-pipeline prepare --dataset custom --name {dataset} --source …")
+    for name in sorted({run.variant for run in plan}):
+        _ensure_variant(Parsed.parse(name), args.data_dir)
+    keys = [study_run_key(study.name, args.profile, run.label) for run in plan]
+    new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
+    instance.add_dynamic_partitions(study_run_partitions.name, new)
+    report_key = f"{study.name}:{args.profile}"
+    if not instance.has_dynamic_partition(study_partitions.name, report_key):
+        instance.add_dynamic_partitions(study_partitions.name, [report_key])
+    store = tracking(data_dir=args.data_dir)
+    parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
+    config = {"study_file": None if study.path.startswith(str(Path(__file__).parent)) else study.path,
+              "parent_run_id": parent, "device": args.device}
+    try:
+        for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
+            result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
+            record = result.output_for_node("study_run")
+            state = "reused" if result.asset_materializations_for_node("study_run")[0].metadata[
+                "reused"].value else f"{record.seconds:.0f} s"
+            fd = record.metrics.get("fd_flowers")
+            print(f"[{number}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
+                  f"{'n/a' if fd is None else f'{fd:.2f}'}, recall {record.metrics.get('recall', float('nan')):.2f}",
+                  flush=True)
+        run_job("study_reports", report_key, {"study_report": {"config": config}}, args.data_dir)
+    except BaseException:
+        store.end_run(parent, "KILLED")
+        raise
+    store.end_run(parent)
+    print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
+
+
+def study_report(args: argparse.Namespace) -> None:
+    """Build the study's report from its finished runs and write the HTML page to -o."""
+    import shutil
+
+    from flower_pipeline.defs.study import study_partitions
+    from flower_pipeline.study import load_study
+
+    study = load_study(args.study)
+    study.plan(args.profile)  # checks the profile
+    instance, key = _instance(), f"{study.name}:{args.profile}"
+    if not instance.has_dynamic_partition(study_partitions.name, key):
+        raise PipelineError(f"study {study.name} has no runs in profile {args.profile} yet; start them with "
+                            f"flower-pipeline study run {args.study} --profile {args.profile}")
+    config = {"study_file": None if study.path.startswith(str(Path(__file__).parent)) else study.path}
+    report = run_job("study_reports", key, {"study_report": {"config": config}},
+                     args.data_dir).output_for_node("study_report")
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report.path, args.output)
+    except OSError as err:
+        raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
+    counts = {status: list(report.verdicts.values()).count(status)
+              for status in ("supported", "not supported", "not measured")}
+    print(f"{args.output}: {len(report.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def study_list(args: argparse.Namespace) -> None:
+    """The studies, their profiles, and each run's state in this data folder."""
+    from flower_pipeline.study import available_studies, load_study
+
+    root = args.data_dir.resolve() / "studies"
+    for name in available_studies():
+        study = load_study(name)
+        print(f"{name}: {study.title}")
+        for profile in study.profiles:
+            done = [run.label for run in study.plan(profile)
+                    if any((root / f"{name}-{profile}" / run.label).glob("*/result.json"))]
+            print(f"  {profile}: {len(done)} of {len(study.runs)} runs finished"
+                  + (f" ({', '.join(done)})" if 0 < len(done) < len(study.runs) else ""))
+
+
 def models(args: argparse.Namespace) -> None:
     """A table of registered versions with their aliases and key metrics."""
     import datetime
@@ -278,6 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, default=DEMO_TRAINING["iterations"],
                    help=f"training steps per architecture (default {DEMO_TRAINING['iterations']})")
     p.set_defaults(run=demo)
+
+    study = commands.add_parser("study", help="run the source's study (or your own) and report on its claims")
+    study_commands = study.add_subparsers(dest="study_command", required=True)
+    p = with_data_dir(study_commands.add_parser("run", help="train and evaluate every run of a study, resuming"))
+    p.add_argument("study", help="a study name (flower-pipeline study list) or a study file")
+    p.add_argument("--profile", default="quick", help="quick (32 px, short, CPU) or full (the source's settings)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--only", nargs="+", metavar="LABEL", help="only these runs")
+    p.add_argument("--yes", action="store_true", help="start the full profile on a CPU all the same")
+    p.set_defaults(run=study_run)
+    p = with_data_dir(study_commands.add_parser("report", help="write the study's HTML report"))
+    p.add_argument("study", help="a study name or a study file")
+    p.add_argument("--profile", default="quick")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
+    p.set_defaults(run=study_report)
+    p = with_data_dir(study_commands.add_parser("list", help="the studies and each run's state"))
+    p.set_defaults(run=study_list)
 
     p = with_data_dir(commands.add_parser("models", help="list registered generators, their aliases and metrics"))
     p.set_defaults(run=models)

@@ -278,6 +278,39 @@ def colour_report(real: np.ndarray, fake: np.ndarray,
     }, clusters
 
 
+# Named flower colours, for the source's claims ("yellow and purple flowers", "white ones too"): each image's
+# centre colour goes to the nearest of these (the background green takes centres that show no flower).
+COLOUR_FAMILIES = {"yellow": (225, 195, 40), "purple": (130, 70, 160), "white": (230, 228, 220),
+                   "red": (190, 40, 40), "pink": (220, 140, 170), "orange": (230, 120, 30),
+                   "blue": (80, 100, 190), "green": (70, 110, 50)}
+
+
+def colour_family_shares(images: np.ndarray) -> dict[str, float]:
+    """The share of images whose centre colour is nearest each named colour (colour images only)."""
+    if images.shape[1] != 3:
+        return {}
+    names, palette = list(COLOUR_FAMILIES), np.array(list(COLOUR_FAMILIES.values()), np.float64)
+    family = nearest_centre(centre_colours(images), palette)
+    counts = np.bincount(family, minlength=len(names)) / len(images)
+    return {name: float(share) for name, share in zip(names, counts, strict=True)}
+
+
+def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
+    """Sharpness and pixelation in one number: the samples' share of spectral energy above half the Nyquist
+    frequency, over the real images'. 1 is like the photos; below 1 blurrier, above 1 noisier or pixelated
+    (checkerboards)."""
+    def share(images: np.ndarray) -> float:
+        grey = images.astype(np.float64).mean(axis=1)
+        grey -= grey.mean(axis=(1, 2), keepdims=True)
+        power = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2))) ** 2
+        size = grey.shape[-1]
+        yy, xx = np.mgrid[:size, :size] - size // 2
+        high = np.hypot(yy, xx) > size / 4
+        return float(power[:, high].sum() / max(power.sum(), 1e-12))
+
+    return share(fake) / max(share(real), 1e-12)
+
+
 def colour_swatch_png(clusters: ColourClusters, width: int = 512, height: int = 40) -> bytes:
     """Two bars, real above generated, split among the real colour clusters in proportion to their shares."""
     colours = np.clip(clusters.centres, 0, 255).astype(np.uint8)
@@ -374,15 +407,17 @@ class EvalResult:
 
 def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, device: torch.device | str = "cpu",
              features: FeatureFn | None = None, no_features_reason: str = "no feature extractor",
-             flowers: FeatureFn | None = None, no_flowers_reason: str = "no feature network") -> EvalResult:
+             flowers: FeatureFn | None = None, no_flowers_reason: str = "no feature network",
+             iteration: int | None = None) -> EvalResult:
     """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation.
 
     `features` gives Inception features (FID, KID); `flowers` the variant's own feature network's
     (fd_flowers, kd_flowers, precision, recall). Each missing one is reported with its reason.
+    `iteration` evaluates a generator snapshot kept during training instead of the final generator.
     """
     if settings.samples < 2:
         raise PipelineError(f"evaluation needs at least 2 samples, got {settings.samples}")
-    trained = load_trained(training_dir, device)
+    trained = load_trained(training_dir, device, iteration)
     train_images, holdout_images = cache.train_images(), cache.holdout_images()
     if len(holdout_images) < 2:
         raise PipelineError(f"{cache.path} holds out {len(holdout_images)} images; evaluation needs at least 2 "
@@ -395,8 +430,14 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         scores = discriminator_scores(trained.discriminator, images, batch, device, settings.seed)
         metrics.update(score_summary(name, scores))
     metrics["d_real_gap"] = metrics["d_real_train_mean"] - metrics["d_real_holdout_mean"]
-    colours, clusters = colour_report(np.asarray(cache.images), samples, settings)
+    real = np.asarray(cache.images)
+    colours, clusters = colour_report(real, samples, settings)
     metrics.update(colours)
+    metrics["high_frequency_ratio"] = high_frequency_ratio(real, samples)
+    for family, share in colour_family_shares(samples).items():
+        metrics[f"share_{family}"] = share
+    for family, share in colour_family_shares(real).items():
+        metrics[f"real_share_{family}"] = share
     memo, nearest_index, nearest_distance = memorization_report(
         *(np.float32(1 / 255) * a for a in (train_images, holdout_images, samples)), settings, "pixels")
     metrics.update(memo)
@@ -405,7 +446,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
     try:
         if flowers is None:
             raise PipelineError(no_flowers_reason)
-        real_flowers = flowers(np.asarray(cache.images))
+        real_flowers = flowers(real)
         metrics.update(flowers_measures(real_flowers, flowers(samples), settings.neighbours, settings.kid_subsets,
                                         settings.seed))
     except PipelineError as err:  # no labels, or too few images for the feature size: said, not a crash
@@ -417,7 +458,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         metrics.update(fid_kid(np.concatenate([real_train, real_holdout]), fake, settings))
         metrics.update(memorization_report(real_train, real_holdout, fake, settings, "inception")[0])
 
-    out = training_dir / "evaluation"
+    out = training_dir / ("evaluation" if iteration is None else f"evaluation_{iteration:06d}")
     files = {
         "samples": atomic_write_bytes(out / "samples.png", grid_png(samples[:64], columns=8)),
         "nearest_pairs": atomic_write_bytes(out / "nearest_pairs.png",

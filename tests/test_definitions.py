@@ -15,10 +15,10 @@ def test_code_location_has_every_asset_check_job_and_resource():
     graph = loaded.resolve_asset_graph()
     assert {k.to_user_string() for k in graph.get_all_asset_keys()} == {
         "raw_archive", "extracted_images", "resized_images", "tensor_cache", "trained_generator",
-        "generator_evaluation", "registered_generator", "feature_network"}
+        "generator_evaluation", "registered_generator", "feature_network", "study_run", "study_report"}
     assert {c.name for c in graph.asset_check_keys} == {"image_count", "tensor_format", "no_duplicates",
                                                         "class_balance", "scores_in_range", "quality_gate"}
-    for job in ("prepare_dataset", "prepare_variant", "retrain_generators"):
+    for job in ("prepare_dataset", "prepare_variant", "retrain_generators", "study_runs", "study_reports"):
         assert loaded.resolve_job_def(job) is not None
     assert all(graph.get(k).owners and graph.get(k).code_version for k in graph.get_all_asset_keys())
     for check in graph.asset_check_keys:

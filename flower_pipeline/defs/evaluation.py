@@ -12,6 +12,7 @@ import torch
 from flower_pipeline import __version__
 from flower_pipeline.evaluation import (
     EvalSettings,
+    FeatureFn,
     evaluate,
     inception_features,
     quality_gate,
@@ -40,6 +41,15 @@ HEADLINE = ("d_real_train_mean", "d_real_holdout_mean", "d_real_gap", "d_fake_me
 INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"
 
 
+def inception_for(settings: EvalSettings, device: torch.device) -> tuple[FeatureFn | None, str]:
+    """Inception features per the `inception_weights` setting ($FLOWER_PIPELINE_INCEPTION_WEIGHTS stands for
+    "auto"), or None and the reason FID and KID are unavailable."""
+    setting = os.environ.get(INCEPTION_ENV, "auto") if settings.inception_weights == "auto" \
+        else settings.inception_weights
+    weights, reason = resolve_inception_weights(setting, Path(torch.hub.get_dir()) / "checkpoints")
+    return (inception_features(weights, device), "") if weights else (None, reason)
+
+
 @dataclass(frozen=True)
 class Evaluation:
     partition: str  # the training partition, arch1|flowers17-color-64
@@ -62,10 +72,8 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         settings = settings_from(config, EvalSettings)
         cache = TensorCache.load(training.cache.path)  # the images it was trained on, not a newer cache
         device = pick_device(config.device)
-        weights_setting = os.environ.get(INCEPTION_ENV, "auto") if settings.inception_weights == "auto" \
-            else settings.inception_weights
-        weights, reason = resolve_inception_weights(weights_setting, Path(torch.hub.get_dir()) / "checkpoints")
-        if weights is None:
+        inception, reason = inception_for(settings, device)
+        if inception is None:
             context.log.warning(f"FID and KID unavailable: {reason}")
         same_cache = feature_network.network_id.startswith(training.cache.content_hash[:16])
         if feature_network.path is not None and same_cache:
@@ -76,8 +84,8 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                 f"the feature network was trained on another cache ({feature_network.network_id}); prepare "
                 f"{training.variant} again")
         result = evaluate(Path(training.path), cache, settings, device=device,
-                          features=inception_features(weights, device) if weights else None,
-                          no_features_reason=reason, flowers=flowers, no_flowers_reason=no_flowers)
+                          features=inception, no_features_reason=reason, flowers=flowers,
+                          no_flowers_reason=no_flowers)
         metrics = result.metrics
         gate_passed, gate_reason = quality_gate(metrics, settings)
         context.log.info(f"quality gate {gate_reason}")

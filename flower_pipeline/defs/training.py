@@ -65,7 +65,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
             mlflow.log_metrics(run_id, {k: v for k, v in record.items() if k != "iteration"}, step)
 
         try:
-            result = train(settings, cache, out_dir, device=config.device, on_log=log)
+            result = train(settings, cache, out_dir, device=config.device, on_log=log,
+                           on_resume=lambda it: context.log.info(f"resumed from iteration {it} of a checkpoint"))
             for name in ("final_grid", "curves", "history", "generator"):
                 if name in result.files:
                     mlflow.log_artifact(run_id, result.files[name])

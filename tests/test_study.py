@@ -1,0 +1,137 @@
+"""The study as data, its verdicts, and a tiny study run through Dagster: table, reuse, resume, bad input."""
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from conftest import prepare, run_job
+
+from flower_pipeline import code_version
+from flower_pipeline.defs.study import study_run_key
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.study import judge, load_study, run_key
+from flower_pipeline.tensor_cache import TensorCache
+from flower_pipeline.training import TrainConfig, train
+
+TINY = {
+    "name": "tiny", "title": "A tiny study",
+    "profiles": {"quick": {"size": 16, "iterations": 40, "evaluation": {"samples": 40, "kid_subsets": 5},
+                           "settings": {"features": 8, "log_every": 10, "sample_every": 20, "checkpoint_seconds": 0}}},
+    "claims": [{"id": "batch-size", "text": "Batch 8 and batch 32 are worse than 16.", "runs": [
+        {"label": "f17-color-arch2", "variant": "synthetic-color", "arch": "arch2", "snapshots": [10000]},
+        {"label": "arch2-batch8", "variant": "synthetic-color", "arch": "arch2",
+         "settings": {"batch_size": 8, "iterations": 10000}},
+        {"label": "arch2-batch32", "variant": "synthetic-color", "arch": "arch2",
+         "settings": {"batch_size": 32, "iterations": 10000}}]}],
+}
+
+
+def _write(tmp_path: Path, study: dict) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def test_the_source_study_lists_every_run_of_the_source():
+    study = load_study("source")
+    assert len(study.claims) == 12 and len(study.runs) == 19
+    quick = {run.label: run for run in study.plan("quick")}
+    assert quick["arch2-batch8"].config["iterations"] == 300 and quick["f17-color-arch1"].snapshots == (450,)
+    assert quick["f102-color-arch1"].variant == "synthetic-color-32"  # stands in, said so in the report
+    full = {run.label: run for run in study.plan("full")}
+    assert full["arch2-batch8"].config["iterations"] == 10_000 and full["f17-color-arch1"].variant.endswith("-64")
+
+
+def test_changing_a_setting_or_the_data_changes_the_run_key(tmp_path):
+    run = load_study(str(_write(tmp_path, TINY))).plan("quick")[0]
+    key = run_key(run, "cache-a", "1.0")
+    assert key == run_key(run, "cache-a", "1.0") and key != run_key(run, "cache-b", "1.0")
+    changed = {**TINY, "profiles": {"quick": {**TINY["profiles"]["quick"], "iterations": 80}}}
+    assert run_key(load_study(str(_write(tmp_path, changed))).plan("quick")[0], "cache-a", "1.0") != key
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda s: s["claims"][0]["runs"][1]["settings"].update(batch=8), "unknown setting 'batch'"),
+    (lambda s: s["claims"][0]["runs"][1].update(variant="flowers17-sepia"), "bad variant 'flowers17-sepia'"),
+    (lambda s: s["claims"][0]["runs"][1].update(variant="flowers18-color"), "the collection 'flowers18', which is "
+                                                                            "not prepared"),
+    (lambda s: s["claims"][0]["runs"][2].update(label="arch2-batch8"), "the label 'arch2-batch8' is used twice"),
+    (lambda s: s["claims"][0]["runs"][0].update(arch="arch3"), "unknown architecture 'arch3'"),
+])
+def test_bad_study_files_are_one_line_and_start_nothing(tmp_path, capsys, monkeypatch, edit, message):
+    import copy
+
+    from flower_pipeline.cli import main
+
+    study = copy.deepcopy(TINY)
+    edit(study)
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    code = main(["study", "run", str(_write(tmp_path, study)), "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "data").exists()
+    with pytest.raises(PipelineError, match="unknown study 'nope'; studies: source"):
+        load_study("nope")
+
+
+def test_a_verdict_is_computed_from_the_metrics(tmp_path):
+    study = load_study(str(_write(tmp_path, TINY)))
+
+    def verdict(fd16: float, fd8: float, fd32: float) -> str:
+        metrics = {"f17-color-arch2": {"fd_flowers": 9.0}, "f17-color-arch2@snapshot": {"fd_flowers": fd16},
+                   "arch2-batch8": {"fd_flowers": fd8}, "arch2-batch32": {"fd_flowers": fd32}}
+        return judge(study, metrics)["batch-size"].status
+
+    assert verdict(10.0, 12.0, 11.0) == "supported"  # 16 at the same iterations beats both
+    assert verdict(10.0, 9.0, 11.0) == "not supported"
+    assert judge(study, {"arch2-batch8": {}})["batch-size"].status == "not measured"
+    nan = float("nan")
+    assert verdict(10.0, nan, 11.0) == "not measured"  # a number missing is no evidence either way
+
+
+def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_killed_one(tmp_path):
+    path, data = _write(tmp_path, TINY), tmp_path / "data"
+    study = load_study(str(path))
+    config = {"study_run": {"config": {"study_file": str(path)}}}
+    with dg.instance_for_test() as instance:
+        cache = TensorCache.load(prepare(instance, data, "synthetic-color-16").output_for_node("tensor_cache").path)
+        keys = [study_run_key("tiny", "quick", run.label) for run in study.plan("quick")]
+        instance.add_dynamic_partitions("study_runs", keys)
+        instance.add_dynamic_partitions("studies", ["tiny:quick"])
+
+        # A run killed at iteration 10: its checkpoint is where the study's run will train.
+        killed = study.plan("quick", ("arch2-batch32",))[0]
+        out_dir = data / "studies" / "tiny-quick" / killed.label / run_key(killed, cache.content_hash, code_version())
+
+        def kill(record: dict) -> None:
+            if record["iteration"] == 10:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            train(TrainConfig(**killed.config), cache, out_dir, device="cpu", on_log=kill)
+
+        results = {key: run_job(instance, "study_runs", key, data, config) for key in keys}
+        assert all(r.success for r in results.values())
+        logs = [e.message for e in instance.all_logs(results[keys[2]].run_id) if e.message]
+        assert any("arch2-batch32: resumed from iteration 10" in m for m in logs)
+        first = results[keys[0]].output_for_node("study_run")
+        assert first.snapshot == 20 and first.snapshot_metrics and first.metrics["fd_flowers"] > 0
+
+        again = run_job(instance, "study_runs", keys[0], data, config)  # finished: reused, not trained again
+        assert again.asset_materializations_for_node("study_run")[0].metadata["reused"].value is True
+        assert again.output_for_node("study_run") == first
+
+        report = run_job(instance, "study_reports", "tiny:quick", data,
+                         {"study_report": {"config": {"study_file": str(path)}}}).output_for_node("study_report")
+    page = Path(report.path).read_text()
+    assert report.verdicts["batch-size"] in ("supported", "not supported")
+    assert page.count("data:image/png;base64,") >= 3 and "Batch 8 and batch 32 are worse than 16." in page
+    for column in ("D(x) train", "D(x) held-out", "fd_flowers", "precision", "recall", "FID", "near-copies",
+                   "high-freq. ratio", "it/s"):
+        assert f"<th>{column}</th>" in page, column
+    assert page.count("<td>arch2-batch") >= 2
