@@ -383,10 +383,20 @@ def runs_table(reports: list[RunReport]) -> Any:
             if key in report.metrics:
                 row[title] = round(report.metrics[key], 4)
             else:
-                row[title] = f"unavailable: {report.unavailable.get(key, 'not measured')}"[:60]
+                row[title] = "n/a"  # why: listed once under the table (`unavailable_reasons`)
         row["it/s"], row["wall s"] = round(report.it_per_s, 1), round(report.seconds, 1)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def unavailable_reasons(reports: list[RunReport]) -> dict[str, str]:
+    """Why a table column says n/a: metric → reason, each said once."""
+    reasons: dict[str, str] = {}
+    for report in reports:
+        for key in TABLE_COLUMNS:
+            if key not in report.metrics and key in report.unavailable:
+                reasons.setdefault(TABLE_COLUMNS[key], report.unavailable[key])
+    return reasons
 
 
 def _png(data: bytes) -> str:
@@ -425,7 +435,7 @@ def _curves(reports: list[RunReport]) -> str:
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
-th{background:#f3f3f3}.supported{color:#11703a;font-weight:bold}.not-supported{color:#a01c1c;font-weight:bold}
+th{background:#f3f3f3;text-align:center}.supported{color:#11703a;font-weight:bold}.not-supported{color:#a01c1c;font-weight:bold}
 .not-measured{color:#777;font-weight:bold}.note{background:#fff6d6;border:1px solid #e5cf7a;padding:.8em}
 .grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}figcaption{font-size:12px;text-align:center}
 img{max-width:100%}"""
@@ -456,6 +466,8 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
                  "(they compare runs of this study, not published numbers); FID/KID where Inception weights "
                  "exist.</p>")
     parts.append(runs_table(reports).to_html(index=False, border=0, na_rep="-"))
+    parts += [f"<p><b>{esc(column)} n/a</b>: {esc(reason)}</p>"
+              for column, reason in unavailable_reasons(reports).items()]
     parts.append("<h2>Samples from the same fixed noise</h2><div class='grids'>")
     for report in reports:
         parts.append(f"<figure>{_png(Path(report.grid).read_bytes())}<figcaption>{esc(report.run.label)}"
@@ -467,9 +479,11 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
             continue
         parts.append(f"<h3>{esc(claim.text)}</h3><p><i>{esc(verdicts[claim.id].status)}</i>: "
                      f"{esc(verdicts[claim.id].evidence)}</p>{_curves(shown)}")
-        for report in shown:
-            if report.timeline:
-                parts.append(f"<figure>{_png(Path(report.timeline).read_bytes())}<figcaption>"
-                             f"{esc(report.run.label)}: fixed-noise samples during training</figcaption></figure>")
-    parts.append("</body></html>")
+    parts.append("<h2>Training timelines</h2><p>The first fixed-noise samples of grids taken during training, "
+                 "oldest on top.</p><div class='grids'>")
+    for report in reports:
+        if report.timeline:
+            parts.append(f"<figure>{_png(Path(report.timeline).read_bytes())}<figcaption>{esc(report.run.label)}"
+                         "</figcaption></figure>")
+    parts.append("</div></body></html>")
     return "\n".join(parts)
