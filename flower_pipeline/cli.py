@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from flower_pipeline import code_version
 from flower_pipeline.catalog import CATALOGUED, CUSTOM, MODES, Variant, custom_name
 from flower_pipeline.errors import PipelineError
 
@@ -248,12 +249,14 @@ def study_run(args: argparse.Namespace) -> None:
         instance.add_dynamic_partitions(study_partitions.name, [report_key])
     store = tracking(data_dir=args.data_dir)
     parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
+    records = []
     config = {"study_file": None if study.path.startswith(str(Path(__file__).parent)) else study.path,
               "parent_run_id": parent, "device": args.device}
     try:
         for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
             result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
             record = result.output_for_node("study_run")
+            records.append((run, record))
             state = "reused" if result.asset_materializations_for_node("study_run")[0].metadata[
                 "reused"].value else f"{record.seconds:.0f} s"
             fd = record.metrics.get("fd_flowers")
@@ -265,7 +268,29 @@ def study_run(args: argparse.Namespace) -> None:
         store.end_run(parent, "KILLED")
         raise
     store.end_run(parent)
+    if args.register:
+        for run, record in records:
+            _register_study_run(store, study.name, run, record)
     print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
+
+
+def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:
+    """A study run's generator as a version of `<variant>-<arch>`, through the same gate and ranking."""
+    import json
+
+    from flower_pipeline.evaluation import EvalSettings, quality_gate
+    from flower_pipeline.registry import FEATURE_NETWORK, METRIC_TAG, model_name
+
+    name = model_name(run.variant, run.arch)
+    tags = {"variant": run.variant, "arch": run.arch, "cache_hash": record.cache_hash, "study": study,
+            "study_run": run.label, "config": json.dumps(run.config, sort_keys=True), "code_version": code_version(),
+            FEATURE_NETWORK: record.feature_network,
+            **{f"{METRIC_TAG}{k}": repr(v) for k, v in record.metrics.items()}}
+    gate = quality_gate(record.metrics, EvalSettings(**run.evaluation))
+    registered = store.register_generator(
+        name, record.mlflow_run_id, Path(record.path), gate=gate, metrics=record.metrics,
+        feature_network=record.feature_network, tags=tags, description=f"{run.arch} generator of study {study}, run {run.label} ({run.variant}).", log=lambda _: None)
+    print(f"  registered {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
 
 
 def study_report(args: argparse.Namespace) -> None:
@@ -418,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--only", nargs="+", metavar="LABEL", help="only these runs")
     p.add_argument("--yes", action="store_true", help="start the full profile on a CPU all the same")
+    p.add_argument("--register", action="store_true",
+                   help="register each run's generator in the model registry (may move champions)")
     p.set_defaults(run=study_run)
     p = with_data_dir(study_commands.add_parser("report", help="write the study's HTML report"))
     p.add_argument("study", help="a study name or a study file")

@@ -20,7 +20,7 @@ distance). `latest` is MLflow's own reserved alias for the newest version.
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,7 @@ import flower_pipeline
 from flower_pipeline.defs.resources import FlowerStorage
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import FlowerGenerator, sample_latent
+from flower_pipeline.training import load_trained
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 METRIC_TAG = "eval."  # version tags carrying evaluation metrics, read back to compare with the champion
@@ -166,6 +167,35 @@ class MlflowTracking(dg.ConfigurableResource):
         with self._fluent():  # the registry looks the logged model up through the global tracking URI
             return client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags,
                                                description=description, model_id=model.model_id)
+
+    def register_generator(self, name: str, run_id: str, training_dir: Path, *, gate: tuple[bool, str],
+                           metrics: dict[str, float], feature_network: str, tags: dict[str, str], description: str,
+                           log: Callable[[str], None]) -> RegisteredVersion:
+        """Register the run's generator as a new version of `name` (once per run, however often retried) and
+        move `champion` to it when it passed the quality gate and beats the champion."""
+        version = self.version_of_run(name, run_id)
+        if version is None:
+            model = self.log_generator(run_id, name, load_trained(training_dir).generator)
+            version = self.register(name, run_id, model, tags, description)
+        else:
+            log(f"{name} version {version.version} was already registered from run {run_id}")
+        champion = self.version_by_alias(name, CHAMPION)
+        if champion is not None and champion.version == version.version:
+            promoted, reason = True, "already the champion"
+        else:
+            held = ({**metrics_from_tags(champion.tags), FEATURE_NETWORK: champion.tags.get(FEATURE_NETWORK)}
+                    if champion else None)
+            promoted, reason = promotion_decision(*gate, {**metrics, FEATURE_NETWORK: feature_network}, held)
+            if promoted:
+                self.set_alias(name, CHAMPION, version.version)
+        decision = CHAMPION if promoted else "not promoted"
+        champion_version = version.version if promoted else (champion.version if champion else None)
+        self.set_version_tags(name, version.version, {"promotion": decision, "promotion_reason": reason})
+        self.set_tags(run_id, {"registered_model": name, "registered_version": version.version,
+                               "promotion": decision, "promotion_reason": reason})
+        log(f"{name} v{version.version}: {decision} ({reason})")
+        return RegisteredVersion(name, int(version.version), decision, reason,
+                                 int(champion_version) if champion_version is not None else None, run_id)
 
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()

@@ -6,17 +6,7 @@ from pathlib import Path
 import dagster as dg
 
 from flower_pipeline import __version__, code_version
-from flower_pipeline.registry import (
-    CHAMPION,
-    FEATURE_NETWORK,
-    METRIC_TAG,
-    MlflowTracking,
-    RegisteredVersion,
-    metrics_from_tags,
-    model_name,
-    promotion_decision,
-)
-from flower_pipeline.training import load_trained
+from flower_pipeline.registry import FEATURE_NETWORK, METRIC_TAG, MlflowTracking, RegisteredVersion, model_name
 
 from .evaluation import HEADLINE, Evaluation
 from .ingest import OWNERS
@@ -33,37 +23,17 @@ def registered_generator(context: dg.AssetExecutionContext, generator_evaluation
     evaluation, training = generator_evaluation, generator_evaluation.training
     name, run_id = model_name(training.variant, training.arch), training.mlflow_run_id
     metrics = {k: v for k, v in evaluation.metrics.items() if k in HEADLINE}
+    code = code_version()
     with user_errors():
-        version = mlflow.version_of_run(name, run_id)
-        if version is None:  # a retried step finds its version instead of making another
-            model = mlflow.log_generator(run_id, name, load_trained(Path(training.path)).generator)
-            code = code_version()
-            version = mlflow.register(name, run_id, model, _version_tags(evaluation, metrics, code),
-                                      _description(evaluation, metrics, code))
-        else:
-            context.log.info(f"{name} version {version.version} was already registered from run {run_id}")
-
-        champion = mlflow.version_by_alias(name, CHAMPION)
-        if champion is not None and champion.version == version.version:
-            promoted, reason = True, "already the champion"
-        else:
-            new = {**metrics, FEATURE_NETWORK: evaluation.feature_network}
-            held = ({**metrics_from_tags(champion.tags), FEATURE_NETWORK: champion.tags.get(FEATURE_NETWORK)}
-                    if champion else None)
-            promoted, reason = promotion_decision(evaluation.gate_passed, evaluation.gate_reason, new, held)
-            if promoted:
-                mlflow.set_alias(name, CHAMPION, version.version)
-        decision = CHAMPION if promoted else "not promoted"
-        champion_version = version.version if promoted else (champion.version if champion else None)
-        mlflow.set_version_tags(name, version.version, {"promotion": decision, "promotion_reason": reason})
-        mlflow.set_tags(run_id, {"registered_model": name, "registered_version": version.version,
-                                 "promotion": decision, "promotion_reason": reason})
-    context.log.info(f"{name} v{version.version}: {decision} ({reason})")
-    registered = RegisteredVersion(name, int(version.version), decision, reason,
-                                   int(champion_version) if champion_version is not None else None, run_id)
+        registered = mlflow.register_generator(
+            name, run_id, Path(training.path), gate=(evaluation.gate_passed, evaluation.gate_reason),
+            metrics=metrics, feature_network=evaluation.feature_network,
+            tags=_version_tags(evaluation, metrics, code), description=_description(evaluation, metrics, code),
+            log=context.log.info)
+    decision, reason, version = registered.promotion, registered.reason, registered.version
     context.add_output_metadata({
-        "model": name, "version": registered.version, "promotion": decision, "reason": reason,
-        "champion_version": registered.champion_version, "model_uri": f"models:/{name}/{version.version}",
+        "model": name, "version": version, "promotion": decision, "reason": reason,
+        "champion_version": registered.champion_version, "model_uri": f"models:/{name}/{version}",
         "mlflow_run_id": run_id, "tracking_uri": mlflow.uri,
     })
     return registered

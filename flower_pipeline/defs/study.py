@@ -44,6 +44,9 @@ class StudyRunResult:
     run_key: str  # what the result depends on; a new key means a new training
     label: str
     variant: str
+    arch: str
+    cache_hash: str
+    feature_network: str  # the network its fd_flowers was measured with
     path: str
     metrics: dict[str, float]
     snapshot_metrics: dict[str, float]  # the same measures for the generator kept at `snapshot`
@@ -123,7 +126,8 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
             mlflow.end_run(run_id, "FAILED")
             raise
         mlflow.end_run(run_id)
-        result = StudyRunResult(context.partition_key, key, label, run.variant, str(out_dir), final.metrics,
+        result = StudyRunResult(context.partition_key, key, label, run.variant, run.arch, cache_ref.content_hash,
+                                network.network_id, str(out_dir), final.metrics,
                                 early.metrics if early else {}, snapshot, final.unavailable,
                                 trained.iterations / max(trained.seconds, 1e-9), trained.seconds, run_id)
         atomic_write_json(done, asdict(result))  # last: only a finished run is ever reused
