@@ -289,7 +289,8 @@ def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:
     gate = quality_gate(record.metrics, EvalSettings(**run.evaluation))
     registered = store.register_generator(
         name, record.mlflow_run_id, Path(record.path), gate=gate, metrics=record.metrics,
-        feature_network=record.feature_network, tags=tags, description=f"{run.arch} generator of study {study}, run {run.label} ({run.variant}).", log=lambda _: None)
+        feature_network=record.feature_network, tags=tags,
+        description=f"{run.arch} generator of study {study}, run {run.label} ({run.variant}).", log=lambda _: None)
     print(f"  registered {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
 
 
