@@ -24,6 +24,11 @@ from flower_pipeline.catalog import CATALOGUED, CUSTOM, MODES, Variant, custom_n
 from flower_pipeline.errors import PipelineError
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+MAX_SAMPLES = 10_000  # images `sample` makes in one call (64 px colour: 120 MB)
+# A lookup against a tracking server that does not answer fails in seconds, not after MLflow's default
+# seven retries with backoff (minutes); a user's own settings of these win.
+LOOKUP_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+               "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
 
 
@@ -337,6 +342,8 @@ def study_list(args: argparse.Namespace) -> None:
 
 def models(args: argparse.Namespace) -> None:
     """A table of registered versions with their aliases and key metrics."""
+    for name, value in LOOKUP_HTTP.items():
+        os.environ.setdefault(name, value)
     import datetime
 
     from flower_pipeline.registry import list_models
@@ -366,10 +373,17 @@ def models(args: argparse.Namespace) -> None:
 
 def sample(args: argparse.Namespace) -> None:
     """Images from a registered generator: one PNG grid, or a folder of PNG files."""
+    for name, value in LOOKUP_HTTP.items():
+        os.environ.setdefault(name, value)
     from flower_pipeline.plots import grid_png
     from flower_pipeline.registry import load_generator
     from flower_pipeline.storage import atomic_write_bytes, png_bytes
 
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise PipelineError(f"-n must be between 1 and {MAX_SAMPLES:,}, got {args.n}; for more images, run sample "
+                            "again with other seeds")
+    if not 0 <= args.seed < 2**63:
+        raise PipelineError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     generator = load_generator(args.model, alias=args.alias, version=args.version, data_dir=args.data_dir)
     images = generator.generate(args.n, seed=args.seed)
     which = f"v{args.version}" if args.version is not None else f"@{args.alias or 'champion'}"

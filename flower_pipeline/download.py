@@ -54,6 +54,14 @@ def is_url(source: str) -> bool:
     return urllib.parse.urlparse(source).scheme in ("http", "https")
 
 
+def local_path(source: str) -> Path:
+    """A local source as a path: a plain path, or a file:// URL."""
+    parsed = urllib.parse.urlparse(source)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(source).expanduser()
+
+
 def file_digests(path: Path) -> dict[str, str]:
     """sha256 and md5 of a file, read once."""
     sha, md5 = hashlib.sha256(), hashlib.md5()
@@ -91,7 +99,10 @@ def fetch(
     downloaded into `dest_dir`; a verified file already there is reused.
     """
     if not is_url(source):
-        path = Path(source).expanduser()
+        path = local_path(source)
+        # A device, a pipe, or a kernel file under /proc or /sys (which calls itself regular): never an archive.
+        if path.exists() and (not path.is_file() or path.resolve().parts[1:2] in (("proc",), ("sys",), ("dev",))):
+            raise PipelineError(f"{path} is not a regular file or folder")
         if not path.is_file():
             raise PipelineError(f"source file not found: {path}")
         sha256 = _verify(path, checksum, str(path))

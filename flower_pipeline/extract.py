@@ -72,6 +72,8 @@ def extract_archive(
                                  info.get("total_bytes", 0), reused=True)
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.tmp-*"):  # left by an extraction that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         skipped, total = _extract_members(archive, staging, limits or ExtractLimits())

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from flower_pipeline.catalog import DatasetSpec, RemoteFile, Variant, get_dataset
-from flower_pipeline.download import Checksum, ProgressFn, fetch, is_url
+from flower_pipeline.download import Checksum, ProgressFn, fetch, is_url, local_path
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.extract import ExtractLimits, extract_archive, list_images
 from flower_pipeline.imaging import ResizeSpec, resize_all
@@ -109,8 +109,8 @@ def fetch_raw_archive(
         kind, origin = "synthetic", "generated locally (synthetic drawings, not photos)"
     elif spec.archive is None and source is None:
         raise PipelineError(f"{spec.name} needs --source: an archive (.tgz/.tar/.zip), a folder or a URL")
-    elif source is not None and not is_url(source) and Path(source).expanduser().is_dir():
-        folder = Path(source).expanduser().resolve()
+    elif source is not None and not is_url(source) and local_path(source).is_dir():
+        folder = local_path(source).resolve()
         return RawArchive(spec.name, "folder", str(folder), source, _folder_digest(folder),
                           sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()), {}, False,
                           time.perf_counter() - started)

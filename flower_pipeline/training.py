@@ -299,7 +299,11 @@ def train(
     torch_device = pick_device(device)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "samples").mkdir(exist_ok=True)
-    trainer = Trainer(config, cache.train_images(), torch_device)
+    images = cache.train_images()
+    if config.batch_size > len(images):
+        raise PipelineError(f"batch size {config.batch_size} is larger than the {len(images)} training images of "
+                            f"{cache.variant}; use at most {len(images)}")
+    trainer = Trainer(config, images, torch_device)
     checkpoint = out_dir / "checkpoint.pt"
     history: list[dict[str, float]] = []
     pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)

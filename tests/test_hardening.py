@@ -1,0 +1,94 @@
+"""Hostile and broken inputs get one clear line (or a reported skip), and nothing lands outside the data folder."""
+
+import os
+import socket
+import time
+
+import numpy as np
+import pytest
+from conftest import flowers_like, make_tgz
+from test_cli import _files_outside, _main
+
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.extract import extract_archive
+from flower_pipeline.tensor_cache import TensorCache, write_cache
+from flower_pipeline.training import TrainConfig, train
+
+
+def _one_line(code: int, err: str, start: str) -> None:
+    assert code == 1 and err.startswith(f"error: {start}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("args", "start"), [(["-n", "100000000"], "-n must be between 1 and 10,000"),
+                                              (["--seed", "99999999999999999999999"], "--seed must be between 0")])
+def test_sample_refuses_huge_counts_and_seeds_before_loading_anything(tmp_path, capsys, monkeypatch, args, start):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", "x", *args, "-o", str(tmp_path / "a.png"))
+    _one_line(code, err, start)
+
+
+def test_models_with_a_file_as_data_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "data").write_text("not a folder")
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    _one_line(code, err, "cannot create the data folder")
+
+
+def test_an_unreachable_tracking_server_fails_within_seconds(tmp_path, capsys, monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
+    started = time.monotonic()
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    assert time.monotonic() - started < 15
+    _one_line(code, err, "MLflow at http://127.0.0.1:")
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "/proc/self/mem"])
+def test_special_paths_are_refused_by_name(tmp_path, capsys, monkeypatch, special):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "odd",
+                         "--source", special)
+    _one_line(code, err, f"{special} is not a regular file or folder")
+
+
+def test_file_urls_are_local_paths(tmp_path, capsys, monkeypatch):
+    archive = tmp_path / "mine.tgz"
+    archive.write_bytes(make_tgz(flowers_like(3)))
+    code, out, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "mine",
+                           "--source", archive.as_uri(), "--size", "16", "--feature-net-epochs", "1")
+    assert code == 0 and "mine-color-16: 3 images" in out, err
+
+
+def test_a_killed_extraction_leaves_nothing_the_next_one_keeps(tmp_path):
+    archive = tmp_path / "a.tgz"
+    archive.write_bytes(make_tgz(flowers_like(2)))
+    stale = tmp_path / "out" / ".extracted.tmp-abc123"
+    stale.mkdir(parents=True)
+    (stale / "half.jpg").write_bytes(b"x" * 1000)
+    extract_archive(archive, tmp_path / "out" / "extracted", archive_sha256="x")
+    assert not stale.exists()
+
+
+def test_a_batch_larger_than_the_training_images_is_refused_with_the_count(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10, 16, 16, 3), dtype=np.uint8)
+    path, *_ = write_cache(tmp_path / "c", images, np.arange(10) % 2, [f"{i}.jpg" for i in range(10)],
+                           class_names=["a", "b"], params={"dataset": "t"}, holdout_fraction=0.2)
+    with pytest.raises(PipelineError, match="batch size 64 is larger than the 8 training images"):
+        train(TrainConfig(batch_size=64, iterations=2), TensorCache.load(path), tmp_path / "run", device="cpu")
+
+
+def test_a_local_sqlite_tracking_store_keeps_artifacts_in_the_data_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
+    (tmp_path / "store").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+                 "--feature-net-epochs", "1")[0] == 0
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch", "arch1",
+                         "--iterations", "4", "--features", "8", "--eval-samples", "16", "--eval-inception-weights",
+                         "off", "--device", "cpu")
+    assert code == 0, err
+    assert (tmp_path / "data" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
+    assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home", tmp_path / "store") == []
+    assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
