@@ -21,6 +21,7 @@ OXFORD_102 = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 class RemoteFile:
     url: str
     md5: str
+    max_bytes: int  # a bound a little above the official file's size: a download past it is not this file
 
     @property
     def filename(self) -> str:
@@ -52,7 +53,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "flowers17": DatasetSpec(
         name="flowers17",
         title="Oxford Flowers-17",
-        archive=RemoteFile(OXFORD_17 + "17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab"),
+        archive=RemoteFile(OXFORD_17 + "17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab", 80_000_000),
         expected_images=1360,
         num_classes=17,
         images_per_class=80,
@@ -60,10 +61,10 @@ DATASETS: dict[str, DatasetSpec] = {
     "flowers102": DatasetSpec(
         name="flowers102",
         title="Oxford Flowers-102",
-        archive=RemoteFile(OXFORD_102 + "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa"),
+        archive=RemoteFile(OXFORD_102 + "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", 400_000_000),
         companions=(
-            RemoteFile(OXFORD_102 + "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d"),
-            RemoteFile(OXFORD_102 + "setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c"),
+            RemoteFile(OXFORD_102 + "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", 1_000_000),
+            RemoteFile(OXFORD_102 + "setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", 1_000_000),
         ),
         expected_images=8189,
         num_classes=102,

@@ -85,13 +85,15 @@ def _variant(args: argparse.Namespace) -> Variant:
 def prepare(args: argparse.Namespace) -> None:
     """Download and extract the dataset (shared by its variants), then resize and cache the variant."""
     from flower_pipeline.defs.partitions import add_variant
+    from flower_pipeline.download import DownloadLimits
     from flower_pipeline.features import FeatureSettings
     from flower_pipeline.settings import given_flags
 
     variant = _variant(args)
     add_variant(_instance(), variant)
+    limits = given_flags(args, DownloadLimits, prefix="download_")
     run_job("prepare_dataset", variant.dataset,
-            {"raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5}}},
+            {"raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5, **limits}}},
             args.data_dir)
     features = {**given_flags(args, FeatureSettings, prefix="feature_net_"), "device": args.device}
     result = run_job("prepare_variant", variant.name,
@@ -150,13 +152,15 @@ DEMO_EVALUATION = {"eval_samples": 256}
 def demo(args: argparse.Namespace) -> None:
     """Everything on the synthetic data, in colour and black-and-white: ingest, both architectures,
     evaluation, registry, and a sample from each champion."""
+    from flower_pipeline.download import DownloadLimits
     from flower_pipeline.features import FeatureSettings
     from flower_pipeline.settings import setting_fields
 
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
     args.crop, args.holdout, args.device = "center", 0.1, "cpu"
-    for name, *_ in setting_fields(FeatureSettings):  # the feature network's defaults
-        setattr(args, f"feature_net_{name}", None)
+    for prefix, settings in (("feature_net_", FeatureSettings), ("download_", DownloadLimits)):  # defaults
+        for name, *_ in setting_fields(settings):
+            setattr(args, f"{prefix}{name}", None)
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
@@ -407,6 +411,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from flower_pipeline.download import DownloadLimits
     from flower_pipeline.evaluation import EvalSettings
     from flower_pipeline.features import FeatureSettings
     from flower_pipeline.settings import add_flags
@@ -435,6 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation (default 0.1)")
     p.add_argument("--device", default="auto", help="for the feature network: auto, cpu, cuda or cuda:N")
     add_flags(p, FeatureSettings, prefix="feature_net_")
+    add_flags(p, DownloadLimits, prefix="download_")
     p.set_defaults(run=prepare)
 
     p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one variant × architecture"))

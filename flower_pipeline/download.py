@@ -2,13 +2,18 @@
 
 A download streams into `<name>.part`, resumes it with an HTTP Range request
 after a dropped connection, verifies the checksum and only then renames it to
-its final name, so a file under the final name is always complete.
+its final name, so a file under the final name is always complete. It is
+bounded (`DownloadLimits`): an overall deadline, a stall rule and a size cap.
+Without a checksum, the verified file's size, sha256, ETag and Last-Modified
+are stored beside it (`<name>.download.json`), and the file is reused only
+while it still matches them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
 import time
 import urllib.error
@@ -19,9 +24,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.settings import setting
+from flower_pipeline.storage import atomic_write_json
 
 ProgressFn = Callable[[int, int | None], None]
 CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class DownloadLimits:
+    """Bounds on one download, retries included. Each error names the limit it hit and how to change it."""
+
+    deadline_s: float = setting(3600.0, "Seconds a whole download (retries included) may take.")
+    stall_s: float = setting(60.0, "A download that gets under stall_bytes in this many seconds (or no answer) "
+                                   "is abandoned.")
+    stall_bytes: int = setting(64 << 10, "Bytes that must arrive in every stall_s window.")
+    max_bytes: int = setting(2 << 30, "Largest download; a catalogued file's known size bound is used instead.")
+
+    def hint(self, setting: str) -> str:
+        return f"raise it with --download-{setting.replace('_', '-')} (raw_archive's {setting} in the launchpad)"
 
 
 @dataclass(frozen=True)
@@ -92,11 +113,13 @@ def fetch(
     retries: int = 4,
     backoff_s: float = 1.0,
     timeout_s: float = 60.0,
+    limits: DownloadLimits | None = None,
 ) -> FetchedFile:
     """Return a verified local copy of `source` (a URL or a local path).
 
     Local files are verified and used where they are, never copied. URLs are
-    downloaded into `dest_dir`; a verified file already there is reused.
+    downloaded into `dest_dir`; a verified file already there is reused (with no
+    checksum: only while it matches the record kept beside it).
     """
     if not is_url(source):
         path = local_path(source)
@@ -111,57 +134,118 @@ def fetch(
     name = filename or Path(urllib.parse.urlparse(source).path).name or "download"
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / name
+    record = record_path(final)
     if final.is_file():
         try:
             sha256 = _verify(final, checksum, str(final))
+            if checksum is None:  # nothing to check against but what was recorded when it was downloaded
+                kept = json.loads(record.read_text()) if record.is_file() else {}
+                if kept.get("sha256") != sha256 or kept.get("size") != final.stat().st_size:
+                    raise PipelineError("no matching download record")
             return FetchedFile(final, sha256, final.stat().st_size, downloaded=False)
-        except PipelineError:
-            final.unlink()  # stale or corrupt copy: download again
+        except (PipelineError, ValueError):
+            forget(final)  # stale, corrupt or unrecorded copy: download again
 
     part = final.with_name(final.name + ".part")
-    _download_with_retries(source, part, progress, retries, backoff_s, timeout_s)
+    headers = _download_with_retries(source, part, progress, retries, backoff_s, timeout_s,
+                                     limits or DownloadLimits())
     try:
-        sha256 = _verify(part, checksum, source)
+        sha256 = _verify(part, checksum, redact(source))
     except PipelineError as err:
         part.unlink(missing_ok=True)
         raise PipelineError(f"{err}; the download was deleted") from None
     os.replace(part, final)
+    atomic_write_json(record, {"source": redact(source), "size": final.stat().st_size, "sha256": sha256,
+                               "etag": headers.get("ETag"), "last_modified": headers.get("Last-Modified")})
     return FetchedFile(final, sha256, final.stat().st_size, downloaded=True)
 
 
+def record_path(downloaded: Path) -> Path:
+    return downloaded.with_name(downloaded.name + ".download.json")
+
+
+def forget(downloaded: Path) -> None:
+    """Delete a downloaded file and its record, so the next run asks the server again."""
+    downloaded.unlink(missing_ok=True)
+    record_path(downloaded).unlink(missing_ok=True)
+
+
+def redact(url: str) -> str:
+    """The URL without a user:password part, for messages and records."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.password is None and parsed.username is None:
+        return url
+    return parsed._replace(netloc=f"***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")).geturl()
+
+
 def _download_with_retries(
-    url: str, part: Path, progress: ProgressFn | None, retries: int, backoff_s: float, timeout_s: float
-) -> None:
+    url: str, part: Path, progress: ProgressFn | None, retries: int, backoff_s: float, timeout_s: float,
+    limits: DownloadLimits,
+) -> dict[str, str]:
+    deadline = time.monotonic() + limits.deadline_s
     last_error = ""
     for attempt in range(retries + 1):
         if attempt:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+            time.sleep(min(backoff_s * 2 ** (attempt - 1), max(0.0, deadline - time.monotonic())))
+        if time.monotonic() >= deadline:
+            break
         try:
-            _download_once(url, part, progress, timeout_s)
-            return
+            return _download_once(url, part, progress, timeout_s, limits, deadline)
         except urllib.error.HTTPError as err:
             last_error = f"HTTP {err.code} {err.reason}"
             if 400 <= err.code < 500 and err.code not in (408, 429):
                 break  # the server will not change its mind
         except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
             reason = getattr(err, "reason", None) or err
+            if isinstance(reason, TimeoutError):  # silence for a whole stall window: asking again will not help
+                raise PipelineError(f"{redact(url)} did not answer for {limits.stall_s:g} s; "
+                                    f"{limits.hint('stall_s')}") from None
             last_error = f"{type(err).__name__}: {reason}"
+    if time.monotonic() >= deadline:
+        raise PipelineError(f"downloading {redact(url)} passed its deadline of {limits.deadline_s:g} s "
+                            f"({last_error or 'no answer'}); {limits.hint('deadline_s')}")
     raise PipelineError(
-        f"could not download {url} ({last_error}); with no network, pass --source with a "
+        f"could not download {redact(url)} ({last_error}); with no network, pass --source with a "
         "mirror URL or a local copy of the file (and its --sha256 or --md5)"
     )
 
 
-def _download_once(url: str, part: Path, progress: ProgressFn | None, timeout_s: float) -> None:
+class _HttpOnly(urllib.request.HTTPRedirectHandler):
+    """Redirects may lead to http(s) only (never ftp: or file:), and a loop is one plain error."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        if urllib.parse.urlparse(newurl).scheme not in ("http", "https"):
+            raise PipelineError(f"{redact(req.full_url)} redirects to {redact(newurl)}: only http(s) redirects "
+                                "are followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+    def http_error_302(self, req, fp, code, msg, headers):  # type: ignore[no-untyped-def]
+        try:
+            return super().http_error_302(req, fp, code, msg, headers)
+        except urllib.error.HTTPError as err:
+            if "redirect" in str(err.msg).lower():
+                raise PipelineError(f"{redact(req.full_url)} redirects in a loop (or more than "
+                                    f"{self.max_redirections} times)") from None
+            raise
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302  # type: ignore[assignment]
+
+
+_OPENER = urllib.request.build_opener(_HttpOnly)
+
+
+def _download_once(url: str, part: Path, progress: ProgressFn | None, timeout_s: float, limits: DownloadLimits,
+                   deadline: float) -> dict[str, str]:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "flower-pipeline"})
     if have:
         request.add_header("Range", f"bytes={have}-")
+    wait = max(0.1, min(timeout_s, limits.stall_s, deadline - time.monotonic()))
     try:
-        response = urllib.request.urlopen(request, timeout=timeout_s)
+        response = _OPENER.open(request, timeout=wait)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # nothing left to fetch: the part file is complete
-            return
+            return dict(err.headers or {})
         raise
     with response:
         if response.status == 206:
@@ -171,15 +255,32 @@ def _download_once(url: str, part: Path, progress: ProgressFn | None, timeout_s:
             mode, have = "wb", 0  # server ignored the range: start over
             length = response.headers.get("Content-Length")
             total = int(length) if length and length.isdigit() else None
-        done = have
+        if total is not None and total > limits.max_bytes:
+            raise PipelineError(f"{redact(url)} announces {total:,} bytes, over the {limits.max_bytes:,}-byte cap; "
+                                f"{limits.hint('max_bytes')}")
+        done, window_start, window_done = have, time.monotonic(), have
         with open(part, mode) as f:
-            while chunk := response.read(CHUNK):
+            while chunk := response.read1(CHUNK):  # what has arrived: a trickle cannot hide in one long read
                 f.write(chunk)
                 done += len(chunk)
                 if progress:
                     progress(done, total)
+                now = time.monotonic()
+                if done > limits.max_bytes:
+                    raise PipelineError(f"{redact(url)} sent more than the {limits.max_bytes:,}-byte cap; "
+                                        f"{limits.hint('max_bytes')}")
+                if now >= deadline:
+                    raise PipelineError(f"downloading {redact(url)} passed its deadline of {limits.deadline_s:g} s "
+                                        f"at {done:,} bytes; {limits.hint('deadline_s')}")
+                if now - window_start >= limits.stall_s:
+                    if done - window_done < limits.stall_bytes:
+                        raise PipelineError(f"{redact(url)} stalled: {done - window_done:,} bytes in "
+                                            f"{now - window_start:.0f} s (under {limits.stall_bytes:,} in "
+                                            f"{limits.stall_s:g} s); {limits.hint('stall_s')}")
+                    window_start, window_done = now, done
     if total is not None and done < total:
         raise http.client.IncompleteRead(b"", total - done)
+    return dict(response.headers)
 
 
 def _content_range_total(header: str | None) -> int | None:

@@ -15,13 +15,22 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from flower_pipeline.catalog import DatasetSpec, RemoteFile, Variant, get_dataset
-from flower_pipeline.download import Checksum, ProgressFn, fetch, is_url, local_path
+from flower_pipeline.download import (
+    Checksum,
+    DownloadLimits,
+    ProgressFn,
+    fetch,
+    forget,
+    is_url,
+    local_path,
+    redact,
+)
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.extract import ExtractLimits, extract_archive, list_images
 from flower_pipeline.imaging import ResizeSpec, resize_all
@@ -95,8 +104,11 @@ def fetch_raw_archive(
     checksum: Checksum | None = None,
     progress: ProgressFn | None = None,
     backoff_s: float = 1.0,
+    limits: DownloadLimits | None = None,
 ) -> RawArchive:
-    """Obtain the dataset's archive (download, local file or generated)."""
+    """Obtain the dataset's archive (download, local file or generated). Official files are capped at their
+    catalogued size bound."""
+    limits = limits or DownloadLimits()
     started = time.perf_counter()
     downloads = dataset_root(data_dir, spec.name) / "downloads"
     companions: dict[str, str] = {}
@@ -123,16 +135,18 @@ def fetch_raw_archive(
         official = source is None
         if official:
             checksum = Checksum("md5", spec.archive.md5)  # type: ignore[union-attr]
-        fetched = fetch(origin, downloads, checksum=checksum, progress=progress, backoff_s=backoff_s)
+        bounded = replace(limits, max_bytes=spec.archive.max_bytes) if official else limits  # type: ignore[union-attr]
+        fetched = fetch(origin, downloads, checksum=checksum, progress=progress, backoff_s=backoff_s, limits=bounded)
         for companion in spec.companions:
             # Official companions are verified by their official md5; a mirror's are
             # taken as they are (small label tables, parsed strictly afterwards).
             where = companion.url if official else _beside(origin, companion)
             expected = Checksum("md5", companion.md5) if official else None
             companions[companion.filename] = str(
-                fetch(where, downloads, checksum=expected, backoff_s=backoff_s).path)
+                fetch(where, downloads, checksum=expected, backoff_s=backoff_s,
+                      limits=replace(limits, max_bytes=companion.max_bytes)).path)
         kind = "archive"
-    return RawArchive(spec.name, kind, str(fetched.path), origin, fetched.sha256, fetched.size, companions,
+    return RawArchive(spec.name, kind, str(fetched.path), redact(origin), fetched.sha256, fetched.size, companions,
                       fetched.downloaded, time.perf_counter() - started)
 
 
@@ -160,8 +174,13 @@ def extract_images(raw: RawArchive, data_dir: Path, *, limits: ExtractLimits | N
         if not images:
             raise PipelineError(f"{root} holds no image files")
     else:
-        result = extract_archive(Path(raw.path), dataset_root(data_dir, raw.dataset) / "extracted",
-                                 archive_sha256=raw.sha256, limits=limits or ExtractLimits())
+        try:
+            result = extract_archive(Path(raw.path), dataset_root(data_dir, raw.dataset) / "extracted",
+                                     archive_sha256=raw.sha256, limits=limits or ExtractLimits())
+        except PipelineError:
+            if is_url(raw.source):  # a download that is no archive (an error page): never reuse it
+                forget(Path(raw.path))
+            raise
         root, images, skipped = result.root, result.images, result.skipped
         total, reused = result.total_bytes, result.reused
     return ExtractedImages(raw.dataset, str(root), images, skipped, total, reused, raw.kind, raw.sha256,

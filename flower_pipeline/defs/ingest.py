@@ -9,10 +9,11 @@ from pydantic import Field
 
 from flower_pipeline import __version__, ingest
 from flower_pipeline.catalog import Variant, get_dataset
-from flower_pipeline.download import Checksum
+from flower_pipeline.download import Checksum, DownloadLimits
 from flower_pipeline.plots import grid_png
 from flower_pipeline.tensor_cache import TensorCache
 
+from .config import config_class, settings_from
 from .partitions import dataset_partitions, variant_partitions
 from .resources import FlowerStorage, pick
 from .support import image_markdown, progress, user_errors
@@ -21,11 +22,12 @@ GROUP = "ingest"
 OWNERS = ["team:flower-pipeline"]
 
 
-class RawArchiveConfig(dg.Config):
-    source: str | None = Field(None, description="A mirror URL, a local archive or (your collection) a folder of "
-                                                 "images; default: the official URL.")
-    sha256: str | None = Field(None, description="Expected sha256 of the source.")
-    md5: str | None = Field(None, description="Expected md5 of the source.")
+RawArchiveConfig = config_class(
+    "RawArchiveConfig", DownloadLimits,
+    source=(str | None, Field(None, description="A mirror URL, a local archive or (your collection) a folder of "
+                                                "images; default: the official URL.")),
+    sha256=(str | None, Field(None, description="Expected sha256 of the source.")),
+    md5=(str | None, Field(None, description="Expected md5 of the source.")))
 
 
 class ResizeConfig(dg.Config):
@@ -46,7 +48,8 @@ def raw_archive(context: dg.AssetExecutionContext, config: RawArchiveConfig,
         spec = get_dataset(context.partition_key)
         with progress(context, f"download {spec.name}", "B", scale=1024) as report:
             raw = ingest.fetch_raw_archive(storage.root, spec, source=config.source,
-                                           checksum=Checksum.parse(config.sha256, config.md5), progress=report)
+                                           checksum=Checksum.parse(config.sha256, config.md5), progress=report,
+                                           limits=settings_from(config, DownloadLimits))
     context.add_output_metadata({
         "path": dg.MetadataValue.path(raw.path), "source": raw.source, "kind": raw.kind, "sha256": raw.sha256,
         "bytes": raw.size, "downloaded": raw.downloaded, "seconds": round(raw.seconds, 2),
