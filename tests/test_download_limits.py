@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pytest
 from conftest import flowers_like, make_tgz
@@ -19,8 +20,8 @@ LIMITS = DownloadLimits(deadline_s=4, stall_s=1, stall_bytes=1000, max_bytes=1_0
 
 
 class Hostile(BaseHTTPRequestHandler):
-    page = b""  # what /page serves; tests switch it
-    gets: list[str] = []
+    page = b""  # what /mine.tgz serves; tests switch it
+    gets: ClassVar[list[str]] = []
 
     def log_message(self, *args: object) -> None:
         pass
