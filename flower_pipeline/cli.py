@@ -32,13 +32,26 @@ LOOKUP_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACK
 PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
 
 
+@functools.cache
 def _instance() -> Any:
-    """The instance at $DAGSTER_HOME, else the project's own dagster_home/ (a source checkout)."""
+    """The instance at $DAGSTER_HOME, else the project's own dagster_home/ (a source checkout).
+
+    Its storage is created under a lock: two first commands at once would both create its tables.
+    """
+    import fcntl
+
     import dagster as dg
 
     fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
-    Path(os.environ.setdefault("DAGSTER_HOME", str(fallback))).mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.get()
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(fallback)))
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".instance.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # run storage
+        instance.get_dynamic_partitions("datasets")  # event log storage
+        instance.all_instigator_state()  # schedule storage
+    return instance
 
 
 @functools.cache

@@ -24,6 +24,8 @@ from typing import IO
 from flower_pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz", ".7z", ".rar")
+MAX_NAME_PART, MAX_PATH = 255, 4096  # what file systems take
 MARKER = ".extracted.json"
 COPY_CHUNK = 1 << 20
 
@@ -100,7 +102,9 @@ def _extract_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[
 
 
 def _copy_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[dict[str, str], int]:
+    _check_declared_total(archive, limits)
     skipped: dict[str, str] = {}
+    seen: set[PurePosixPath] = set()
     total = count = 0
     for member in _members(archive):
         count += 1
@@ -112,6 +116,16 @@ def _copy_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[dic
         if member.kind != "file":
             skipped[member.name] = f"{member.kind} member not extracted"
             continue
+        if relative in seen:
+            skipped[member.name] = "a second member of this name; the first was kept"
+            continue
+        if len(str(relative).encode()) > MAX_PATH or any(len(p.encode()) > MAX_NAME_PART for p in relative.parts):
+            skipped[member.name[:80] + "…"] = "name too long for a file system; not extracted"
+            continue
+        if relative.name.lower().endswith(ARCHIVE_SUFFIXES):
+            skipped[member.name] = "an archive inside the archive; not extracted (extract it first)"
+            continue
+        seen.add(relative)
         if member.size > limits.max_member_bytes:
             raise PipelineError(
                 f"{archive.name}: member {member.name} declares {member.size:,} bytes, over the "
@@ -131,6 +145,17 @@ def _copy_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[dic
                         "refusing it")
                 dst.write(chunk)
     return skipped, total
+
+
+def _check_declared_total(archive: Path, limits: ExtractLimits) -> None:
+    """A zip says how much it holds: refuse a bomb before writing a byte (the bytes read are checked too)."""
+    if not zipfile.is_zipfile(archive):
+        return
+    with zipfile.ZipFile(archive) as zf:
+        declared = sum(info.file_size for info in zf.infolist())
+    if declared > limits.max_total_bytes:
+        raise PipelineError(f"{archive.name} declares {declared:,} bytes in all, over the "
+                            f"{limits.max_total_bytes:,}-byte limit; refusing it")
 
 
 def _safe_relative(name: str, archive_name: str) -> PurePosixPath | None:

@@ -1,6 +1,8 @@
 import gzip
 import io
 import tarfile
+import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,34 @@ def test_a_failed_extraction_keeps_the_previous_good_one(tmp_path):
     with pytest.raises(PipelineError):
         extract_archive(_write(tmp_path, b"<html>"), target, archive_sha256="bad")
     assert len(list((target / "jpg").iterdir())) == 2
+
+
+def test_a_zip_declaring_more_than_the_limit_is_refused_before_writing(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(make_zip({f"{i}.jpg": bytes(500_000) for i in range(3)}))
+    limits = ExtractLimits(max_total_bytes=1_000_000, max_member_bytes=600_000)
+    with pytest.raises(PipelineError, match="declares 1,500,000 bytes in all, over the 1,000,000-byte limit"):
+        extract_archive(archive, tmp_path / "out", archive_sha256="x", limits=limits)
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.tmp-*"))
+
+
+def test_nested_archives_duplicates_and_long_names_are_skipped_and_reported(tmp_path):
+    good, bad = jpeg(seed=1), b"\xff\xd8 corrupt later copy"
+    members = {"a.jpg": good, "inner.zip": make_zip({"x.jpg": good}), "b" * 300 + ".jpg": good,
+               "deep/" + "/".join(["d" * 100] * 60) + ".jpg": good}
+    archive = tmp_path / "mixed.tgz"
+    archive.write_bytes(make_tgz(members))
+    result = extract_archive(archive, tmp_path / "out", archive_sha256="x")
+    assert result.images == ["a.jpg"]
+    reasons = " | ".join(result.skipped.values())
+    assert "an archive inside the archive" in result.skipped["inner.zip"]
+    assert reasons.count("name too long") == 2
+    dup = tmp_path / "dup.zip"
+    with zipfile.ZipFile(dup, "w") as zf:
+        zf.writestr("a.jpg", good)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the point
+            zf.writestr("a.jpg", bad)
+    result = extract_archive(dup, tmp_path / "dup", archive_sha256="y")
+    assert (tmp_path / "dup" / "a.jpg").read_bytes() == good
+    assert result.skipped == {"a.jpg": "a second member of this name; the first was kept"}

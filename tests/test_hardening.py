@@ -92,3 +92,24 @@ def test_a_local_sqlite_tracking_store_keeps_artifacts_in_the_data_folder(tmp_pa
     assert (tmp_path / "data" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
     assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home", tmp_path / "store") == []
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
+
+
+def test_first_commands_started_together_on_a_fresh_instance_do_not_race(tmp_path):
+    """Each round: a fresh Dagster home and five commands at once, all creating its storage; repeated."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    for round_ in range(2):
+        home = tmp_path / f"home{round_}"
+        home.mkdir()
+        shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+        env = {**os.environ, "DAGSTER_HOME": str(home)}
+        commands = [subprocess.Popen([sys.executable, "-m", "flower_pipeline.cli", "train", "--variant",
+                                      "nope-color-16", "--arch", "arch1", "--data-dir", str(tmp_path / "data")],
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                    for _ in range(5)]
+        for command in commands:
+            _, err = command.communicate(timeout=120)
+            assert err == "error: unknown variant 'nope-color-16'; variants: none (prepare one first)\n", err
