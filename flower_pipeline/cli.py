@@ -98,11 +98,15 @@ def _variant(args: argparse.Namespace) -> Variant:
 def prepare(args: argparse.Namespace) -> None:
     """Download and extract the dataset (shared by its variants), then resize and cache the variant."""
     from flower_pipeline.defs.partitions import add_variant
-    from flower_pipeline.download import DownloadLimits
+    from flower_pipeline.download import DownloadLimits, is_url, refuse_credentials
     from flower_pipeline.features import FeatureSettings
     from flower_pipeline.settings import given_flags
 
     variant = _variant(args)
+    if not 0 <= args.holdout < 1:  # also checked by the tensor cache; here before anything runs
+        raise PipelineError(f"--holdout must be at least 0 and below 1, got {args.holdout}")
+    if args.source and is_url(args.source):
+        refuse_credentials(args.source)  # before the run: its config is stored with it
     add_variant(_instance(), variant)
     limits = given_flags(args, DownloadLimits, prefix="download_")
     run_job("prepare_dataset", variant.dataset,

@@ -131,6 +131,7 @@ def fetch(
         sha256 = _verify(path, checksum, str(path))
         return FetchedFile(path.resolve(), sha256, path.stat().st_size, downloaded=False)
 
+    refuse_credentials(source)
     name = filename or Path(urllib.parse.urlparse(source).path).name or "download"
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / name
@@ -234,10 +235,36 @@ class _HttpOnly(urllib.request.HTTPRedirectHandler):
 _OPENER = urllib.request.build_opener(_HttpOnly)
 
 
+def refuse_credentials(url: str) -> None:
+    """Credentials in a URL would be shown and stored with the run's config: they belong in a netrc file."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.username is not None or parsed.password is not None:
+        raise PipelineError(f"{redact(url)} carries credentials; put them in ~/.netrc (or the file $NETRC names) "
+                            f"as 'machine {parsed.hostname} login USER password PASSWORD' and use the URL without "
+                            "them")
+
+
+def _netrc_authorization(url: str) -> str | None:
+    """A Basic Authorization header from ~/.netrc (or $NETRC) for the URL's host, if it has an entry."""
+    import base64
+    import netrc
+
+    try:
+        entry = netrc.netrc(os.environ.get("NETRC")).authenticators(urllib.parse.urlparse(url).hostname or "")
+    except (FileNotFoundError, netrc.NetrcParseError):
+        return None
+    if entry is None:
+        return None
+    login, _, password = entry
+    return "Basic " + base64.b64encode(f"{login}:{password or ''}".encode()).decode()
+
+
 def _download_once(url: str, part: Path, progress: ProgressFn | None, timeout_s: float, limits: DownloadLimits,
                    deadline: float) -> dict[str, str]:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "flower-pipeline"})
+    if authorization := _netrc_authorization(url):
+        request.add_unredirected_header("Authorization", authorization)  # never sent on to a redirect's host
     if have:
         request.add_header("Range", f"bytes={have}-")
     wait = max(0.1, min(timeout_s, limits.stall_s, deadline - time.monotonic()))

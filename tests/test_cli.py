@@ -62,6 +62,7 @@ def _main(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.Mon
 def test_missing_source_and_bad_options_are_one_line(tmp_path, capsys, monkeypatch):
     for args in (["--dataset", "custom"], ["--dataset", "custom", "--name", "mine", "--source", str(tmp_path / "nope")],
                  ["--dataset", "synthetic", "--size", "3"], ["--dataset", "synthetic", "--size", "48"],
+                 ["--dataset", "synthetic", "--holdout", "2"], ["--dataset", "synthetic", "--holdout", "nan"],
                  ["--dataset", "synthetic", "--name", "mine"]):
         code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", *args)
         assert code == 1 and err.startswith("error: ") and err.count("\n") == 1, err

@@ -1,6 +1,7 @@
 """Downloads are bounded and never poison the cache: loopback servers that trickle, hang, stream forever,
 redirect badly or answer with an error page."""
 
+import base64
 import json
 import threading
 import time
@@ -104,3 +105,43 @@ def test_an_error_page_is_never_reused_and_the_server_is_asked_again(hostile, tm
     assert not again.downloaded and Hostile.gets.count("/mine.tgz") == 2  # matches its record: reused
     (tmp_path / "mine" / "downloads" / "mine.tgz").write_bytes(b"changed on disk")
     assert fetch_raw_archive(tmp_path, spec, source=f"{hostile}/mine.tgz").downloaded  # no longer matches
+
+
+class NeedsLogin(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.headers.get("Authorization") != "Basic " + base64.b64encode(b"ann:s3cret").decode():
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = b"flowers"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_credentials_come_from_netrc_and_a_url_carrying_them_is_refused_unshown(tmp_path, monkeypatch, capsys):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NeedsLogin)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/f.tgz"
+        (tmp_path / "netrc").write_text("machine 127.0.0.1 login ann password s3cret\n")
+        (tmp_path / "netrc").chmod(0o600)
+        monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+        assert fetch(url, tmp_path / "d").path.read_bytes() == b"flowers"
+        with pytest.raises(PipelineError, match=r"carries credentials; put them in ~/.netrc") as caught:
+            fetch(url.replace("//", "//ann:s3cret@"), tmp_path / "e")
+        assert "s3cret" not in str(caught.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    from test_cli import _main
+
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
+                         "http://ann:s3cret@127.0.0.1:9/x.tgz")
+    assert code == 1 and "carries credentials" in err and "s3cret" not in err
+    assert not (tmp_path / "dagster_home" / "storage").exists()  # refused before a run (and its config) existed
