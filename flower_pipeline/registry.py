@@ -197,6 +197,30 @@ class MlflowTracking(dg.ConfigurableResource):
         return RegisteredVersion(name, int(version.version), decision, reason,
                                  int(champion_version) if champion_version is not None else None, run_id)
 
+    def fail_runs_of(self, dagster_run_id: str) -> None:
+        """The MLflow runs a failed Dagster run left RUNNING, marked FAILED."""
+        client = self.client()
+        found = client.search_runs([self.experiment_id()],
+                                   f"tags.dagster_run_id = '{dagster_run_id}' and attributes.status = 'RUNNING'")
+        for run in found:
+            client.set_terminated(run.info.run_id, "FAILED")
+
+    def end_orphaned_runs(self, partition: str, running: Callable[[str], bool]) -> int:
+        """MLflow runs of this partition still RUNNING although their Dagster run is not (the process was
+        killed, the machine went down), marked KILLED. Returns how many."""
+        client = self.client()
+        found = client.search_runs([self.experiment_id()],
+                                   f"tags.dagster_partition = '{partition}' and attributes.status = 'RUNNING'")
+        orphans = [run for run in found if not running(run.data.tags.get("dagster_run_id", ""))]
+        for run in orphans:
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(orphans)
+
+    def tag_model(self, name: str, key: str, value: str) -> None:
+        """A tag on a registered model, if it exists (a first training that failed has none yet)."""
+        if self._model_exists(name):
+            self.client().set_registered_model_tag(name, key, value)
+
     def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         client = self.client()
         for key, value in tags.items():

@@ -3,11 +3,20 @@
 import datetime
 
 import dagster as dg
+import pytest
 from conftest import prepare, run_job
 
 from flower_pipeline.catalog import Variant
 from flower_pipeline.defs.partitions import add_variant, training_key
-from flower_pipeline.defs.retraining import RETRAIN_CRON, retrain_job, retrain_on_new_data, weekly_retraining
+from flower_pipeline.defs.retraining import (
+    HASH_TAG,
+    RETRAIN_CRON,
+    retrain_job,
+    retrain_on_new_data,
+    retraining_run_config,
+    weekly_retraining,
+)
+from flower_pipeline.errors import PipelineError
 
 TINY = {"iterations": 4, "batch_size": 8, "features": 8, "log_every": 2, "checkpoint_seconds": 0, "device": "cpu"}
 
@@ -18,8 +27,8 @@ def _cache(instance: dg.DagsterInstance, variant: str, content_hash: str) -> Non
         "tensor_cache", partition=variant, metadata={"content_hash": content_hash}))
 
 
-def _requested(result) -> list[tuple[str, str]]:
-    return sorted((r.partition_key, r.run_key) for r in result)
+def _requested(result: dg.SensorResult) -> list[tuple[str, str]]:
+    return sorted((r.partition_key, r.run_key) for r in result.run_requests)
 
 
 def test_schedule_is_weekly_stopped_and_requests_every_partition_of_prepared_variants():
@@ -55,4 +64,99 @@ def test_sensor_and_training_use_one_cache_hash_and_retrain_only_changed_trained
         assert isinstance(tick(), dg.SkipReason)  # up to date; arch2 was never trained: left alone
         changed = prepare(instance, data, "synthetic-gray-32", ops={"tensor_cache": {"config": {
             "holdout_fraction": 0.2}}}).output_for_node("tensor_cache")  # new content, new hash
-        assert _requested(tick()) == [("arch1|synthetic-gray-32", f"arch1|synthetic-gray-32:{changed.content_hash}")]
+        assert _requested(tick()) == [("arch1|synthetic-gray-32",
+                                       f"arch1|synthetic-gray-32:{changed.content_hash}:0")]
+
+
+def test_scheduled_runs_carry_the_retraining_profile(tmp_path, monkeypatch):
+    profile = tmp_path / "retraining.yaml"
+    profile.write_text("training: {iterations: 500, device: cpu}\nevaluation: {samples: 200}\n")
+    monkeypatch.setenv("FLOWER_PIPELINE_RETRAINING", str(profile))
+    tick = datetime.datetime(2026, 11, 30, 3, 0, tzinfo=datetime.UTC)
+    with dg.instance_for_test() as instance:
+        _cache(instance, "synthetic-gray-64", "aaa")
+        requests = weekly_retraining(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
+    ops = requests[0].run_config["ops"]
+    assert ops["trained_generator"]["config"] == {"iterations": 500, "device": "cpu"}
+    assert ops["generator_evaluation"]["config"] == {"samples": 200}
+    profile.write_text("training: {iterations: 500, iters: 3}\n")
+    with pytest.raises(PipelineError, match="unknown training setting 'iters'"):
+        retraining_run_config()
+
+
+def _run(instance: dg.DagsterInstance, partition: str, status: dg.DagsterRunStatus, tags: dict | None = None) -> None:
+    """A run of the retraining job in the given state, as the daemon's queue would hold it."""
+    from dagster._core.utils import make_new_run_id
+
+    instance.add_run(dg.DagsterRun(job_name="retrain_generators", run_id=make_new_run_id(), status=status,
+                                   tags={"dagster/partition": partition, **(tags or {})}))
+
+
+def test_no_pile_ups_and_a_failed_sensor_request_is_requested_again():
+    tick = datetime.datetime(2026, 11, 30, 3, 0, tzinfo=datetime.UTC)
+    with dg.instance_for_test() as instance:
+        _cache(instance, "synthetic-gray-64", "aaa")
+        _run(instance, "arch1|synthetic-gray-64", dg.DagsterRunStatus.STARTED)
+        requests = weekly_retraining(dg.build_schedule_context(instance=instance, scheduled_execution_time=tick))
+        assert [r.partition_key for r in requests] == ["arch2|synthetic-gray-64"]  # arch1 is still running
+
+        instance.report_runless_asset_event(dg.AssetMaterialization(
+            "trained_generator", partition="arch2|synthetic-gray-64", metadata={"cache_hash": "old"}))
+
+        def keys():
+            result = retrain_on_new_data(dg.build_sensor_context(instance=instance))
+            return [r.run_key for r in result.run_requests]
+
+        assert keys() == ["arch2|synthetic-gray-64:aaa:0"]
+        _run(instance, "arch2|synthetic-gray-64", dg.DagsterRunStatus.CANCELED, {HASH_TAG: "aaa"})
+        assert keys() == ["arch2|synthetic-gray-64:aaa:1"]  # a new key: the daemon requests it again
+
+
+def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_path, monkeypatch):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flower_pipeline.defs.retraining import retraining_failed
+    from flower_pipeline.registry import tracking
+
+    received = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FLOWER_PIPELINE_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_address[1]}/hook")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data, key = tmp_path / "data", training_key("synthetic-gray-32", "arch1")
+    store = tracking(data_dir=data)
+    try:
+        with dg.instance_for_test() as instance:
+            prepare(instance, data, "synthetic-gray-32")
+            # A crashed earlier run left its MLflow run RUNNING: the next training marks it KILLED.
+            orphan = store.start_run("crashed", {"dagster_partition": str(key), "dagster_run_id": "gone"})
+            assert run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": TINY}},
+                           assets=["trained_generator"]).success
+            assert store.client().get_run(orphan).info.status == "KILLED"
+
+            failed = run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": {
+                **TINY, "batch_size": 100000}}}, assets=["trained_generator"])  # refused: larger than the images
+            assert not failed.success
+            event = failed.get_run_failure_event()
+            with dg.build_run_status_sensor_context(
+                    sensor_name="retraining_failed", dagster_event=event, dagster_instance=instance,
+                    dagster_run=failed.dagster_run, resources={"mlflow": store}) as context:
+                retraining_failed(context.for_run_failure())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(a["partition"], a["run_id"]) for a in received] == [(str(key), failed.run_id)]
+    runs = store.client().search_runs([store.experiment_id()], f"tags.dagster_run_id = '{failed.run_id}'")
+    assert runs and all(r.info.status == "FAILED" for r in runs)

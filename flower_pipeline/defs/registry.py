@@ -1,6 +1,7 @@
 """The registration asset: every evaluated generator becomes a version of the registered model `<variant>-<arch>`."""
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +17,9 @@ from .support import user_errors
 
 
 @dg.asset(partitions_def=training_partitions, group_name="registry", kinds={"mlflow"}, owners=OWNERS,
-          code_version=__version__)
+          code_version=__version__,
+          # A champion older than a week and a day (one missed weekly retraining) shows as late in the UI.
+          freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)))
 def registered_generator(context: dg.AssetExecutionContext, generator_evaluation: Evaluation,
                          mlflow: MlflowTracking) -> RegisteredVersion:
     """The evaluated generator as a version of `<variant>-<arch>`; `champion` moves only to a better one."""

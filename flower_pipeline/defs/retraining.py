@@ -1,31 +1,66 @@
-"""Retraining: a weekly schedule and a sensor that retrains when a variant's tensor cache changes.
+"""Unattended retraining: a weekly schedule, a sensor for changed data, failure alerts and champion freshness.
 
-Both request ordinary runs of `retrain_generators` (train → evaluate →
-register) one per variant × architecture partition, so they appear in the UI
-like any run and queue in the `gpu` pool. Both start stopped, as Dagster's
-schedules and sensors do: turn them on in the UI (Automation) with
-`dagster dev` running.
+Schedule and sensor request ordinary runs of `retrain_generators` (train →
+evaluate → register), one per variant × architecture partition, with the
+settings of the retraining profile (`flower_pipeline/retraining.yaml`, or the
+file $FLOWER_PIPELINE_RETRAINING names). They never request a partition whose
+last run is still queued or running, and the sensor asks again after a failed
+or cancelled run while the change is unhandled. Both start stopped, as
+Dagster's schedules and sensors do: turn them on in the UI (Automation) with
+the daemon running (`dg dev` or `dagster dev` runs it).
 """
 
+import datetime
+import json
 import os
+import urllib.request
+from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import yaml
 
+from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import ARCHITECTURES
+from flower_pipeline.registry import MlflowTracking, model_name
 
+from .config import EvaluationConfig, TrainingConfig
 from .evaluation import generator_evaluation
 from .ingest import tensor_cache
-from .partitions import known_variants, training_key
+from .partitions import known_variants, training_key, variant_and_arch
 from .registry import registered_generator
 from .training import trained_generator
 
 RETRAIN_CRON = os.environ.get("FLOWER_PIPELINE_RETRAIN_CRON", "0 3 * * 1")  # Mondays 03:00 UTC
+PROFILE_ENV, WEBHOOK_ENV = "FLOWER_PIPELINE_RETRAINING", "FLOWER_PIPELINE_ALERT_WEBHOOK"
+DEFAULT_PROFILE = Path(__file__).resolve().parents[1] / "retraining.yaml"
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+HASH_TAG = "flower_pipeline/cache_hash"
 
 retrain_job = dg.define_asset_job(
     "retrain_generators",
     selection=dg.AssetSelection.assets(trained_generator, generator_evaluation, registered_generator),
     description="Train, evaluate and register one variant × architecture partition.",
 )
+
+
+def retraining_run_config() -> dict[str, Any]:
+    """The retraining profile as run config, checked against the training and evaluation settings."""
+    path = Path(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
+    try:
+        profile = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise PipelineError(f"cannot read the retraining profile {path}: {str(err).splitlines()[0]}") from None
+    ops = {}
+    for section, node, config in (("training", "trained_generator", TrainingConfig),
+                                  ("evaluation", "generator_evaluation", EvaluationConfig)):
+        values = dict(profile.get(section) or {})
+        unknown = sorted(set(values) - set(config.model_fields))
+        if unknown:
+            raise PipelineError(f"{path}: unknown {section} setting {unknown[0]!r}")
+        ops[node] = {"config": values}
+    return {"ops": ops}
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: dg.AssetsDefinition, partition: str) -> dict | None:
@@ -47,30 +82,89 @@ def cache_hashes(instance: dg.DagsterInstance) -> dict[str, str]:
     return hashes
 
 
+def busy_partitions(instance: dg.DagsterInstance) -> set[str]:
+    """Partitions of `retrain_generators` with a run queued or running: requesting them again piles up."""
+    records = instance.get_run_records(dg.RunsFilter(job_name=retrain_job.name, statuses=ACTIVE))
+    return {r.dagster_run.tags.get("dagster/partition", "") for r in records}
+
+
+def failed_attempts(instance: dg.DagsterInstance, partition: str, cache_hash: str) -> int:
+    """How many sensor runs for this partition and cache content ended failed or cancelled."""
+    records = instance.get_run_records(dg.RunsFilter(
+        job_name=retrain_job.name, statuses=[dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED],
+        tags={"dagster/partition": partition, HASH_TAG: cache_hash}))
+    return len(records)
+
+
+def _requests(wanted: list[tuple[str, str]], instance: dg.DagsterInstance, run_key: Any,
+              tags: Any = lambda key: {}) -> tuple[list[dg.RunRequest], list[str]]:
+    """Run requests with the profile's settings for the wanted (partition, reason) pairs, less the busy ones."""
+    busy, config = busy_partitions(instance), retraining_run_config()
+    requests, skipped = [], []
+    for key, _ in wanted:
+        if key in busy:
+            skipped.append(f"{key}: its last run is still queued or running")
+            continue
+        requests.append(dg.RunRequest(run_key=run_key(key), partition_key=key, run_config=config, tags=tags(key)))
+    return requests, skipped
+
+
 @dg.schedule(job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
-             description="Retrain, evaluate and register every architecture of every prepared variant "
-                         "(cron: $FLOWER_PIPELINE_RETRAIN_CRON, default weekly).")
+             description="Retrain, evaluate and register every architecture of every prepared variant with the "
+                         "retraining profile's settings (cron: $FLOWER_PIPELINE_RETRAIN_CRON, default weekly).")
 def weekly_retraining(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    # A static × static multi-partition gives no schedule of its own: one run request per partition key.
     variants = sorted(cache_hashes(context.instance))
     if not variants:
         return dg.SkipReason("no variant has a tensor cache yet; prepare one first")
     tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time else ""
-    return [dg.RunRequest(run_key=f"{tick}:{training_key(variant, arch)}", partition_key=training_key(variant, arch))
-            for variant in variants for arch in ARCHITECTURES]
+    wanted = [(str(training_key(v, a)), "weekly") for v in variants for a in ARCHITECTURES]
+    requests, skipped = _requests(wanted, context.instance, lambda key: f"{tick}:{key}")
+    for reason in skipped:
+        context.log.info(f"skipped {reason}")
+    return requests or dg.SkipReason("; ".join(skipped))
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
            description="Retrain a trained variant × architecture when its tensor cache content changes.")
-def retrain_on_new_data(context: dg.SensorEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
-    requests = []
+def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+    wanted, hashes = [], {}
     for variant, cache_hash in cache_hashes(context.instance).items():
         for arch in ARCHITECTURES:
-            key = training_key(variant, arch)
-            trained = latest_metadata(context.instance, trained_generator, str(key))
+            key = str(training_key(variant, arch))
+            trained = latest_metadata(context.instance, trained_generator, key)
             # Never-trained partitions are left to the user: the sensor reacts to changed data only.
             if trained is not None and trained.get("cache_hash") != cache_hash:
-                # The run key makes this one request per partition and cache content, however many ticks see it.
-                requests.append(dg.RunRequest(run_key=f"{key}:{cache_hash}", partition_key=key))
-    return requests or dg.SkipReason("every trained generator is up to date with its tensor cache")
+                wanted.append((key, cache_hash))
+                hashes[key] = cache_hash
+    # One request per partition and content, made again (a new key) after each failed or cancelled attempt.
+    requests, skipped = _requests(
+        wanted, context.instance,
+        lambda key: f"{key}:{hashes[key]}:{failed_attempts(context.instance, key, hashes[key])}",
+        lambda key: {HASH_TAG: hashes[key]})
+    if not requests:
+        return dg.SkipReason("; ".join(skipped) or "every trained generator is up to date with its tensor cache")
+    return dg.SensorResult(run_requests=requests)
+
+
+@dg.run_failure_sensor(monitored_jobs=[retrain_job], default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Every failed retraining run: a log line, a tag on its registered model, its "
+                                   "MLflow runs marked failed, and a POST to $FLOWER_PIPELINE_ALERT_WEBHOOK if set.")
+def retraining_failed(context: dg.RunFailureSensorContext, mlflow: MlflowTracking) -> None:
+    run = context.dagster_run
+    partition = run.tags.get("dagster/partition", "")
+    message = context.failure_event.message or "failed"
+    context.log.error(f"retraining {partition} failed (run {run.run_id}): {message}")
+    alert = {"run_id": run.run_id, "job": run.job_name, "partition": partition, "message": message,
+             "at": datetime.datetime.now(datetime.UTC).isoformat()}
+    try:
+        mlflow.fail_runs_of(run.run_id)
+        if partition:
+            mlflow.tag_model(model_name(*variant_and_arch(partition)), "last_retraining_failure",
+                             json.dumps(alert))
+    except Exception as err:  # the alert below must go out even when MLflow is what failed
+        context.log.warning(f"could not record the failure in MLflow: {str(err).splitlines()[0]}")
+    if url := os.environ.get(WEBHOOK_ENV):
+        request = urllib.request.Request(url, json.dumps(alert).encode(), {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=10).close()
+

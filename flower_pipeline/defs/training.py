@@ -34,6 +34,13 @@ class TrainedRun:
     seconds: float
 
 
+def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:
+    if dagster_run_id == context.run.run_id:
+        return True
+    run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
+    return run is not None and not run.is_finished
+
+
 def training_dir(data_dir: Path, variant: str, arch: str, cache_hash: str, settings: TrainConfig) -> Path:
     """Where a training lives: keyed by cache content and settings, so a retry resumes its checkpoint."""
     fingerprint = hashlib.sha256(json.dumps([cache_hash, asdict(settings)], sort_keys=True).encode()).hexdigest()
@@ -50,6 +57,9 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         cache = TensorCache.load(tensor_cache.path)
         settings = settings_from(config, TrainConfig, arch=arch).resolved()
         out_dir = training_dir(storage.root, variant, arch, tensor_cache.content_hash, settings)
+        ended = mlflow.end_orphaned_runs(str(context.partition_key), lambda run_id: _running(context, run_id))
+        if ended:
+            context.log.warning(f"marked {ended} MLflow run(s) of an earlier, crashed run KILLED")
         run_id = mlflow.start_run(f"{variant}-{arch}", {
             "dagster_run_id": context.run.run_id, "dagster_partition": str(context.partition_key),
             "variant": variant, "arch": arch, "cache_hash": tensor_cache.content_hash})
