@@ -32,20 +32,22 @@ LOOKUP_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACK
 PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
 
 
-@functools.cache
 def _instance() -> Any:
-    """The instance at $DAGSTER_HOME, else the project's own dagster_home/ (a source checkout).
+    """The instance at $DAGSTER_HOME, else the project's own dagster_home/ (a source checkout)."""
+    fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
+    return _instance_at(os.environ.setdefault("DAGSTER_HOME", str(fallback)))
 
-    Its storage is created under a lock: two first commands at once would both create its tables.
-    """
+
+@functools.cache
+def _instance_at(home: str) -> Any:
+    """The instance in `home`, its storage created under a lock: two first commands at once would both create
+    its tables."""
     import fcntl
 
     import dagster as dg
 
-    fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(fallback)))
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / ".instance.lock", "w") as lock:
+    Path(home).mkdir(parents=True, exist_ok=True)
+    with open(Path(home) / ".instance.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         instance = dg.DagsterInstance.get()
         instance.get_runs(limit=1)  # run storage
