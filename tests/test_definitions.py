@@ -24,7 +24,7 @@ def test_code_location_has_every_asset_check_job_and_resource():
     for check in graph.asset_check_keys:
         assert loaded.resolve_assets_def(check.asset_key) is not None
     assert {s.name for s in loaded.schedules} == {"weekly_retraining"}
-    assert {s.name for s in loaded.sensors} == {"retrain_on_new_data", "retraining_failed"}
+    assert {s.name for s in loaded.sensors} == {"retrain_on_new_data", "retraining_failed", "dead_run_reaper"}
     assert {"storage", "mlflow", "io_manager"} <= set(loaded.resources)
     dg.Definitions.validate_loadable(loaded)
 

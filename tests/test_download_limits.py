@@ -36,6 +36,13 @@ class Hostile(BaseHTTPRequestHandler):
                 self.wfile.write(b"x")
                 self.wfile.flush()
                 time.sleep(0.2)
+        elif self.path == "/steady":  # fast enough for the stall rule, too slow for the deadline
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(100):
+                self.wfile.write(bytes(2000))
+                self.wfile.flush()
+                time.sleep(0.1)
         elif self.path == "/silent":
             time.sleep(3)
         elif self.path == "/endless":
@@ -72,6 +79,7 @@ def hostile() -> Iterator[str]:
 
 @pytest.mark.parametrize(("path", "message"), [
     ("trickle", r"stalled: \d+ bytes in \d+ s .*raise it with --download-stall-s"),
+    ("steady", r"passed its deadline of 4 s at [\d,]+ bytes; raise it with --download-deadline-s"),
     ("silent", r"did not answer for 1 s; raise it with --download-stall-s"),
     ("endless", r"sent more than the 1,000,000-byte cap; raise it with --download-max-bytes"),
     ("declares-a-terabyte", r"announces 1,000,000,000,000 bytes, over the 1,000,000-byte cap"),

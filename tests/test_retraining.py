@@ -160,3 +160,50 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
     assert [(a["partition"], a["run_id"]) for a in received] == [(str(key), failed.run_id)]
     runs = store.client().search_runs([store.experiment_id()], f"tags.dagster_run_id = '{failed.run_id}'")
     assert runs and all(r.info.status == "FAILED" for r in runs)
+
+
+@pytest.mark.slow
+def test_a_killed_run_is_marked_failed_its_gpu_slot_freed_and_the_next_training_runs(tmp_path):
+    """A real training process claims the gpu slot and is killed with SIGKILL; the reaper (what the daemon
+    ticks every 30 s) marks its run failed and frees the slot, and the next training gets it."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from flower_pipeline.defs.retraining import reap_dead_runs
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    cli = [sys.executable, "-m", "flower_pipeline.cli"]
+    data = ["--data-dir", str(tmp_path / "data")]
+    subprocess.run([*cli, "prepare", "--dataset", "synthetic", "--size", "16", "--feature-net-epochs", "1", *data],
+                   env=env, check=True, capture_output=True, timeout=300)
+    train = [*cli, "train", "--variant", "synthetic-color-16", "--features", "8", "--device", "cpu",
+             "--eval-samples", "16", "--eval-inception-weights", "off", *data]
+    long_run = subprocess.Popen([*train, "--arch", "arch1", "--iterations", "1000000"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            deadline, grids = time.monotonic() + 120, tmp_path / "data" / "synthetic" / "training"
+            while not list(grids.glob("*/arch1/*/samples/*.png")):  # training is under way, slot held
+                assert time.monotonic() < deadline and long_run.poll() is None, "the training never started"
+                time.sleep(0.5)
+            assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1
+            long_run.send_signal(signal.SIGKILL)
+            long_run.wait(timeout=30)
+            (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+            assert reap_dead_runs(instance) == [run.run_id]
+            assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+            assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+            assert reap_dead_runs(instance) == []
+        done = subprocess.run([*train, "--arch", "arch2", "--iterations", "4"], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr  # the queue moved on
+    finally:
+        long_run.kill()

@@ -147,6 +147,44 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
     return dg.SensorResult(run_requests=requests)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Runs still STARTED whose worker process is gone (killed, its machine restarted), marked failed, their
+    pool slots freed. Dagster's run monitoring cannot ask the local run launcher whether a worker lives, so the
+    pid each run worker recorded in its RUN_START event is checked on this machine. Returns the run ids."""
+    from dagster._core.events import DagsterEventType
+
+    reaped = []
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        run = record.dagster_run
+        started = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_START)
+        pid = started[-1].dagster_event.pid if started and started[-1].dagster_event else None
+        if pid is None or _alive(pid):
+            continue
+        instance.report_run_failed(run, f"the run worker (pid {pid}) is gone: it was killed or its machine "
+                                        "restarted")
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        reaped.append(run.run_id)
+    return reaped
+
+
+@dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Marks runs failed whose worker process died (killed, machine restarted) and frees the gpu "
+                       "slot they held, so the queue moves on.")
+def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    reaped = reap_dead_runs(context.instance)
+    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "every started run has a live worker")
+
+
 @dg.run_failure_sensor(monitored_jobs=[retrain_job], default_status=dg.DefaultSensorStatus.RUNNING,
                        description="Every failed retraining run: a log line, a tag on its registered model, its "
                                    "MLflow runs marked failed, and a POST to $FLOWER_PIPELINE_ALERT_WEBHOOK if set.")
