@@ -26,6 +26,7 @@ def test_code_location_has_every_asset_check_job_and_resource():
     assert {s.name for s in loaded.schedules} == {"weekly_retraining"}
     assert {s.name for s in loaded.sensors} == {"retrain_on_new_data", "retraining_failed", "dead_run_reaper"}
     assert {"storage", "mlflow", "io_manager"} <= set(loaded.resources)
+    assert graph.get(dg.AssetKey("registered_generator")).freshness_policy is not None  # a champion can go stale
     dg.Definitions.validate_loadable(loaded)
 
 
