@@ -28,8 +28,9 @@ from typing import Any
 import dagster as dg
 import mlflow
 import mlflow.pytorch
+import numpy as np
 import torch
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -130,6 +131,20 @@ class MlflowTracking(dg.ConfigurableResource):
             client.log_artifacts(run_id, str(path), artifact_path)
         else:
             client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_image(self, run_id: str, png: Path, key: str, step: int) -> None:
+        """A picture with its step, so MLflow's UI shows a slider over training."""
+        import cv2
+
+        image = cv2.imdecode(np.fromfile(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        self.client().log_image(run_id, image, key=key, step=step)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str) -> None:
+        """The training input as an MLflow dataset: the tensor cache's variant, content hash and folder."""
+        self.client().log_inputs(run_id, [DatasetInput(Dataset(name, digest[:36], "local", source),
+                                                       [InputTag("mlflow.data.context", "training")])])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client().set_terminated(run_id, status)

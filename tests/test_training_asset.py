@@ -37,3 +37,9 @@ def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"final_grid.png", "curves.png", "history.json", "generator.pt", "samples"} <= artifacts
     assert (data / "mlflow.db").is_file() and (data / "mlartifacts").is_dir()
+    # Where it came from, what it trained on, and the grids with their steps (MLflow's image slider).
+    assert run.data.tags["mlflow.source.name"] == "dagster:retrain_generators" and run.data.tags["mlflow.user"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert (dataset.dataset.name, dataset.dataset.source) == ("synthetic-gray-32", cache.path)
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert sum("step+3+" in p for p in images) >= 1 and sum("step+6+" in p for p in images) >= 1, images

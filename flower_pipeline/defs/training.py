@@ -1,5 +1,6 @@
 """The training asset: one generator per variant × architecture, tracked in MLflow."""
 
+import getpass
 import hashlib
 import json
 from dataclasses import asdict, dataclass
@@ -62,7 +63,10 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
             context.log.warning(f"marked {ended} MLflow run(s) of an earlier, crashed run KILLED")
         run_id = mlflow.start_run(f"{variant}-{arch}", {
             "dagster_run_id": context.run.run_id, "dagster_partition": str(context.partition_key),
+            "dagster_job": context.run.job_name, "mlflow.source.name": f"dagster:{context.run.job_name}",
+            "mlflow.source.type": "JOB", "mlflow.user": getpass.getuser(),
             "variant": variant, "arch": arch, "cache_hash": tensor_cache.content_hash})
+        mlflow.log_dataset(run_id, variant, tensor_cache.content_hash, tensor_cache.path)
         mlflow.log_params(run_id, {**asdict(settings), "variant": variant, "cache_hash": tensor_cache.content_hash,
                                    "device": config.device, "train_images": int((~cache.holdout).sum())})
 
@@ -76,6 +80,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
 
         try:
             result = train(settings, cache, out_dir, device=config.device, on_log=log,
+                           on_sample=lambda it, png: mlflow.log_image(run_id, png, "samples", it),
                            on_resume=lambda it: context.log.info(f"resumed from iteration {it} of a checkpoint"))
             for name in ("final_grid", "curves", "history", "generator"):
                 if name in result.files:
