@@ -110,6 +110,17 @@ class MlflowTracking(dg.ConfigurableResource):
         return client.create_experiment(self.experiment, artifact_location=location, tags={
             "mlflow.experimentKind": "custom_model_development"})  # MLflow's UI opens on the runs table
 
+    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> Any:
+        """A run or model version as a link into the MLflow UI when the store is a server, else its id."""
+        import dagster as dg
+
+        base = self.uri.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            return run_id if model is None else f"models:/{model}/{version}"
+        if model is not None:
+            return dg.MetadataValue.url(f"{base}/#/models/{model}/versions/{version}")
+        return dg.MetadataValue.url(f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}")
+
     # --- runs -----------------------------------------------------------------------------------------
 
     def start_run(self, name: str, tags: dict[str, str]) -> str:

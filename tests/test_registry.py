@@ -101,6 +101,11 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
         assert checks == {"scores_in_range": True, "quality_gate": True}
         registered = first.output_for_node("registered_generator")
         assert (registered.model, registered.version, registered.promotion) == (MODEL, 1, "champion")
+        link = first.asset_materializations_for_node("registered_generator")[0].metadata["model_version"]
+        if store.uri.startswith("http"):  # a server: the UI links into MLflow's own
+            assert isinstance(link, dg.UrlMetadataValue) and link.value.endswith(f"/#/models/{MODEL}/versions/1")
+        else:
+            assert link.value == f"models:/{MODEL}/1"
 
         second = _chain(instance, data, {**TINY, "seed": 1}, STRICT)
         assert {e.check_name: e.passed for e in second.get_asset_check_evaluations()}["quality_gate"] is False

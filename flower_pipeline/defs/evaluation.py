@@ -98,7 +98,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
 
     shown = {k: round(metrics[k], 4) for k in HEADLINE if k in metrics}
     metadata: dict[str, Any] = {
-        **shown, "samples_scored": settings.samples, "mlflow_run_id": run_id, "quality_gate": gate_reason,
+        **shown, "samples_scored": settings.samples, "mlflow_run": mlflow.link(run_id), "quality_gate": gate_reason,
         "path": dg.MetadataValue.path(str(result.files["metrics"].parent)),
         "headline": dg.MetadataValue.md(_table(shown)),
     }

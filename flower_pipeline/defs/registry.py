@@ -36,8 +36,8 @@ def registered_generator(context: dg.AssetExecutionContext, generator_evaluation
     decision, reason, version = registered.promotion, registered.reason, registered.version
     context.add_output_metadata({
         "model": name, "version": version, "promotion": decision, "reason": reason,
-        "champion_version": registered.champion_version, "model_uri": f"models:/{name}/{version}",
-        "mlflow_run_id": run_id, "tracking_uri": mlflow.uri,
+        "champion_version": registered.champion_version, "model_version": mlflow.link(model=name, version=version),
+        "mlflow_run": mlflow.link(run_id), "tracking_uri": mlflow.uri,
     })
     return registered
 

@@ -94,7 +94,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
 
     final = result.final
     metadata: dict[str, Any] = {
-        "path": dg.MetadataValue.path(str(out_dir)), "mlflow_run_id": run_id, "device": result.device,
+        "path": dg.MetadataValue.path(str(out_dir)), "mlflow_run": mlflow.link(run_id), "device": result.device,
         "cuda_graph": result.cuda_graph, "iterations": result.iterations, "seconds": round(result.seconds, 1),
         "iterations_per_second": round(result.iterations / max(result.seconds, 1e-9), 1),
         "loss_d": round(final["loss_d"], 4), "loss_g": round(final["loss_g"], 4),
