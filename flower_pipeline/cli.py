@@ -29,13 +29,19 @@ MAX_SAMPLES = 10_000  # images `sample` makes in one call (64 px colour: 120 MB)
 # seven retries with backoff (minutes); a user's own settings of these win.
 LOOKUP_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"
+
+
+def _dagster_home() -> str:
+    """$DAGSTER_HOME, else (and then set to) the project's own dagster_home/ (a source checkout)."""
+    from flower_pipeline.defs.resources import PROJECT_DAGSTER_HOME
+
+    fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
+    return os.environ.setdefault("DAGSTER_HOME", str(fallback))
 
 
 def _instance() -> Any:
-    """The instance at $DAGSTER_HOME, else the project's own dagster_home/ (a source checkout)."""
-    fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
-    return _instance_at(os.environ.setdefault("DAGSTER_HOME", str(fallback)))
+    """The instance at $DAGSTER_HOME, else the project's own dagster_home/."""
+    return _instance_at(_dagster_home())
 
 
 @functools.cache
@@ -440,9 +446,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_data_dir(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        sub.add_argument("--data-dir", type=Path,
-                         default=Path(os.environ.get("FLOWER_PIPELINE_DATA_DIR", "data")),
-                         help="where datasets, caches and models are written (default ./data)")
+        sub.add_argument("--data-dir", type=Path, default=None,
+                         help="where datasets, caches and models are written (default $FLOWER_PIPELINE_DATA_DIR, "
+                              "else data/ beside the Dagster home: one data root per instance)")
         return sub
 
     p = with_data_dir(commands.add_parser("prepare", help="download, extract, resize and cache a dataset variant"))
@@ -517,6 +523,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as done:  # --help, or a bad argument already explained in one line
         return int(done.code or 0)
+    if args.data_dir is None:  # the instance's data root, wherever the command runs
+        from flower_pipeline.defs.resources import default_data_dir
+
+        _dagster_home()
+        args.data_dir = default_data_dir()
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)

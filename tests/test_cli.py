@@ -169,3 +169,18 @@ def test_argument_errors_are_one_line_with_the_choices(tmp_path, capsys, monkeyp
     code, _, err = _main(tmp_path, capsys, monkeypatch, *args)
     assert code == 1 and err.startswith("error: argument ") and "choose from" in err and "--help" in err
     assert err.count("\n") == 1, err
+
+
+def test_commands_from_two_directories_share_the_instances_data_root(tmp_path, capsys, monkeypatch):
+    from flower_pipeline.cli import main
+
+    monkeypatch.delenv("FLOWER_PIPELINE_DATA_DIR", raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(_instance_home(tmp_path)))
+    for folder, mode in (("a", "color"), ("b", "gray")):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        assert main(["prepare", "--dataset", "synthetic", "--size", "16", "--mode", mode,
+                     "--feature-net-epochs", "1"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert f"tensor cache: {tmp_path / 'data'}" in out and out.count(str(tmp_path / "data")) == 2
+    assert [list((tmp_path / folder).iterdir()) for folder in ("a", "b")] == [[], []]  # nothing beside either

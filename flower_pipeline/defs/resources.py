@@ -13,17 +13,28 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.storage import atomic_write_json
 
 DATA_DIR_ENV = "FLOWER_PIPELINE_DATA_DIR"
+PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[2] / "dagster_home"  # the instance of a source checkout
+
+
+def default_data_dir() -> Path:
+    """The data folder of the instance: $FLOWER_PIPELINE_DATA_DIR, else `data/` beside the Dagster home
+    ($DAGSTER_HOME, else the project's dagster_home/). Never the current directory's, so commands run from
+    anywhere and the UI share one data root, and the runs an instance records point at data that exists."""
+    if os.environ.get(DATA_DIR_ENV):
+        return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
+    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME).expanduser().resolve().parent / "data"
 
 
 class FlowerStorage(dg.ConfigurableResource):
     """The data folder: downloads, extracted images, tensor caches, trainings, MLflow's local store."""
 
     data_dir: str | None = None
-    """The data folder; default $FLOWER_PIPELINE_DATA_DIR, else ./data (read when the run starts)."""
+    """The data folder; default $FLOWER_PIPELINE_DATA_DIR, else data/ beside the Dagster home (read when the
+    run starts)."""
 
     @property
     def root(self) -> Path:
-        return Path(self.data_dir or os.environ.get(DATA_DIR_ENV) or "data").expanduser().resolve()
+        return Path(self.data_dir).expanduser().resolve() if self.data_dir else default_data_dir()
 
 
 class StageOutputs(dg.ConfigurableIOManager):
