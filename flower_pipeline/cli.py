@@ -207,7 +207,7 @@ def demo(args: argparse.Namespace) -> None:
         sample(args)
     if not champions:
         print("no version passed the quality gate, so there is no champion to sample from")
-    print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dagster dev -w workspace.yaml   (Dagster UI)")
+    print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dg dev   (Dagster UI)")
     print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}"
           "   (MLflow UI)")
     print("      .venv/bin/flower-pipeline models   (the registry)")

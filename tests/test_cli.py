@@ -120,7 +120,7 @@ def test_demo_runs_every_step_and_the_registry_serves_its_champion(tmp_path, cap
     assert "FID and KID unavailable: " in out  # no Inception weights and no network here: said, not invented
     champions = [line.split()[-1] for line in out.splitlines() if "@champion" in line]
     assert champions and all(Path(c).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in champions)
-    assert "dagster dev -w workspace.yaml" in out and "mlflow ui --backend-store-uri sqlite:///" in out
+    assert "dg dev" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     data = tmp_path / "data" / "synthetic" / "training"
     for picture in ("samples", "timeline", "nearest_pairs", "colours"):
         assert len(list(data.glob(f"*/arch*/*/evaluation/{picture}.png"))) == 4, picture
