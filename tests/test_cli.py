@@ -184,3 +184,21 @@ def test_commands_from_two_directories_share_the_instances_data_root(tmp_path, c
     out = capsys.readouterr().out
     assert f"tensor cache: {tmp_path / 'data'}" in out and out.count(str(tmp_path / "data")) == 2
     assert [list((tmp_path / folder).iterdir()) for folder in ("a", "b")] == [[], []]  # nothing beside either
+
+
+def test_a_command_line_run_can_be_re_executed_through_dagster(tmp_path, capsys, monkeypatch):
+    """CLI runs are runs of the project's own jobs, so Dagster (the UI's Re-execute) can run them again."""
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    assert _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+                 "--feature-net-epochs", "1")[0] == 0
+    with dg.DagsterInstance.get() as instance:
+        (run,) = instance.get_runs(dg.RunsFilter(job_name="prepare_variant"))
+        job = ReconstructableRepository.for_module("flower_pipeline.definitions", "defs",
+                                                   str(Path(__file__).resolve().parents[1]))
+        again = dg.execute_job(job.get_reconstructable_job(run.job_name), instance, run_config=run.run_config,
+                               tags=run.tags, reexecution_options=dg.ReexecutionOptions(
+                                   parent_run_id=run.run_id, step_selection=["tensor_cache"]))
+        assert again.success and again.dagster_run.parent_run_id == run.run_id
+        assert again.dagster_run.tags["dagster/partition"] == "synthetic-color-16"
