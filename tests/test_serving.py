@@ -1,0 +1,58 @@
+"""The README's serving recipe: `mlflow models serve` on the champion, latent vectors in, images out."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+from conftest import prepare, run_job
+
+from flower_pipeline.defs.partitions import training_key
+
+TINY = {"iterations": 4, "batch_size": 8, "features": 8, "log_every": 2, "checkpoint_seconds": 0, "device": "cpu"}
+LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0, "max_near_copy_share": 1.0,
+           "min_recall": 0.0}
+
+
+@pytest.mark.slow
+def test_the_champion_serves_images_for_latent_vectors(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with dg.instance_for_test() as instance:
+        prepare(instance, data, "synthetic-gray-16")
+        assert run_job(instance, "retrain_generators", training_key("synthetic-gray-16", "arch1"), data,
+                       {"trained_generator": {"config": TINY}, "generator_evaluation": {"config": LENIENT}}).success
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    venv_bin = str(Path(sys.executable).parent)  # the recipe puts the venv's bin on PATH (uvicorn lives there)
+    env = {**os.environ, "PATH": f"{venv_bin}:{os.environ['PATH']}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{data / 'mlflow.db'}"}
+    server = subprocess.Popen(["mlflow", "models", "serve", "-m", "models:/synthetic-gray-16-arch1@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "the model server did not start"
+                time.sleep(1)
+        z = np.random.default_rng(0).normal(size=(3, 100)).astype(np.float32)
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": z.tolist()})
+                                         .encode(), {"Content-Type": "application/json"})
+        images = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    assert images.shape == (3, 1, 16, 16) and images.min() >= -1 and images.max() <= 1
