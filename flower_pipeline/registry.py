@@ -18,6 +18,7 @@ distance). `latest` is MLflow's own reserved alias for the newest version.
 
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -43,6 +44,7 @@ from flower_pipeline.models import FlowerGenerator, sample_latent
 from flower_pipeline.training import load_trained
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it
 METRIC_TAG = "eval."  # version tags carrying evaluation metrics, read back to compare with the champion
 FEATURE_NETWORK = "feature_network"  # version tag: the id of the network its fd_flowers was measured with
 CHAMPION = "champion"
@@ -191,8 +193,14 @@ class MlflowTracking(dg.ConfigurableResource):
         if not self._model_exists(name):
             client.create_registered_model(name, description=f"DCGAN flower generator {name}")
         with self._fluent():  # the registry looks the logged model up through the global tracking URI
-            return client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags,
-                                               description=description, model_id=model.model_id)
+            version = client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags,
+                                                  description=description, model_id=model.model_id)
+        # As mlflow.register_model does: the logged model lists its versions ("Registered models" in the UI).
+        entry = {"name": name, "version": int(version.version)}
+        listed = json.loads(client.get_logged_model(model.model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+        if entry not in listed:
+            client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, entry])})
+        return version
 
     def register_generator(self, name: str, run_id: str, training_dir: Path, *, gate: tuple[bool, str],
                            metrics: dict[str, float], feature_network: str, tags: dict[str, str], description: str,

@@ -1,5 +1,6 @@
 """Train → evaluate → register through Dagster, against a SQLite store and a real `mlflow server` on 127.0.0.1."""
 
+import json
 import os
 import socket
 import subprocess
@@ -128,6 +129,11 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
     assert rows[0]["tags"]["promotion_reason"].startswith("quality gate failed")
     version = store.client().get_model_version(MODEL, "1")
     assert version.description.count("unavailable") == 1  # each fact said once
+    logged = store.client().get_logged_model(version.source.removeprefix("models:/"))
+    assert logged.name == MODEL and json.loads(logged.tags["mlflow.modelVersions"]) == [
+        {"name": MODEL, "version": 1}]  # the logged model lists its registered version
+    assert store.client().get_experiment_by_name("flower-pipeline").tags["mlflow.experimentKind"] == \
+        "custom_model_development"
     run = store.client().get_run(version.run_id)
     assert "eval_d_fake_mean" in run.data.metrics and run.data.tags["promotion"] == "champion"
 
