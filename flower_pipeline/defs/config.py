@@ -1,10 +1,13 @@
 """Dagster config classes generated from the core's settings dataclasses, so each default lives once."""
 
+import hashlib
+import json
 from typing import Any
 
 import dagster as dg
 from pydantic import Field, create_model
 
+from flower_pipeline import __version__
 from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.settings import setting_fields
 from flower_pipeline.training import TrainConfig
@@ -26,6 +29,13 @@ def config_class(name: str, settings: type, skip: tuple[str, ...] = (), **extra:
 # The architecture comes from the partition; the device is where, not what, so it is no training setting.
 TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",), device=DEVICE_FIELD)
 EvaluationConfig = config_class("EvaluationConfig", EvalSettings, device=DEVICE_FIELD)
+
+
+def code_version(settings: type) -> str:
+    """An asset's code version: the package version and its settings' defaults, so Dagster shows the asset as
+    changed when either does."""
+    defaults = json.dumps({f: d for f, _, d, _, _ in setting_fields(settings)}, sort_keys=True, default=str)
+    return f"{__version__}-{hashlib.sha256(defaults.encode()).hexdigest()[:8]}"
 
 
 def settings_from(config: dg.Config, settings: type, **fixed: Any) -> Any:

@@ -9,7 +9,6 @@ from typing import Any
 import dagster as dg
 import torch
 
-from flower_pipeline import __version__
 from flower_pipeline.evaluation import (
     EvalSettings,
     FeatureFn,
@@ -24,7 +23,7 @@ from flower_pipeline.registry import MlflowTracking
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
-from .config import EvaluationConfig, settings_from
+from .config import EvaluationConfig, code_version, settings_from
 from .features import FeatureNetworkRef
 from .ingest import OWNERS
 from .partitions import training_partitions
@@ -63,7 +62,7 @@ class Evaluation:
 
 
 @dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
-          code_version=__version__)
+          code_version=code_version(EvalSettings))
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""

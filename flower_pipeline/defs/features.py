@@ -4,14 +4,13 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from flower_pipeline import __version__
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.features import FeatureSettings, network_id, train_feature_network
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
-from .config import DEVICE_FIELD, config_class, settings_from
+from .config import DEVICE_FIELD, code_version, config_class, settings_from
 from .ingest import OWNERS
 from .partitions import variant_partitions
 from .resources import FlowerStorage
@@ -35,7 +34,7 @@ FeatureNetworkConfig = config_class("FeatureNetworkConfig", FeatureSettings, dev
 
 
 @dg.asset(partitions_def=variant_partitions, group_name="evaluation", kinds={"pytorch"}, owners=OWNERS,
-          code_version=__version__)
+          code_version=code_version(FeatureSettings))
 def feature_network(context: dg.AssetExecutionContext, config: FeatureNetworkConfig, tensor_cache: TensorCacheRef,
                     storage: FlowerStorage) -> FeatureNetworkRef:
     """A small CNN trained to tell the variant's classes apart; its features measure generated images offline."""

@@ -13,7 +13,7 @@ from flower_pipeline.download import Checksum, DownloadLimits
 from flower_pipeline.plots import grid_png
 from flower_pipeline.tensor_cache import TensorCache
 
-from .config import config_class, settings_from
+from .config import code_version, config_class, settings_from
 from .partitions import dataset_partitions, variant_partitions
 from .resources import FlowerStorage, pick
 from .support import image_markdown, progress, user_errors
@@ -40,7 +40,7 @@ class TensorCacheConfig(dg.Config):
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"http"}, owners=OWNERS,
-          code_version=__version__)
+          code_version=code_version(DownloadLimits))
 def raw_archive(context: dg.AssetExecutionContext, config: RawArchiveConfig,
                 storage: FlowerStorage) -> ingest.RawArchive:
     """The dataset's archive, downloaded (resumably) and checksum-verified, or a local file or folder."""

@@ -9,13 +9,12 @@ from typing import Any
 
 import dagster as dg
 
-from flower_pipeline import __version__
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.registry import MlflowTracking
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 
-from .config import TrainingConfig, settings_from
+from .config import TrainingConfig, code_version, settings_from
 from .ingest import OWNERS
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage
@@ -49,7 +48,7 @@ def training_dir(data_dir: Path, variant: str, arch: str, cache_hash: str, setti
 
 
 @dg.asset(partitions_def=training_partitions, pool="gpu", group_name="training", kinds={"pytorch", "mlflow"},
-          owners=OWNERS, code_version=__version__)
+          owners=OWNERS, code_version=code_version(TrainConfig))
 def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig, tensor_cache: TensorCacheRef,
                       storage: FlowerStorage, mlflow: MlflowTracking) -> TrainedRun:
     """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""
