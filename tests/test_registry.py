@@ -136,6 +136,8 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
         "custom_model_development"
     run = store.client().get_run(version.run_id)
     assert "eval_d_fake_mean" in run.data.metrics and run.data.tags["promotion"] == "champion"
+    pictures = [a.path for a in store.client().list_artifacts(version.run_id, "images")]
+    assert any(p.startswith("images/evaluation_samples+step+6+") for p in pictures), pictures
 
     # The champion is a plain MLflow PyTorch model that makes images.
     mlflow.set_tracking_uri(store.uri)

@@ -11,7 +11,8 @@ CONFIG = {"iterations": 6, "batch_size": 4, "features": 8, "log_every": 2, "samp
           "checkpoint_seconds": 0, "device": "cpu"}
 
 
-def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path):
+def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOWER_PIPELINE_DAGSTER_URL", "http://127.0.0.1:3000")
     data = tmp_path / "data"
     key = training_key("synthetic-gray-32", "arch1")
     with dg.instance_for_test() as instance:
@@ -39,6 +40,7 @@ def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path):
     assert (data / "mlflow.db").is_file() and (data / "mlartifacts").is_dir()
     # Where it came from, what it trained on, and the grids with their steps (MLflow's image slider).
     assert run.data.tags["mlflow.source.name"] == "dagster:retrain_generators" and run.data.tags["mlflow.user"]
+    assert run.data.tags["dagster_run_url"] == f"http://127.0.0.1:3000/runs/{result.run_id}"
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.source) == ("synthetic-gray-32", cache.path)
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]

@@ -92,6 +92,9 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         run_id = training.mlflow_run_id
         mlflow.log_metrics(run_id, {f"eval_{k}": metrics[k] for k in HEADLINE if k in metrics}, training.iterations)
         mlflow.log_artifact(run_id, result.files["metrics"].parent, "evaluation")
+        for picture in ("samples", "timeline", "nearest_pairs", "colours"):  # images in MLflow's own viewer
+            if picture in result.files:
+                mlflow.log_image(run_id, result.files[picture], f"evaluation_{picture}", training.iterations)
         mlflow.set_tags(run_id, {"quality_gate": gate_reason,
                                  **{f"unavailable_{k}": v for k, v in result.unavailable.items()}})
 

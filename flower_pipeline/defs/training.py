@@ -3,6 +3,7 @@
 import getpass
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage
 from .support import image_markdown, user_errors
 
+WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
+
 
 @dataclass(frozen=True)
 class TrainedRun:
@@ -32,6 +35,12 @@ class TrainedRun:
     device: str
     iterations: int
     seconds: float
+
+
+def dagster_link(run_id: str) -> dict[str, str]:
+    """A link from the MLflow run to its Dagster run, where the webserver's address is known."""
+    base = os.environ.get(WEBSERVER_ENV, "").rstrip("/")
+    return {"dagster_run_url": f"{base}/runs/{run_id}"} if base else {}
 
 
 def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:
@@ -64,7 +73,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
             "dagster_run_id": context.run.run_id, "dagster_partition": str(context.partition_key),
             "dagster_job": context.run.job_name, "mlflow.source.name": f"dagster:{context.run.job_name}",
             "mlflow.source.type": "JOB", "mlflow.user": getpass.getuser(),
-            "variant": variant, "arch": arch, "cache_hash": tensor_cache.content_hash})
+            "variant": variant, "arch": arch, "cache_hash": tensor_cache.content_hash,
+            **dagster_link(context.run.run_id)})
         mlflow.log_dataset(run_id, variant, tensor_cache.content_hash, tensor_cache.path)
         mlflow.log_params(run_id, {**asdict(settings), "variant": variant, "cache_hash": tensor_cache.content_hash,
                                    "device": config.device, "train_images": int((~cache.holdout).sum())})
