@@ -177,15 +177,8 @@ DEMO_EVALUATION = {"eval_samples": 256}
 def demo(args: argparse.Namespace) -> None:
     """Everything on the synthetic data, in colour and black-and-white: ingest, both architectures,
     evaluation, registry, and a sample from each champion."""
-    from flower_pipeline.download import DownloadLimits
-    from flower_pipeline.features import FeatureSettings
-    from flower_pipeline.settings import setting_fields
-
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
-    args.crop, args.holdout, args.device = "center", 0.1, "cpu"
-    for prefix, settings in (("feature_net_", FeatureSettings), ("download_", DownloadLimits)):  # defaults
-        for name, *_ in setting_fields(settings):
-            setattr(args, f"{prefix}{name}", None)
+    args.crop, args.holdout, args.device = "center", 0.1, "cpu"  # flags the demo has not: their defaults
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
@@ -250,6 +243,13 @@ def _cpu_estimate(plan: list[Any]) -> str:
     return f"about {hours:.0f} hours at the {rate:.1f} it/s measured here"
 
 
+def _study_file(study: Any) -> str | None:
+    """The study file for the runs' config: none for the project's own studies (found by name)."""
+    from flower_pipeline.study import STUDIES_DIR
+
+    return None if Path(study.path).parent == STUDIES_DIR else study.path
+
+
 def study_run(args: argparse.Namespace) -> None:
     """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
     from flower_pipeline.catalog import Variant as Parsed
@@ -284,8 +284,7 @@ def study_run(args: argparse.Namespace) -> None:
     store = tracking(data_dir=args.data_dir)
     parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
     records = []
-    config = {"study_file": None if study.path.startswith(str(Path(__file__).parent)) else study.path,
-              "parent_run_id": parent, "device": args.device}
+    config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device}
     try:
         for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
             result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
@@ -341,7 +340,7 @@ def study_report(args: argparse.Namespace) -> None:
     if not instance.has_dynamic_partition(study_partitions.name, key):
         raise PipelineError(f"study {study.name} has no runs in profile {args.profile} yet; start them with "
                             f"flower-pipeline study run {args.study} --profile {args.profile}")
-    config = {"study_file": None if study.path.startswith(str(Path(__file__).parent)) else study.path}
+    config = {"study_file": _study_file(study)}
     report = run_job("study_reports", key, {"study_report": {"config": config}},
                      args.data_dir).output_for_node("study_report")
     try:

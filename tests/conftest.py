@@ -70,6 +70,34 @@ def _handler(server: FileServer) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def real_flowers17(data_dir: Path, size: int):
+    """The real Flowers-17 photos from ../shared as a colour tensor cache of the given side (core ingest only)."""
+    from flower_pipeline.catalog import Variant
+    from flower_pipeline.download import Checksum
+    from flower_pipeline.ingest import prepare_variant
+    from flower_pipeline.tensor_cache import TensorCache
+
+    ref = prepare_variant(data_dir, Variant("flowers17", "color", size), source=str(FLOWERS17_TGZ),
+                          checksum=Checksum("sha256", FLOWERS17_SHA256))
+    return TensorCache.load(ref.path)
+
+
+def wait_until_serving(url: str, process, seconds: float = 120) -> None:
+    """Poll `url` until it answers; fail with the reason if the server died or never answered."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{url} did not answer (server exit code {process.poll()})")
+            time.sleep(0.5)
+
+
 @pytest.fixture(autouse=True)
 def mlflow_global_uri_restored() -> Iterator[None]:
     """Tests that call mlflow.set_tracking_uri (which also sets $MLFLOW_TRACKING_URI) leave no trace."""

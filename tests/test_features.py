@@ -4,10 +4,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ
+from conftest import FLOWERS17_TGZ, real_flowers17
 
 from flower_pipeline.catalog import Variant
-from flower_pipeline.download import Checksum
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.features import (
     FeatureSettings,
@@ -53,9 +52,7 @@ def test_known_answers_on_synthetic_flowers(tmp_path):
 @pytest.mark.real_data
 @pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
 def test_known_answers_on_real_flowers17(tmp_path):
-    ref = prepare_variant(tmp_path, Variant("flowers17", "color", 64), source=str(FLOWERS17_TGZ),
-                          checksum=Checksum("sha256", FLOWERS17_SHA256))
-    table, accuracy = _measure_known_answers(TensorCache.load(ref.path), FeatureSettings(), tmp_path / "net")
+    table, accuracy = _measure_known_answers(real_flowers17(tmp_path, 64), FeatureSettings(), tmp_path / "net")
     assert accuracy >= 0.6  # 17 species, chance 0.06
     _assert_known_answers(table)
 

@@ -5,8 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,7 @@ import mlflow
 import mlflow.pytorch
 import numpy as np
 import pytest
-from conftest import prepare, run_job
+from conftest import prepare, run_job, wait_until_serving
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from flower_pipeline.defs.partitions import training_key
@@ -46,15 +44,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
          "--workers", "1"], cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("mlflow server did not start")
-                time.sleep(0.5)
+        wait_until_serving(f"{url}/health", server)
         yield url
     finally:
         server.terminate()

@@ -6,14 +6,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
-from conftest import prepare, run_job
+from conftest import prepare, run_job, wait_until_serving
 
 from flower_pipeline.defs.partitions import training_key
 
@@ -40,14 +39,7 @@ def test_the_champion_serves_images_for_latent_vectors(tmp_path, monkeypatch):
                                "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline and server.poll() is None, "the model server did not start"
-                time.sleep(1)
+        wait_until_serving(f"http://127.0.0.1:{port}/ping", server)
         z = np.random.default_rng(0).normal(size=(3, 100)).astype(np.float32)
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": z.tolist()})
                                          .encode(), {"Content-Type": "application/json"})

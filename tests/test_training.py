@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ
+from conftest import FLOWERS17_TGZ, real_flowers17
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.tensor_cache import TensorCache, write_cache
@@ -103,13 +103,7 @@ def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
 @pytest.mark.real_data
 @pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
 def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
-    from flower_pipeline.catalog import Variant
-    from flower_pipeline.download import Checksum
-    from flower_pipeline.ingest import prepare_variant
-
-    ref = prepare_variant(tmp_path, Variant("flowers17", "color", 32), source=str(FLOWERS17_TGZ),
-                          checksum=Checksum("sha256", FLOWERS17_SHA256))
-    cache = TensorCache.load(ref.path)
+    cache = real_flowers17(tmp_path, 32)
     config = TrainConfig(iterations=150, batch_size=16, features=16, log_every=25, sample_every=150,
                          checkpoint_seconds=0, instance_noise=0.0)
     history = train(config, cache, tmp_path / "run", device="cpu").history

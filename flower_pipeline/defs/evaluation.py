@@ -1,6 +1,7 @@
 """The evaluation asset: the source's D scores, FID/KID, colour collapse and memorization per trained generator."""
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -121,21 +122,23 @@ def _table(metrics: dict[str, float]) -> str:
     return "| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.4g} |" for k, v in metrics.items())
 
 
-@dg.asset_check(asset=generator_evaluation, name="scores_in_range",
-                description="Mean D(x) on training and held-out images and mean D(G(z)), scored as D was trained, "
-                            "are finite and strictly between 0 and 1.")
-def scores_in_range_check(context: dg.AssetCheckExecutionContext, generator_evaluation: Any) -> dg.AssetCheckResult:
-    with user_errors():
-        evaluation = pick(generator_evaluation, str(context.partition_key), "partition")
-    passed, reason = scores_in_range(evaluation.metrics)
-    return dg.AssetCheckResult(passed=passed, description=reason)
+def _evaluation_check(name: str, description: str, judge: Callable[[Evaluation], tuple[bool, str]],
+                      severity: dg.AssetCheckSeverity) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=generator_evaluation, name=name, description=description)
+    def evaluation_check(context: dg.AssetCheckExecutionContext, generator_evaluation: Any) -> dg.AssetCheckResult:
+        with user_errors():
+            passed, reason = judge(pick(generator_evaluation, str(context.partition_key), "partition"))
+        return dg.AssetCheckResult(passed=passed, description=reason, severity=severity)
+
+    return evaluation_check
 
 
-@dg.asset_check(asset=generator_evaluation, name="quality_gate",
-                description="FID (when measured), colour coverage and near-copy share within the configured limits; "
-                            "a version that fails is registered but never promoted to champion.")
-def quality_gate_check(context: dg.AssetCheckExecutionContext, generator_evaluation: Any) -> dg.AssetCheckResult:
-    with user_errors():
-        evaluation = pick(generator_evaluation, str(context.partition_key), "partition")
-    return dg.AssetCheckResult(passed=evaluation.gate_passed, description=evaluation.gate_reason,
-                               severity=dg.AssetCheckSeverity.WARN)
+evaluation_checks = [
+    _evaluation_check("scores_in_range", "Mean D(x) on training and held-out images and mean D(G(z)), scored as D "
+                      "was trained, are finite and strictly between 0 and 1.",
+                      lambda evaluation: scores_in_range(evaluation.metrics), dg.AssetCheckSeverity.ERROR),
+    _evaluation_check("quality_gate", "FID (when measured), fd_flowers (when limited), recall, colour coverage and "
+                      "near-copy share within the configured limits; a version that fails is registered but never "
+                      "promoted to champion.", lambda evaluation: (evaluation.gate_passed, evaluation.gate_reason),
+                      dg.AssetCheckSeverity.WARN),
+]
