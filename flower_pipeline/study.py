@@ -135,6 +135,14 @@ def load_study(name_or_path: str) -> Study:
     if not isinstance(data, dict):
         raise PipelineError(f"{path} is not a study file (a mapping with name, profiles and claims)")
     where = f"study file {path.name}"
+    try:
+        return _parse(data, path, where)
+    except (AttributeError, TypeError, ValueError) as err:  # a list where a mapping belongs, text for a number
+        raise PipelineError(f"{where} is malformed ({type(err).__name__}: {err}); see "
+                            "flower_pipeline/studies/source.yaml for the layout") from None
+
+
+def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
     profiles = {name: _profile(name, spec or {}, where) for name, spec in (data.get("profiles") or {}).items()}
     if not profiles:
         raise PipelineError(f"{where} has no profiles")

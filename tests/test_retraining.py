@@ -82,6 +82,9 @@ def test_scheduled_runs_carry_the_retraining_profile(tmp_path, monkeypatch):
     profile.write_text("training: {iterations: 500, iters: 3}\n")
     with pytest.raises(PipelineError, match="unknown training setting 'iters'"):
         retraining_run_config()
+    profile.write_text("training: [iterations, 500]\n")
+    with pytest.raises(PipelineError, match="must map training: and evaluation: to settings"):
+        retraining_run_config()
 
 
 def _run(instance: dg.DagsterInstance, partition: str, status: dg.DagsterRunStatus, tags: dict | None = None) -> None:

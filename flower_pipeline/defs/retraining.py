@@ -52,6 +52,9 @@ def retraining_run_config() -> dict[str, Any]:
         profile = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as err:
         raise PipelineError(f"cannot read the retraining profile {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(profile, dict) or not all(isinstance(profile.get(k) or {}, dict)
+                                                for k in ("training", "evaluation")):
+        raise PipelineError(f"{path} must map training: and evaluation: to settings")
     ops = {}
     for section, node, config in (("training", "trained_generator", TrainingConfig),
                                   ("evaluation", "generator_evaluation", EvaluationConfig)):
