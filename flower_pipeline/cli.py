@@ -9,6 +9,7 @@ Bad input ends with one `error:` line and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import logging
 import os
@@ -70,14 +71,54 @@ def _definitions() -> Any:
 
 
 def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> Any:
-    """Run one of the project's jobs for one partition in the project's instance, as the UI would."""
-    result = _definitions().resolve_job_def(name).execute_in_process(
-        partition_key=partition_key, instance=_instance(), raise_on_error=False,
-        run_config={**QUIET_LOGGERS, "ops": ops,
-                    "resources": {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}})
+    """Run one of the project's jobs for one partition in the project's instance, as the UI would: in this
+    process, or with its steps on Celery workers when a broker is configured (README, Scaling out)."""
+    from flower_pipeline.scaleout import celery_enabled
+
+    storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
+    run_config = {**QUIET_LOGGERS, "ops": ops, "resources": storage}
+    if not celery_enabled():
+        result = _definitions().resolve_job_def(name).execute_in_process(
+            partition_key=partition_key, instance=_instance(), raise_on_error=False, run_config=run_config)
+        if not result.success:
+            raise PipelineError(_failure_message(result))
+        return result
+    return _run_on_workers(name, partition_key, run_config)
+
+
+def _run_on_workers(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
+    """The job through its (Celery) executor; outputs are read back from the shared data folder."""
+    import dagster as dg
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    location = ReconstructableRepository.for_module("flower_pipeline.definitions", "defs", None)
+    job = location.get_reconstructable_job(name)
+    tags = _definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)
+    result = dg.execute_job(job, _instance(), run_config=run_config, tags=tags)
     if not result.success:
         raise PipelineError(_failure_message(result))
-    return result
+    return _FinishedRun(result, str(partition_key), Path(run_config["resources"]["storage"]["config"]["data_dir"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class _FinishedRun:
+    """A run executed on workers, read as execute_in_process's result is: its outputs are the stage records
+    the workers wrote to the shared data folder."""
+
+    result: Any
+    partition_key: str
+    data_dir: Path
+
+    def output_for_node(self, name: str) -> Any:
+        import dagster as dg
+
+        from flower_pipeline.defs.resources import FlowerStorage, StageOutputs
+
+        io = StageOutputs(storage=FlowerStorage(data_dir=str(self.data_dir)))
+        return io.load_record(dg.AssetKey(name), self.partition_key)
+
+    def asset_materializations_for_node(self, name: str) -> Any:
+        return self.result.asset_materializations_for_node(name)
 
 
 def _failure_message(result: Any) -> str:
@@ -427,6 +468,27 @@ def sample(args: argparse.Namespace) -> None:
     print(f"{len(images)} images from {args.model}{which} (seed {args.seed}){where}")
 
 
+def stack(args: argparse.Namespace) -> None:
+    """The MLflow server, Dagster's daemon and webserver, and Celery workers on this machine."""
+    from flower_pipeline import stack
+
+    if args.action == "up":
+        workers = args.workers if args.workers is not None else max(1, _gpu_count())
+        if workers < 1 or args.ingest_concurrency < 1:
+            raise PipelineError("--workers and --ingest-concurrency must be at least 1")
+        stack.up(workers, args.ingest_concurrency, args.webserver, args.data_dir.resolve(), print)
+    elif args.action == "down":
+        stack.down(print)
+    elif not stack.status(print):
+        raise PipelineError("some pieces of the stack are not running; their logs say why")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument is one `error:` line with a hint, not the whole usage text."""
 
@@ -514,6 +576,15 @@ def build_parser() -> argparse.ArgumentParser:
     layout.add_argument("--dir", action="store_true", help="one PNG per image in the folder -o")
     p.add_argument("-o", "--output", type=Path, required=True, help="PNG file (grid) or folder (--dir)")
     p.set_defaults(run=sample)
+
+    p = with_data_dir(commands.add_parser(
+        "stack", help="start, stop or list the scale-out pieces on this machine (README, Scaling out)"))
+    p.add_argument("action", choices=("up", "down", "status"))
+    p.add_argument("--workers", type=int, default=None,
+                   help="GPU workers, one per GPU (default: this machine's GPU count, at least 1)")
+    p.add_argument("--ingest-concurrency", type=int, default=2, help="steps at once on the ingest worker (2)")
+    p.add_argument("--webserver", default="http://127.0.0.1:3000", help="the UI's address (http://127.0.0.1:3000)")
+    p.set_defaults(run=stack)
     return parser
 
 

@@ -21,6 +21,7 @@ from flower_pipeline.evaluation import (
 )
 from flower_pipeline.features import flower_features, load_feature_network
 from flower_pipeline.registry import MlflowTracking
+from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
@@ -63,7 +64,7 @@ class Evaluation:
 
 
 @dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
-          code_version=code_version(EvalSettings))
+          code_version=code_version(EvalSettings), op_tags=GPU_STEP)
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""

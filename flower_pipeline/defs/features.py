@@ -7,6 +7,7 @@ import dagster as dg
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.features import FeatureSettings, network_id, train_feature_network
 from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 
@@ -34,7 +35,7 @@ FeatureNetworkConfig = config_class("FeatureNetworkConfig", FeatureSettings, dev
 
 
 @dg.asset(partitions_def=variant_partitions, group_name="evaluation", kinds={"pytorch"}, owners=OWNERS,
-          code_version=code_version(FeatureSettings))
+          code_version=code_version(FeatureSettings), op_tags=GPU_STEP)
 def feature_network(context: dg.AssetExecutionContext, config: FeatureNetworkConfig, tensor_cache: TensorCacheRef,
                     storage: FlowerStorage) -> FeatureNetworkRef:
     """A small CNN trained to tell the variant's classes apart; its features measure generated images offline."""

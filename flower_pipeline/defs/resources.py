@@ -60,12 +60,17 @@ class StageOutputs(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
-        records = {k: self._load(context.asset_key, k) for k in keys}
         if len(keys) == 1:
-            if records[keys[0]] is None:
-                raise dg.Failure(description=_missing(self._path(context.asset_key, keys[0]), context.asset_key))
-            return records[keys[0]]
+            return self.load_record(context.asset_key, keys[0])
+        records = {k: self._load(context.asset_key, k) for k in keys}
         return {k: v for k, v in records.items() if v is not None}
+
+    def load_record(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
+        """One partition's record; a missing one fails with its path and the likely cause."""
+        record = self._load(asset_key, partition)
+        if record is None:
+            raise dg.Failure(description=_missing(self._path(asset_key, partition), asset_key))
+        return record
 
     def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
         path = self._path(asset_key, partition)

@@ -184,6 +184,11 @@ def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
            description="Marks runs failed whose worker process died (killed, machine restarted) and frees the gpu "
                        "slot they held, so the queue moves on.")
 def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+    from dagster_postgres import PostgresRunStorage
+
+    if isinstance(context.instance.run_storage, PostgresRunStorage):
+        return dg.SkipReason("the instance is shared (PostgreSQL): runs start on other machines too, where a pid "
+                             "checked on this one says nothing")
     reaped = reap_dead_runs(context.instance)
     return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "every started run has a live worker")
 

@@ -18,6 +18,7 @@ from flower_pipeline import __version__, code_version
 from flower_pipeline.evaluation import EvalSettings, evaluate
 from flower_pipeline.features import flower_features, load_feature_network
 from flower_pipeline.registry import MlflowTracking
+from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json
 from flower_pipeline.study import RunReport, Study, judge, load_study, report_html, run_key
 from flower_pipeline.tensor_cache import TensorCache
@@ -78,7 +79,7 @@ def _study(config: StudyConfig, name: str) -> Study:
 
 
 @dg.asset(partitions_def=study_run_partitions, pool="gpu", group_name="study", kinds={"pytorch", "mlflow"},
-          owners=OWNERS, code_version=__version__,
+          owners=OWNERS, code_version=__version__, op_tags=GPU_STEP,
           ins={"tensor_cache": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
                "feature_network": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
 def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cache: Any, feature_network: Any,

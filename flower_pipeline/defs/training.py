@@ -12,6 +12,7 @@ import dagster as dg
 
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.registry import MlflowTracking
+from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 
@@ -57,7 +58,7 @@ def training_dir(data_dir: Path, variant: str, arch: str, cache_hash: str, setti
 
 
 @dg.asset(partitions_def=training_partitions, pool="gpu", group_name="training", kinds={"pytorch", "mlflow"},
-          owners=OWNERS, code_version=code_version(TrainConfig))
+          owners=OWNERS, code_version=code_version(TrainConfig), op_tags=GPU_STEP)
 def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig, tensor_cache: TensorCacheRef,
                       storage: FlowerStorage, mlflow: MlflowTracking) -> TrainedRun:
     """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""

@@ -1,0 +1,62 @@
+"""Beyond one machine: steps on Celery workers, configured from the environment alone.
+
+    FLOWER_PIPELINE_CELERY_BROKER=amqp://guest:guest@127.0.0.1:5672//   # set: steps go to Celery workers
+    FLOWER_PIPELINE_CELERY_BACKEND=redis://127.0.0.1:6379/0
+
+Unset, the project runs in-process on one machine, as before. Set, every job of
+the code location (UI, daemon, schedules, the CLI) uses dagster-celery's
+executor: training and evaluation steps go to the `gpu` queue, one worker per
+GPU consumes it one step at a time; ingest and registration go to dagster-celery's
+default queue. The workers run `celery -A flower_pipeline.worker worker`
+(`flower-pipeline stack` starts them; README "Scaling out").
+"""
+
+import os
+from typing import Any
+
+BROKER_ENV = "FLOWER_PIPELINE_CELERY_BROKER"
+BACKEND_ENV = "FLOWER_PIPELINE_CELERY_BACKEND"
+GPU_QUEUE = "gpu"
+DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue: the steps without a queue tag
+GPU_STEP = {"dagster-celery/queue": GPU_QUEUE}  # op tags of the steps that use the GPU
+
+# Shared by the executor (the producer) and the workers, so both ends agree.
+CELERY_SETTINGS: dict[str, Any] = {
+    # A step's message is acknowledged when the step ends, not when it starts: if its worker dies
+    # (SIGKILL, a lost machine), the broker hands the step to another worker, which resumes the
+    # training from its checkpoint, instead of the run waiting for a result that never comes.
+    "task_acks_late": True,
+    "worker_prefetch_multiplier": 1,  # a busy GPU worker holds no second step another worker could run
+    "broker_connection_retry_on_startup": True,
+    "result_expires": 7 * 24 * 3600,
+}
+
+
+def celery_enabled() -> bool:
+    return bool(os.environ.get(BROKER_ENV))
+
+
+def celery_executor() -> Any:
+    """dagster-celery's executor, broker and result backend read from the environment when a run starts."""
+    from dagster_celery import celery_executor
+
+    return celery_executor.configured(
+        {"broker": {"env": BROKER_ENV}, "backend": {"env": BACKEND_ENV}, "config_source": CELERY_SETTINGS},
+        name="celery")
+
+
+def worker_app() -> Any:
+    """The workers' Celery app: dagster-celery's step task, with the executor's broker, backend and settings."""
+    from dagster_celery.executor import CeleryExecutor
+    from dagster_celery.make_app import make_app
+    from dagster_celery.tasks import create_task
+
+    from flower_pipeline.errors import PipelineError
+
+    missing = [name for name in (BROKER_ENV, BACKEND_ENV) if not os.environ.get(name)]
+    if missing:
+        raise PipelineError(f"a worker needs {' and '.join(missing)} (README, Scaling out)")
+    app = make_app(CeleryExecutor.for_cli(broker=os.environ[BROKER_ENV], backend=os.environ[BACKEND_ENV],
+                                          config_source=CELERY_SETTINGS).app_args())
+    create_task(app)
+    return app

@@ -1,0 +1,239 @@
+"""`flower-pipeline stack up|down|status`: the scale-out pieces on this machine, each its own real program.
+
+    mlflow             mlflow server on PostgreSQL, artifacts proxied (workers need no shared MLflow folder)
+    dagster-daemon     schedules, sensors, the run queue
+    dagster-webserver  the UI
+    gpu0 … gpuN-1      Celery workers on the `gpu` queue, one step at a time, CUDA_VISIBLE_DEVICES=i
+    ingest             a Celery worker on the default queue (download, extraction, resize, registration)
+
+Each piece runs in its own session, with its log and a record under
+$DAGSTER_HOME/stack/; `down` stops them (SIGTERM, then SIGKILL after a grace
+period). Nothing here schedules work: Dagster and Celery do. The services
+(PostgreSQL, RabbitMQ, Redis) are the environment's: see deploy/stack.env.
+"""
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.scaleout import BACKEND_ENV, BROKER_ENV, DEFAULT_QUEUE, GPU_QUEUE, worker_app
+
+POSTGRES_ENV = "DAGSTER_POSTGRES_URL"
+MLFLOW_BACKEND_ENV = "FLOWER_PIPELINE_MLFLOW_BACKEND"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"
+REQUIRED_ENV = ("DAGSTER_HOME", POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV)
+PROJECT_DIR = Path(__file__).resolve().parents[1]  # workspace.yaml of a source checkout
+
+
+@dataclass(frozen=True)
+class Piece:
+    name: str
+    command: list[str]
+    url: str = ""  # where it answers, for the health check and `status`
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path) -> list[Piece]:
+    """The programs `up` starts, in order."""
+    bin_dir = Path(sys.executable).parent
+    tracking = urllib.parse.urlsplit(os.environ[TRACKING_ENV])
+    web = urllib.parse.urlsplit(webserver)
+    workspace = ["-w", str(PROJECT_DIR / "workspace.yaml")]
+
+    def worker(name: str, queue: str, concurrency: int, **env: str) -> Piece:
+        return Piece(name, [str(bin_dir / "celery"), "-A", "flower_pipeline.worker", "worker", "-Q", queue,
+                            "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO"], env=env)
+
+    return [
+        Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", os.environ[MLFLOW_BACKEND_ENV],
+                         "--serve-artifacts", "--artifacts-destination", str(data_dir / "mlflow-artifacts"),
+                         "--host", tracking.hostname or "127.0.0.1", "--port", str(tracking.port or 5000),
+                         "--workers", "1"], f"{os.environ[TRACKING_ENV].rstrip('/')}/health"),
+        Piece("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace]),
+        Piece("dagster-webserver", [str(bin_dir / "dagster-webserver"), *workspace, "-h", web.hostname or "127.0.0.1",
+                                    "-p", str(web.port or 3000)], f"{webserver.rstrip('/')}/server_info"),
+        *(worker(f"gpu{i}", GPU_QUEUE, 1, CUDA_VISIBLE_DEVICES=str(i)) for i in range(workers)),
+        worker("ingest", DEFAULT_QUEUE, ingest_concurrency),
+    ]
+
+
+def state_dir() -> Path:
+    return Path(os.environ["DAGSTER_HOME"]) / "stack"
+
+
+def check_environment() -> None:
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        raise PipelineError(f"the stack needs {', '.join(missing)}: `source deploy/stack.env` sets them for this "
+                            "machine (README, Scaling out)")
+
+
+def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, say: Callable[[str], None]) -> None:
+    """Start every piece, wait until each answers, and give the gpu pool one slot per GPU worker."""
+    check_environment()
+    running = [name for name, record in records().items() if _alive(record["pid"])]
+    if running:
+        raise PipelineError(f"the stack is already running ({', '.join(running)}); `flower-pipeline stack down` "
+                            "stops it")
+    for url in (os.environ[POSTGRES_ENV], os.environ[MLFLOW_BACKEND_ENV]):
+        create_database(url)
+    _set_gpu_slots(workers)
+    state_dir().mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FLOWER_PIPELINE_DATA_DIR": str(data_dir), WEBSERVER_ENV: webserver}
+    started = []
+    try:
+        for piece in pieces(workers, ingest_concurrency, webserver, data_dir):
+            started.append(_start(piece, {**env, **piece.env}))
+            if piece.name == "mlflow":  # the trainings log to it: up before anything runs
+                _wait(piece, lambda p=piece: _answers(p.url))
+        for piece in started:
+            _wait(piece, lambda p=piece: _answers(p.url) if p.url else _alive(records()[p.name]["pid"]))
+        names = {f"{p.name}@" for p in started if p.name.startswith(("gpu", "ingest"))}
+        _wait_for_workers(names)
+    except BaseException:
+        down(say=lambda _: None)
+        raise
+    for piece in started:
+        say(f"started {piece.name:18} {piece.url or ''}")
+    say(f"gpu pool: {workers} slot(s); data folder: {data_dir} (every worker must see this path)")
+
+
+def down(say: Callable[[str], None], grace_seconds: float = 30.0) -> None:
+    """Stop every piece: SIGTERM (Celery workers finish their step), then SIGKILL after the grace period.
+    A step killed here is handed to another worker when one runs (its message was not yet acknowledged)."""
+    found = records()
+    for record in found.values():
+        _signal(record["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while any(_alive(r["pid"]) for r in found.values()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for name, record in found.items():
+        killed = _alive(record["pid"])
+        if killed:
+            _signal(record["pid"], signal.SIGKILL)
+        (state_dir() / f"{name}.json").unlink(missing_ok=True)
+        say(f"stopped {name}" + (" (killed after the grace period)" if killed else ""))
+    if not found:
+        say("nothing to stop: the stack is not running")
+
+
+def status(say: Callable[[str], None]) -> bool:
+    """One line per piece; True when every piece runs."""
+    found = records()
+    if not found:
+        raise PipelineError("the stack is not running: `flower-pipeline stack up` starts it")
+    for name, record in found.items():
+        state = "running" if _alive(record["pid"]) else "stopped"
+        say(f"{name:18} {state:8} pid {record['pid']:<8} {record['url'] or ''}  log {record['log']}")
+    return all(_alive(r["pid"]) for r in found.values())
+
+
+def records() -> dict[str, dict]:
+    folder = state_dir()
+    return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def create_database(url: str) -> None:
+    """The PostgreSQL database of `url`, created if missing (the server's `postgres` database is asked)."""
+    import psycopg2
+
+    parts = urllib.parse.urlsplit(url)
+    name = parts.path.lstrip("/")
+    if not parts.scheme.startswith("postgres") or not name:
+        return
+    server = urllib.parse.urlunsplit(parts._replace(scheme="postgresql", path="/postgres"))  # no +driver
+    try:
+        admin = psycopg2.connect(server, connect_timeout=10)
+    except psycopg2.OperationalError as err:
+        raise PipelineError(f"cannot reach PostgreSQL at {parts.hostname}:{parts.port or 5432}: "
+                            f"{str(err).strip().splitlines()[0]}") from None
+    admin.autocommit = True  # CREATE DATABASE cannot run in a transaction
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        admin.close()
+
+
+def _set_gpu_slots(workers: int) -> None:
+    import dagster as dg
+
+    with dg.DagsterInstance.get() as instance:
+        instance.event_log_storage.set_concurrency_slots(GPU_QUEUE, workers)
+
+
+def _start(piece: Piece, env: dict[str, str]) -> Piece:
+    log = state_dir() / f"{piece.name}.log"
+    with open(log, "ab") as out:
+        process = subprocess.Popen(piece.command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                   cwd=PROJECT_DIR, start_new_session=True)  # its own group: `down` stops all of it
+    (state_dir() / f"{piece.name}.json").write_text(json.dumps(
+        {"pid": process.pid, "url": piece.url, "log": str(log), "command": piece.command}))
+    return piece
+
+
+def _wait(piece: Piece, ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        record = records()[piece.name]
+        if not _alive(record["pid"]) or time.monotonic() > deadline:
+            raise PipelineError(f"{piece.name} did not start: {_last_line(Path(record['log']))} "
+                                f"(log: {record['log']})")
+        time.sleep(0.5)
+
+
+def _wait_for_workers(names: set[str], timeout: float = 120.0) -> None:
+    """Until every worker answers a ping through the broker: then it consumes its queue."""
+    app, deadline = worker_app(), time.monotonic() + timeout
+    while True:
+        answered = {name.split("@")[0] + "@" for reply in app.control.ping(timeout=1.0) for name in reply}
+        if names <= answered:
+            return
+        if time.monotonic() > deadline:
+            raise PipelineError(f"workers did not answer through {os.environ[BROKER_ENV]}: "
+                                f"{', '.join(sorted(names - answered))}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by its parent) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    return lines[-1].strip()[:300] if lines else "no output"
