@@ -89,10 +89,10 @@ def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) 
 def _run_on_workers(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
     """The job through its (Celery) executor; outputs are read back from the shared data folder."""
     import dagster as dg
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    location = ReconstructableRepository.for_module("flower_pipeline.definitions", "defs", None)
-    job = location.get_reconstructable_job(name)
+    from flower_pipeline.scaleout import code_location
+
+    job = code_location().get_reconstructable_job(name)
     tags = _definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)
     result = dg.execute_job(job, _instance(), run_config=run_config, tags=tags)
     if not result.success:
@@ -599,6 +599,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _dagster_home()
         args.data_dir = default_data_dir()
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else importing MLflow resets the level below
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:

@@ -30,6 +30,7 @@ import dagster as dg
 import mlflow
 import mlflow.pytorch
 import numpy as np
+import requests
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
@@ -368,13 +369,20 @@ def tracking(tracking_uri: str | None = None, data_dir: Path | str | None = None
                           tracking_uri=tracking_uri)
 
 
+MLFLOW_FAILURES = (MlflowException, requests.RequestException)  # what MLflow's client raises when its store fails
+UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted")
+
+
 @contextlib.contextmanager
 def mlflow_errors(store: MlflowTracking) -> Iterator[None]:
-    """MLflow's own failures (server down, artifacts gone) as one line naming the store."""
+    """MLflow's own failures (server down, store broken) as one line naming the store."""
     try:
         yield
-    except (MlflowException, OSError) as err:
-        raise PipelineError(f"MLflow at {store.uri} failed: {str(err).splitlines()[0][:300]}") from None
+    except MLFLOW_FAILURES as err:
+        text = str(err)
+        reason = next((f"unreachable ({marker.lower()})" for marker in UNREACHABLE if marker in text),
+                      text.splitlines()[0][:300] if text else type(err).__name__)
+        raise PipelineError(f"MLflow at {store.uri} failed: {reason}") from None
 
 
 def load_generator(name: str, alias: str | None = None, version: int | str | None = None, *,

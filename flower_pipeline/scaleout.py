@@ -45,6 +45,13 @@ def celery_executor() -> Any:
         name="celery")
 
 
+def code_location() -> Any:
+    """The project's code location as a reconstructable repository: what a worker loads to run a step."""
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    return ReconstructableRepository.for_module("flower_pipeline.definitions", "defs", None)
+
+
 def worker_app() -> Any:
     """The workers' Celery app: dagster-celery's step task, with the executor's broker, backend and settings."""
     from dagster_celery.executor import CeleryExecutor

@@ -80,12 +80,10 @@ def check_environment() -> None:
 
 
 def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, say: Callable[[str], None]) -> None:
-    """Start every piece, wait until each answers, and give the gpu pool one slot per GPU worker."""
+    """Start every piece not already running, wait until each answers, and give the gpu pool one slot per GPU
+    worker."""
     check_environment()
-    running = [name for name, record in records().items() if _alive(record["pid"])]
-    if running:
-        raise PipelineError(f"the stack is already running ({', '.join(running)}); `flower-pipeline stack down` "
-                            "stops it")
+    running = {name for name, record in records().items() if _alive(record["pid"])}
     for url in (os.environ[POSTGRES_ENV], os.environ[MLFLOW_BACKEND_ENV]):
         create_database(url)
     _set_gpu_slots(workers)
@@ -95,6 +93,8 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
     started = []
     try:
         for piece in pieces(workers, ingest_concurrency, webserver, data_dir):
+            if piece.name in running:  # `up` again starts only what stopped (a killed worker, a stopped server)
+                continue
             started.append(_start(piece, {**env, **piece.env}))
             if piece.name == "mlflow":  # the trainings log to it: up before anything runs
                 _wait(piece, lambda p=piece: _answers(p.url))
@@ -103,17 +103,19 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
         names = {f"{p.name}@" for p in started if p.name.startswith(("gpu", "ingest"))}
         _wait_for_workers(names)
     except BaseException:
-        down(say=lambda _: None)
+        down(say=lambda _: None, only={p.name for p in started})
         raise
+    for name in sorted(running):
+        say(f"running {name}")
     for piece in started:
-        say(f"started {piece.name:18} {piece.url or ''}")
+        say(f"started {piece.name:18} {piece.url.rsplit('/', 1)[0] if piece.url else ''}")
     say(f"gpu pool: {workers} slot(s); data folder: {data_dir} (every worker must see this path)")
 
 
-def down(say: Callable[[str], None], grace_seconds: float = 30.0) -> None:
-    """Stop every piece: SIGTERM (Celery workers finish their step), then SIGKILL after the grace period.
-    A step killed here is handed to another worker when one runs (its message was not yet acknowledged)."""
-    found = records()
+def down(say: Callable[[str], None], grace_seconds: float = 30.0, only: set[str] | None = None) -> None:
+    """Stop every piece (or `only` these): SIGTERM (Celery workers finish their step), then SIGKILL after the
+    grace period. A step killed here goes to another worker when one runs (its message was not acknowledged)."""
+    found = {name: record for name, record in records().items() if only is None or name in only}
     for record in found.values():
         _signal(record["pid"], signal.SIGTERM)
     deadline = time.monotonic() + grace_seconds

@@ -69,7 +69,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""
     training = trained_generator
-    with user_errors():
+    with user_errors(mlflow):
         settings = settings_from(config, EvalSettings)
         cache = TensorCache.load(training.cache.path)  # the images it was trained on, not a newer cache
         device = pick_device(config.device)

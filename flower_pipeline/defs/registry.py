@@ -27,7 +27,7 @@ def registered_generator(context: dg.AssetExecutionContext, generator_evaluation
     name, run_id = model_name(training.variant, training.arch), training.mlflow_run_id
     metrics = {k: v for k, v in evaluation.metrics.items() if k in HEADLINE}
     code = code_version()
-    with user_errors():
+    with user_errors(mlflow):
         registered = mlflow.register_generator(
             name, run_id, Path(training.path), gate=(evaluation.gate_passed, evaluation.gate_reason),
             metrics=metrics, feature_network=evaluation.feature_network,

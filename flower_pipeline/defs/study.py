@@ -17,7 +17,7 @@ from pydantic import Field
 from flower_pipeline import __version__, code_version
 from flower_pipeline.evaluation import EvalSettings, evaluate
 from flower_pipeline.features import flower_features, load_feature_network
-from flower_pipeline.registry import MlflowTracking
+from flower_pipeline.registry import MLFLOW_FAILURES, MlflowTracking
 from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json
 from flower_pipeline.study import RunReport, Study, judge, load_study, report_html, run_key
@@ -86,7 +86,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
               storage: FlowerStorage, mlflow: MlflowTracking) -> StudyRunResult:
     """One run of a study: trained, evaluated on its variant, logged as a nested MLflow run; reused when done."""
     name, profile, label = context.partition_key.split(":")
-    with user_errors():
+    with user_errors(mlflow):
         study = _study(config, name)
         run = study.plan(profile, (label,))[0]
         cache_ref = pick(tensor_cache, run.variant, "variant")
@@ -123,8 +123,9 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
             mlflow.log_metrics(run_id, final.metrics, trained.iterations)
             mlflow.log_artifact(run_id, trained.files["final_grid"])
             mlflow.log_artifact(run_id, final.files["metrics"].parent, "evaluation")
-        except BaseException:
-            mlflow.end_run(run_id, "FAILED")
+        except BaseException as err:
+            if not isinstance(err, MLFLOW_FAILURES):  # with MLflow down there is no one to tell
+                mlflow.end_run(run_id, "FAILED")
             raise
         mlflow.end_run(run_id)
         result = StudyRunResult(context.partition_key, key, label, run.variant, run.arch, cache_ref.content_hash,
@@ -160,7 +161,7 @@ def study_report(context: dg.AssetExecutionContext, config: StudyConfig, study_r
     """The study's report: every run in a table, sample grids side by side, each claim with its numbers and a
     verdict. One self-contained HTML page, also logged to MLflow."""
     name, profile = context.partition_key.split(":")
-    with user_errors():
+    with user_errors(mlflow):
         study = _study(config, name)
         records = study_run if isinstance(study_run, dict) else {study_run.partition: study_run}
         reports, metrics = [], {}

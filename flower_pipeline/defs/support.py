@@ -10,13 +10,16 @@ import dagster as dg
 from tqdm import tqdm
 
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.registry import MlflowTracking, mlflow_errors
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """Report bad input as a Dagster Failure carrying the one-line message."""
+def user_errors(store: MlflowTracking | None = None) -> Iterator[None]:
+    """Report bad input, and failures of the MLflow store when given, as a Dagster Failure carrying the
+    one-line message."""
     try:
-        yield
+        with mlflow_errors(store) if store is not None else contextlib.nullcontext():
+            yield
     except PipelineError as err:
         raise dg.Failure(description=str(err)) from None
 

@@ -11,7 +11,7 @@ from typing import Any
 import dagster as dg
 
 from flower_pipeline.ingest import TensorCacheRef
-from flower_pipeline.registry import MlflowTracking
+from flower_pipeline.registry import MLFLOW_FAILURES, MlflowTracking
 from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
@@ -45,8 +45,10 @@ def dagster_link(run_id: str) -> dict[str, str]:
 
 
 def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:
+    """Whether the Dagster run that started an MLflow run of this partition still runs. This run's own
+    earlier attempt (its Celery worker was killed and the step handed to another) does not: it is this step."""
     if dagster_run_id == context.run.run_id:
-        return True
+        return False
     run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
     return run is not None and not run.is_finished
 
@@ -63,7 +65,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
                       storage: FlowerStorage, mlflow: MlflowTracking) -> TrainedRun:
     """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""
     variant, arch = variant_and_arch(context.partition_key)
-    with user_errors():
+    with user_errors(mlflow):
         cache = TensorCache.load(tensor_cache.path)
         settings = settings_from(config, TrainConfig, arch=arch).resolved()
         out_dir = training_dir(storage.root, variant, arch, tensor_cache.content_hash, settings)
@@ -97,8 +99,9 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
                     mlflow.log_artifact(run_id, result.files[name])
             mlflow.log_artifact(run_id, out_dir / "samples", "samples")
             mlflow.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
-        except BaseException:
-            mlflow.end_run(run_id, "FAILED")
+        except BaseException as err:
+            if not isinstance(err, MLFLOW_FAILURES):  # with MLflow down, the next training marks this run KILLED
+                mlflow.end_run(run_id, "FAILED")
             raise
         mlflow.end_run(run_id)
 

@@ -1,0 +1,314 @@
+"""Scaling out against the real services: PostgreSQL, RabbitMQ and Redis, with `flower-pipeline stack` starting
+an MLflow server, Dagster's daemon and webserver and Celery workers (two GPU workers, one ingest worker).
+
+The module gets its own databases, RabbitMQ virtual host and Redis database, dropped afterwards. Where a
+service is absent the tests skip with the reason; with $CI set, an absent service fails them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "flower-pipeline")
+POSTGRES = "postgresql://root@127.0.0.1:5432"
+PREPARE = ["--dataset", "synthetic", "--size", "32", "--feature-net-epochs", "1", "--feature-net-width", "4",
+           "--feature-net-dim", "8"]
+
+
+def train_flags(iterations: int = 60, *extra: str) -> list[str]:
+    """A small, quick training and evaluation (the gate's recall floor off: tens of iterations)."""
+    return ["--iterations", str(iterations), "--features", "8", "--log-every", "20", "--sample-every",
+            str(iterations), "--eval-samples", "64", "--eval-min-recall", "0", *extra]
+
+
+TRAIN = train_flags()
+LONG_TRAIN = train_flags(200, "--checkpoint-seconds", "0")  # a checkpoint at every log line: 20 iterations
+
+
+def _missing_service() -> str | None:
+    import psycopg2
+    import redis
+
+    try:
+        psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return "PostgreSQL is not reachable on 127.0.0.1:5432"
+    try:
+        redis.Redis(host="127.0.0.1", port=6379, socket_timeout=3).ping()
+    except redis.RedisError:
+        return "Redis is not reachable on 127.0.0.1:6379"
+    try:
+        socket.create_connection(("127.0.0.1", 5672), timeout=3).close()
+    except OSError:
+        return "RabbitMQ is not reachable on 127.0.0.1:5672"
+    if shutil.which("rabbitmqctl") is None:
+        return "rabbitmqctl (to make a virtual host per test module) is not installed"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _sql(statement: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(f"{POSTGRES}/postgres")
+    connection.autocommit = True
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+    connection.close()
+
+
+class Stack:
+    """The environment of one stack, and the CLI run in it."""
+
+    def __init__(self, root: Path, name: str, redis_db: int) -> None:
+        self.home, self.data = root / "dagster_home", root / "data"
+        self.home.mkdir()
+        shutil.copy(PROJECT / "deploy" / "dagster_home" / "dagster.yaml", self.home)
+        self.tracking = f"http://127.0.0.1:{_free_port()}"
+        self.webserver = f"http://127.0.0.1:{_free_port()}"
+        self.env = {
+            **os.environ, "DAGSTER_HOME": str(self.home), "FLOWER_PIPELINE_DATA_DIR": str(self.data),
+            "DAGSTER_POSTGRES_URL": f"{POSTGRES}/{name}_dagster",
+            "FLOWER_PIPELINE_MLFLOW_BACKEND": f"{POSTGRES}/{name}_mlflow", "MLFLOW_TRACKING_URI": self.tracking,
+            "FLOWER_PIPELINE_CELERY_BROKER": f"amqp://guest:guest@127.0.0.1:5672/{name}",
+            "FLOWER_PIPELINE_CELERY_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
+            # MLflow's client retries a dead server for minutes by default; a test has seconds
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+        }
+
+    def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
+        """The CLI with this stack's environment, in this process (a subprocess would import torch, Dagster
+        and MLflow again, seconds each time): (exit code, stdout, stderr)."""
+        from flower_pipeline.cli import main
+
+        out, err, saved = io.StringIO(), io.StringIO(), dict(os.environ)
+        os.environ.clear()
+        os.environ.update(env or self.env)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = main(list(args))
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        assert not check or code == 0, err.getvalue()[-3000:]
+        return code, out.getvalue(), err.getvalue()
+
+    def start(self, *args: str) -> subprocess.Popen:
+        return subprocess.Popen([CLI, *args], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    def record(self, piece: str) -> dict:
+        return json.loads((self.home / "stack" / f"{piece}.json").read_text())
+
+    @functools.cached_property
+    def instance(self):
+        import dagster as dg
+
+        saved = os.environ.get("DAGSTER_POSTGRES_URL")
+        os.environ["DAGSTER_POSTGRES_URL"] = self.env["DAGSTER_POSTGRES_URL"]  # read by the instance's yaml
+        try:
+            return dg.DagsterInstance.from_config(str(self.home))
+        finally:
+            os.environ.pop("DAGSTER_POSTGRES_URL")
+            if saved is not None:
+                os.environ["DAGSTER_POSTGRES_URL"] = saved
+
+    def mlflow(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking, self.tracking)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    missing = _missing_service()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing}: CI must run the scale-out tests")
+        pytest.skip(missing)
+    import redis
+
+    name, redis_db = f"fp_{uuid.uuid4().hex[:10]}", random.randint(1, 15)
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True,
+                   capture_output=True)
+    stack = Stack(tmp_path_factory.mktemp("stack"), name, redis_db)
+    try:
+        stack.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", stack.webserver)
+        yield stack
+    finally:
+        stack.cli("stack", "down", check=False)
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
+        redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
+        for database in (f"{name}_dagster", f"{name}_mlflow"):
+            _sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def chain(stack: Stack) -> Stack:
+    """Both synthetic variants prepared, then two trainings at once (colour × arch1, grey × arch2), each
+    trained, evaluated and registered through the Celery executor."""
+    for mode in ("color", "gray"):
+        stack.cli("prepare", *PREPARE, "--mode", mode)
+    trainings = [stack.start("train", "--variant", f"synthetic-{mode}-32", "--arch", arch, *TRAIN)
+                 for mode, arch in (("color", "arch1"), ("gray", "arch2"))]
+    for training in trainings:
+        _, err = training.communicate(timeout=300)
+        assert training.returncode == 0, err[-3000:]
+    return stack
+
+
+def _worker_steps(instance, run_ids: list[str]) -> list[tuple[str, str, float, float]]:
+    """(worker, step, started, ended) of every step a Celery worker finished, from the runs' event logs."""
+    from dagster._core.events import DagsterEventType
+
+    steps = []
+    for run_id in run_ids:
+        started: dict[str, tuple[str, float]] = {}
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            if event is None:
+                continue
+            data = event.engine_event_data if event.event_type == DagsterEventType.ENGINE_EVENT else None
+            if data is not None and "Celery worker" in data.metadata:
+                started[entry.step_key] = (data.metadata["Celery worker"].value, entry.timestamp)
+            elif event.event_type == DagsterEventType.STEP_SUCCESS:
+                worker, at = started[entry.step_key]
+                steps.append((worker.split("@")[0], entry.step_key, at, entry.timestamp))
+    return steps
+
+
+def test_two_trainings_share_two_gpu_workers_without_overlap(chain: Stack):
+    instance = chain.instance
+    runs = [r.run_id for r in instance.get_runs() if r.job_name == "retrain_generators"]
+    assert len(runs) == 2 and all(r.is_success for r in instance.get_runs() if r.run_id in runs)
+    steps = _worker_steps(instance, runs)
+    gpu_steps = [s for s in steps if s[1] in ("trained_generator", "generator_evaluation")]
+    assert {worker for worker, *_ in gpu_steps} == {"gpu0", "gpu1"}  # both GPU workers ran steps
+    assert {worker for worker, step, *_ in steps if step == "registered_generator"} == {"ingest"}
+    for worker in ("gpu0", "gpu1"):  # one step at a time on each GPU
+        spans = sorted((start, end) for w, _, start, end in gpu_steps if w == worker)
+        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    versions = chain.mlflow().search_model_versions("")
+    assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
+
+
+def test_models_and_sample_match_a_sqlite_store_for_the_same_training(chain: Stack, tmp_path: Path):
+    """The same training registered in-process into SQLite: `models` and `sample` say and draw the same."""
+    local = {k: v for k, v in chain.env.items() if k not in ("FLOWER_PIPELINE_CELERY_BROKER", "MLFLOW_TRACKING_URI")}
+    chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch1", *TRAIN, env=local)
+
+    def table(env: dict[str, str]) -> list[list[str]]:  # the cells, without the creation date and time
+        lines = chain.cli("models", env=env)[1].splitlines()
+        return [line.split()[:-2] for line in lines if line.startswith(("MODEL", "synthetic-color-32-arch1"))]
+
+    assert table(chain.env) == table(local)
+    grids = []
+    for env, png in ((chain.env, tmp_path / "server.png"), (local, tmp_path / "sqlite.png")):
+        chain.cli("sample", "--model", "synthetic-color-32-arch1", "--alias", "latest", "-n", "8", "--seed", "3",
+                  "-o", str(png), env=env)
+        grids.append(png.read_bytes())
+    assert grids[0] == grids[1]
+
+
+def _wait_for_checkpoint(stack: Stack, variant: str, arch: str, process: subprocess.Popen) -> Path:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        found = list((stack.data / "synthetic" / "training" / variant / arch).glob("*/checkpoint.pt"))
+        if found:
+            return found[0]
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        time.sleep(0.2)
+    raise AssertionError("no checkpoint within 120 s")
+
+
+def _worker_running(stack: Stack, step: str) -> str:
+    """The worker executing `step` now (the newest run's newest Celery engine event for it)."""
+    instance = stack.instance
+    run = instance.get_runs(limit=1)[0]
+    workers = [worker for worker, key, *_ in _started_steps(instance, run.run_id) if key == step]
+    return workers[-1]
+
+
+def _started_steps(instance, run_id: str) -> list[tuple[str, str]]:
+    from dagster._core.events import DagsterEventType
+
+    found = []
+    for entry in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        data = entry.dagster_event.engine_event_data
+        if data is not None and "Celery worker" in data.metadata:
+            found.append((data.metadata["Celery worker"].value.split("@")[0], entry.step_key))
+    return found
+
+
+def test_a_worker_killed_mid_training_hands_the_step_over_and_it_resumes(chain: Stack):
+    training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch1", *LONG_TRAIN)
+    _wait_for_checkpoint(chain, "synthetic-gray-32", "arch1", training)
+    worker = _worker_running(chain, "trained_generator")
+    os.killpg(chain.record(worker)["pid"], signal.SIGKILL)  # the whole worker, as a lost machine
+
+    _, err = training.communicate(timeout=300)
+    assert training.returncode == 0, err[-3000:]  # not hung, not failed: handed to the other GPU worker
+    instance = chain.instance
+    run = instance.get_runs(limit=1)[0]
+    workers = [w for w, step in _started_steps(instance, run.run_id) if step == "trained_generator"]
+    assert len(workers) == 2 and workers[0] == worker != workers[1]
+    resumed = [e.message for e in instance.all_logs(run.run_id) if "resumed from iteration" in (e.message or "")]
+    assert resumed and int(resumed[0].split("resumed from iteration ")[1].split()[0]) > 0
+    client = chain.mlflow()
+    assert len(client.search_model_versions("name='synthetic-gray-32-arch1'")) == 1  # registered once
+    statuses = sorted(r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("flower-pipeline").experiment_id],
+        "tags.dagster_partition = 'arch1|synthetic-gray-32'"))
+    assert statuses == ["FINISHED", "KILLED"]  # the killed attempt's MLflow run is closed, not left RUNNING
+    chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+
+
+def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(chain: Stack):
+    args = ["train", "--variant", "synthetic-color-32", "--arch", "arch2", *LONG_TRAIN]
+    training = chain.start(*args)
+    _wait_for_checkpoint(chain, "synthetic-color-32", "arch2", training)
+    os.killpg(chain.record("mlflow")["pid"], signal.SIGTERM)
+
+    _, err = training.communicate(timeout=300)
+    assert training.returncode == 1
+    assert err.strip().splitlines() == [f"error: MLflow at {chain.tracking} failed: unreachable (connection refused)"]
+    chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+    client = chain.mlflow()
+    assert client.search_registered_models("name='synthetic-color-32-arch2'") == []  # nothing half-registered
+
+    chain.cli(*args)  # the retry
+    assert len(client.search_model_versions("name='synthetic-color-32-arch2'")) == 1
+    statuses = sorted(r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("flower-pipeline").experiment_id],
+        "tags.dagster_partition = 'arch2|synthetic-color-32'"))
+    assert statuses == ["FINISHED", "KILLED"]
+    instance = chain.instance
+    resumed = [e.message for e in instance.all_logs(instance.get_runs(limit=1)[0].run_id)
+               if "resumed from iteration" in (e.message or "")]
+    assert resumed  # the retry went on from the checkpoint the failed attempt left
