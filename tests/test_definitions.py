@@ -43,3 +43,26 @@ def test_variants_and_datasets_are_dynamic_and_training_is_variant_by_architectu
 
     assert (dataset_partitions.name, variant_partitions.name) == ("datasets", "variants")
     assert [d.name for d in training_partitions.partitions_defs] == ["arch", "variant"]
+
+def test_gpu_steps_take_the_gpu_pool_and_the_gpu_queue_and_the_rest_neither():
+    from flower_pipeline.definitions import defs
+
+    graph = defs().resolve_asset_graph()
+    nodes = {k.to_user_string(): graph.get(k) for k in graph.get_all_asset_keys()}
+    on_gpu = {name for name, node in nodes.items() if node.pools == {"gpu"}}
+    queued = {name for name, node in nodes.items() if node.assets_def.op.tags.get("dagster-celery/queue") == "gpu"}
+    assert on_gpu == queued == {"trained_generator", "generator_evaluation", "feature_network", "study_run"}
+
+
+def test_a_broker_in_the_environment_makes_celery_the_executor(monkeypatch):
+    from flower_pipeline.defs.executor import executor
+
+    assert executor().executor is None  # unset: Dagster's default, in-process from the CLI
+    monkeypatch.setenv("FLOWER_PIPELINE_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
+    assert executor().executor.name == "celery"
+
+
+def test_the_postgres_instance_reads_its_database_from_the_environment():
+    config = yaml.safe_load((ROOT / "deploy" / "dagster_home" / "dagster.yaml").read_text())
+    assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
+    assert config["concurrency"]["pools"]["default_limit"] == 1

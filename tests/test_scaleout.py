@@ -312,3 +312,73 @@ def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(c
     resumed = [e.message for e in instance.all_logs(instance.get_runs(limit=1)[0].run_id)
                if "resumed from iteration" in (e.message or "")]
     assert resumed  # the retry went on from the checkpoint the failed attempt left
+
+
+LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
+
+
+def _launch_from_the_ui(stack: Stack, variant: str, arch: str) -> str:
+    """A retraining run launched as the UI's launchpad does: a GraphQL mutation to the webserver (the daemon
+    dequeues it and launches its run worker)."""
+    import urllib.request
+
+    key = f"{arch}|{variant}"
+    tags = {"dagster/partition": key, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
+    config = {"ops": {"trained_generator": {"config": {"iterations": 200, "features": 8, "log_every": 20,
+                                                       "sample_every": 200, "checkpoint_seconds": 0}},
+                      "generator_evaluation": {"config": {"samples": 64, "min_recall": 0.0}}},
+              "resources": {"storage": {"config": {"data_dir": str(stack.data)}}}}
+    params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
+                           "jobName": "retrain_generators"},
+              "runConfigData": config, "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+    request = urllib.request.Request(f"{stack.webserver}/graphql", json.dumps(
+        {"query": LAUNCH_RUN, "variables": {"params": params}}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        launched = json.load(response)["data"]["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
+def test_one_gpu_slot_holds_across_runs_launched_by_the_ui_and_the_cli(chain: Stack):
+    """With the gpu pool at one slot (one GPU), a run launched from the UI (run by the daemon) and one from the
+    CLI run at the same time but never have GPU steps at once, though two GPU workers are free."""
+    chain.instance.event_log_storage.set_concurrency_slots("gpu", 1)
+    try:
+        from_ui = _launch_from_the_ui(chain, "synthetic-color-32", "arch1")
+        from_cli = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2", *LONG_TRAIN)
+        _, err = from_cli.communicate(timeout=300)
+        assert from_cli.returncode == 0, err[-3000:]
+        deadline = time.monotonic() + 300
+        while not chain.instance.get_run_by_id(from_ui).is_finished:
+            assert time.monotonic() < deadline, "the run launched from the UI did not finish"
+            time.sleep(1)
+        assert chain.instance.get_run_by_id(from_ui).is_success
+    finally:
+        chain.instance.event_log_storage.set_concurrency_slots("gpu", 2)
+    import dagster as dg
+
+    cli_run = chain.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "arch2|synthetic-gray-32"}), limit=1)
+    runs = [from_ui, cli_run[0].run_id]
+    spans = sorted((start, end) for _, step, start, end in _worker_steps(chain.instance, runs)
+                   if step in ("trained_generator", "generator_evaluation"))
+    assert len(spans) == 4 and all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    records = [chain.instance.get_run_record_by_id(run) for run in runs]
+    assert max(r.start_time for r in records) < min(r.end_time for r in records)  # the runs were concurrent
+
+
+def test_a_worker_that_sees_another_data_folder_fails_in_one_line_naming_it(tmp_path: Path):
+    """Materialized on one machine's data folder, read on a machine that sees another: the step says so."""
+    import dagster as dg
+    from conftest import prepare, run_job
+
+    from flower_pipeline.defs.partitions import training_key
+
+    with dg.instance_for_test() as instance:
+        assert prepare(instance, tmp_path / "shared", "synthetic-color-32").success
+        elsewhere = run_job(instance, "retrain_generators", training_key("synthetic-color-32", "arch1"),
+                            tmp_path / "local", assets=["trained_generator"])
+    failure = elsewhere.get_step_failure_events()[0].step_failure_data.user_failure_data.description
+    expected = tmp_path / "local" / "stage_outputs" / "tensor_cache" / "synthetic-color-32.json"
+    assert failure.startswith(f"tensor_cache was materialized, but its output is not at {expected}: ")
+    assert "every worker must see one shared data folder" in failure and "\n" not in failure

@@ -64,7 +64,7 @@ class Evaluation:
 
 
 @dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
-          code_version=code_version(EvalSettings), op_tags=GPU_STEP)
+          code_version=code_version(EvalSettings), pool="gpu", op_tags=GPU_STEP)
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""

@@ -35,7 +35,7 @@ FeatureNetworkConfig = config_class("FeatureNetworkConfig", FeatureSettings, dev
 
 
 @dg.asset(partitions_def=variant_partitions, group_name="evaluation", kinds={"pytorch"}, owners=OWNERS,
-          code_version=code_version(FeatureSettings), op_tags=GPU_STEP)
+          code_version=code_version(FeatureSettings), pool="gpu", op_tags=GPU_STEP)
 def feature_network(context: dg.AssetExecutionContext, config: FeatureNetworkConfig, tensor_cache: TensorCacheRef,
                     storage: FlowerStorage) -> FeatureNetworkRef:
     """A small CNN trained to tell the variant's classes apart; its features measure generated images offline."""

@@ -61,16 +61,24 @@ class StageOutputs(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> Any:
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
         if len(keys) == 1:
-            return self.load_record(context.asset_key, keys[0])
+            return self.load_record(context.asset_key, keys[0], context.instance)
         records = {k: self._load(context.asset_key, k) for k in keys}
         return {k: v for k, v in records.items() if v is not None}
 
-    def load_record(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
-        """One partition's record; a missing one fails with its path and the likely cause."""
+    def load_record(self, asset_key: dg.AssetKey, partition: str | None,
+                    instance: dg.DagsterInstance | None = None) -> Any:
+        """One partition's record. A missing one fails in one line with its path and, where the instance says
+        it was materialized, the likely cause: this machine sees another data folder than the one that wrote it."""
         record = self._load(asset_key, partition)
-        if record is None:
-            raise dg.Failure(description=_missing(self._path(asset_key, partition), asset_key))
-        return record
+        if record is not None:
+            return record
+        path, name = self._path(asset_key, partition), asset_key.to_user_string()
+        if instance is not None and _materialized(instance, asset_key, partition):
+            raise dg.Failure(description=(
+                f"{name} was materialized, but its output is not at {path}: this machine does not see the data "
+                f"folder that run wrote to; every worker must see one shared data folder at the same path "
+                f"(${DATA_DIR_ENV})"))
+        raise dg.Failure(description=f"no output of {name} at {path}: materialize it first")
 
     def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
         path = self._path(asset_key, partition)
@@ -81,9 +89,10 @@ class StageOutputs(dg.ConfigurableIOManager):
         return _decode(getattr(__import__(module, fromlist=[name]), name), stored["value"])
 
 
-def _missing(path: Path, asset_key: dg.AssetKey) -> str:
-    return (f"no output of {asset_key.to_user_string()} at {path}: materialize it first; if it was materialized "
-            "on another machine, every worker must see the same data folder")
+def _materialized(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> bool:
+    if partition is None:
+        return instance.get_latest_materialization_event(asset_key) is not None
+    return partition in instance.get_materialized_partitions(asset_key)
 
 
 def pick(loaded: Any, key: str, field: str) -> Any:
