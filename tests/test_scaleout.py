@@ -382,3 +382,27 @@ def test_a_worker_that_sees_another_data_folder_fails_in_one_line_naming_it(tmp_
     expected = tmp_path / "local" / "stage_outputs" / "tensor_cache" / "synthetic-color-32.json"
     assert failure.startswith(f"tensor_cache was materialized, but its output is not at {expected}: ")
     assert "every worker must see one shared data folder" in failure and "\n" not in failure
+
+
+def test_stack_up_without_its_environment_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                monkeypatch: pytest.MonkeyPatch):
+    from flower_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    for name in ("DAGSTER_POSTGRES_URL", "FLOWER_PIPELINE_MLFLOW_BACKEND", "MLFLOW_TRACKING_URI",
+                 "FLOWER_PIPELINE_CELERY_BROKER", "FLOWER_PIPELINE_CELERY_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["stack", "up"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: the stack needs DAGSTER_POSTGRES_URL, FLOWER_PIPELINE_MLFLOW_BACKEND, ")
+    assert "source deploy/stack.env" in err and err.count("\n") == 1
+    assert not (tmp_path / "stack").exists()  # nothing started, nothing written
+
+
+def test_stack_status_says_when_nothing_runs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch):
+    from flower_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert main(["stack", "status"]) == 1
+    assert capsys.readouterr().err == "error: the stack is not running: `flower-pipeline stack up` starts it\n"
