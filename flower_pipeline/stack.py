@@ -59,7 +59,9 @@ def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path
         Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", os.environ[MLFLOW_BACKEND_ENV],
                          "--serve-artifacts", "--artifacts-destination", str(data_dir / "mlflow-artifacts"),
                          "--host", tracking.hostname or "127.0.0.1", "--port", str(tracking.port or 5000),
-                         "--workers", "1"], f"{os.environ[TRACKING_ENV].rstrip('/')}/health"),
+                         "--workers", "1"], f"{os.environ[TRACKING_ENV].rstrip('/')}/health",
+              # MLflow's GenAI job runner (seven more processes) serves nothing this project uses
+              {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         Piece("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace]),
         Piece("dagster-webserver", [str(bin_dir / "dagster-webserver"), *workspace, "-h", web.hostname or "127.0.0.1",
                                     "-p", str(web.port or 3000)], f"{webserver.rstrip('/')}/server_info"),
@@ -83,7 +85,7 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
     """Start every piece not already running, wait until each answers, and give the gpu pool one slot per GPU
     worker."""
     check_environment()
-    running = {name for name, record in records().items() if _alive(record["pid"])}
+    running = {name for name, record in records().items() if _settled_alive(record)}
     for url in (os.environ[POSTGRES_ENV], os.environ[MLFLOW_BACKEND_ENV]):
         create_database(url)
     _set_gpu_slots(workers)
@@ -96,9 +98,7 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
             if piece.name in running:  # `up` again starts only what stopped (a killed worker, a stopped server)
                 continue
             started.append(_start(piece, {**env, **piece.env}))
-            if piece.name == "mlflow":  # the trainings log to it: up before anything runs
-                _wait(piece, lambda p=piece: _answers(p.url))
-        for piece in started:
+        for piece in started:  # all start at once; nothing runs on them before `up` returns
             _wait(piece, lambda p=piece: _answers(p.url) if p.url else _alive(records()[p.name]["pid"]))
         names = {f"{p.name}@" for p in started if p.name.startswith(("gpu", "ingest"))}
         _wait_for_workers(names)
@@ -140,6 +140,15 @@ def status(say: Callable[[str], None]) -> bool:
         state = "running" if _alive(record["pid"]) else "stopped"
         say(f"{name:18} {state:8} pid {record['pid']:<8} {record['url'] or ''}  log {record['log']}")
     return all(_alive(r["pid"]) for r in found.values())
+
+
+def _settled_alive(record: dict, timeout: float = 60.0) -> bool:
+    """Whether a recorded piece runs. One with an address that is alive but does not answer is starting or
+    stopping (a server shutting down its workers): wait until it answers or exits."""
+    deadline = time.monotonic() + timeout
+    while _alive(record["pid"]) and record["url"] and not _answers(record["url"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return _alive(record["pid"])
 
 
 def records() -> dict[str, dict]:

@@ -42,7 +42,7 @@ def train_flags(iterations: int = 60, *extra: str) -> list[str]:
 
 
 TRAIN = train_flags()
-LONG_TRAIN = train_flags(200, "--checkpoint-seconds", "0")  # a checkpoint at every log line: 20 iterations
+LONG_TRAIN = train_flags(150, "--checkpoint-seconds", "0")  # a checkpoint at every log line: 20 iterations
 
 
 def _missing_service() -> str | None:
@@ -218,6 +218,14 @@ def test_two_trainings_share_two_gpu_workers_without_overlap(chain: Stack):
     assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
 
 
+def test_each_gpu_worker_sees_its_own_gpu_and_takes_one_step_at_a_time(stack: Stack):
+    for i in (0, 1):
+        record = stack.record(f"gpu{i}")
+        environ = Path(f"/proc/{record['pid']}/environ").read_bytes().split(b"\0")
+        assert f"CUDA_VISIBLE_DEVICES={i}".encode() in environ
+        assert record["command"][-8:-2] == ["-Q", "gpu", "-c", "1", "-n", f"gpu{i}@%h"]
+
+
 def test_models_and_sample_match_a_sqlite_store_for_the_same_training(chain: Stack, tmp_path: Path):
     """The same training registered in-process into SQLite: `models` and `sample` say and draw the same."""
     local = {k: v for k, v in chain.env.items() if k not in ("FLOWER_PIPELINE_CELERY_BROKER", "MLFLOW_TRACKING_URI")}
@@ -325,8 +333,8 @@ def _launch_from_the_ui(stack: Stack, variant: str, arch: str) -> str:
 
     key = f"{arch}|{variant}"
     tags = {"dagster/partition": key, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
-    config = {"ops": {"trained_generator": {"config": {"iterations": 200, "features": 8, "log_every": 20,
-                                                       "sample_every": 200, "checkpoint_seconds": 0}},
+    config = {"ops": {"trained_generator": {"config": {"iterations": 150, "features": 8, "log_every": 20,
+                                                       "sample_every": 150, "checkpoint_seconds": 0}},
                       "generator_evaluation": {"config": {"samples": 64, "min_recall": 0.0}}},
               "resources": {"storage": {"config": {"data_dir": str(stack.data)}}}}
     params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
