@@ -35,13 +35,12 @@ PREPARE = ["--dataset", "synthetic", "--size", "32", "--feature-net-epochs", "1"
            "--feature-net-dim", "8"]
 
 
-def train_flags(iterations: int = 60, *extra: str) -> list[str]:
+def train_flags(iterations: int, *extra: str) -> list[str]:
     """A small, quick training and evaluation (the gate's recall floor off: tens of iterations)."""
     return ["--iterations", str(iterations), "--features", "8", "--log-every", "20", "--sample-every",
             str(iterations), "--eval-samples", "64", "--eval-min-recall", "0", *extra]
 
 
-TRAIN = train_flags()
 LONG_TRAIN = train_flags(150, "--checkpoint-seconds", "0")  # a checkpoint at every log line: 20 iterations
 
 
@@ -169,17 +168,51 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             _sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
+
+
+def _launch_from_the_ui(stack: Stack, variant: str, arch: str) -> str:
+    """A retraining run launched as the UI's launchpad does: a GraphQL mutation to the webserver (the daemon
+    dequeues it and launches its run worker)."""
+    import urllib.request
+
+    key = f"{arch}|{variant}"
+    tags = {"dagster/partition": key, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
+    config = {"ops": {"trained_generator": {"config": {"iterations": 150, "features": 8, "log_every": 20,
+                                                       "sample_every": 150, "checkpoint_seconds": 0}},
+                      "generator_evaluation": {"config": {"samples": 64, "min_recall": 0.0}}},
+              "resources": {"storage": {"config": {"data_dir": str(stack.data)}}}}
+    params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
+                           "jobName": "retrain_generators"},
+              "runConfigData": config, "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+    request = urllib.request.Request(f"{stack.webserver}/graphql", json.dumps(
+        {"query": LAUNCH_RUN, "variables": {"params": params}}).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        launched = json.load(response)["data"]["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
 @pytest.fixture(scope="module")
 def chain(stack: Stack) -> Stack:
-    """Both synthetic variants prepared, then two trainings at once (colour × arch1, grey × arch2), each
-    trained, evaluated and registered through the Celery executor."""
+    """Both synthetic variants prepared, then two retrainings at once, each trained, evaluated and registered
+    through the Celery executor: colour × arch1 from the CLI, grey × arch2 launched from the UI (the daemon runs
+    it), with the gpu pool at one slot, as on a one-GPU machine, though two GPU workers are free."""
     for mode in ("color", "gray"):
         stack.cli("prepare", *PREPARE, "--mode", mode)
-    trainings = [stack.start("train", "--variant", f"synthetic-{mode}-32", "--arch", arch, *TRAIN)
-                 for mode, arch in (("color", "arch1"), ("gray", "arch2"))]
-    for training in trainings:
-        _, err = training.communicate(timeout=300)
-        assert training.returncode == 0, err[-3000:]
+    stack.instance.event_log_storage.set_concurrency_slots("gpu", 1)
+    try:
+        from_ui = _launch_from_the_ui(stack, "synthetic-gray-32", "arch2")
+        from_cli = stack.start("train", "--variant", "synthetic-color-32", "--arch", "arch1", *LONG_TRAIN)
+        _, err = from_cli.communicate(timeout=300)
+        assert from_cli.returncode == 0, err[-3000:]
+        deadline = time.monotonic() + 300
+        while not stack.instance.get_run_by_id(from_ui).is_finished:
+            assert time.monotonic() < deadline, "the run launched from the UI did not finish"
+            time.sleep(1)
+    finally:
+        stack.instance.event_log_storage.set_concurrency_slots("gpu", 2)
     return stack
 
 
@@ -203,17 +236,18 @@ def _worker_steps(instance, run_ids: list[str]) -> list[tuple[str, str, float, f
     return steps
 
 
-def test_two_trainings_share_two_gpu_workers_without_overlap(chain: Stack):
+def test_two_retrainings_share_two_gpu_workers_and_one_gpu_slot(chain: Stack):
     instance = chain.instance
-    runs = [r.run_id for r in instance.get_runs() if r.job_name == "retrain_generators"]
-    assert len(runs) == 2 and all(r.is_success for r in instance.get_runs() if r.run_id in runs)
-    steps = _worker_steps(instance, runs)
+    runs = [r for r in instance.get_runs() if r.job_name == "retrain_generators"]
+    assert len(runs) == 2 and all(r.is_success for r in runs)
+    records = [instance.get_run_record_by_id(r.run_id) for r in runs]
+    assert max(r.start_time for r in records) < min(r.end_time for r in records)  # the runs were concurrent
+    steps = _worker_steps(instance, [r.run_id for r in runs])
     gpu_steps = [s for s in steps if s[1] in ("trained_generator", "generator_evaluation")]
-    assert {worker for worker, *_ in gpu_steps} == {"gpu0", "gpu1"}  # both GPU workers ran steps
+    assert len(gpu_steps) == 4 and {worker for worker, *_ in gpu_steps} == {"gpu0", "gpu1"}  # both workers ran
     assert {worker for worker, step, *_ in steps if step == "registered_generator"} == {"ingest"}
-    for worker in ("gpu0", "gpu1"):  # one step at a time on each GPU
-        spans = sorted((start, end) for w, _, start, end in gpu_steps if w == worker)
-        assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
+    spans = sorted((start, end) for _, _, start, end in gpu_steps)  # the pool's one slot: never two at once,
+    assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))  # so neither per GPU
     versions = chain.mlflow().search_model_versions("")
     assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
 
@@ -229,7 +263,7 @@ def test_each_gpu_worker_sees_its_own_gpu_and_takes_one_step_at_a_time(stack: St
 def test_models_and_sample_match_a_sqlite_store_for_the_same_training(chain: Stack, tmp_path: Path):
     """The same training registered in-process into SQLite: `models` and `sample` say and draw the same."""
     local = {k: v for k, v in chain.env.items() if k not in ("FLOWER_PIPELINE_CELERY_BROKER", "MLFLOW_TRACKING_URI")}
-    chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch1", *TRAIN, env=local)
+    chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch1", *LONG_TRAIN, env=local)
 
     def table(env: dict[str, str]) -> list[list[str]]:  # the cells, without the creation date and time
         lines = chain.cli("models", env=env)[1].splitlines()
@@ -320,59 +354,6 @@ def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(c
     resumed = [e.message for e in instance.all_logs(instance.get_runs(limit=1)[0].run_id)
                if "resumed from iteration" in (e.message or "")]
     assert resumed  # the retry went on from the checkpoint the failed attempt left
-
-
-LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
-
-
-def _launch_from_the_ui(stack: Stack, variant: str, arch: str) -> str:
-    """A retraining run launched as the UI's launchpad does: a GraphQL mutation to the webserver (the daemon
-    dequeues it and launches its run worker)."""
-    import urllib.request
-
-    key = f"{arch}|{variant}"
-    tags = {"dagster/partition": key, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
-    config = {"ops": {"trained_generator": {"config": {"iterations": 150, "features": 8, "log_every": 20,
-                                                       "sample_every": 150, "checkpoint_seconds": 0}},
-                      "generator_evaluation": {"config": {"samples": 64, "min_recall": 0.0}}},
-              "resources": {"storage": {"config": {"data_dir": str(stack.data)}}}}
-    params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
-                           "jobName": "retrain_generators"},
-              "runConfigData": config, "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
-    request = urllib.request.Request(f"{stack.webserver}/graphql", json.dumps(
-        {"query": LAUNCH_RUN, "variables": {"params": params}}).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        launched = json.load(response)["data"]["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"]
-
-
-def test_one_gpu_slot_holds_across_runs_launched_by_the_ui_and_the_cli(chain: Stack):
-    """With the gpu pool at one slot (one GPU), a run launched from the UI (run by the daemon) and one from the
-    CLI run at the same time but never have GPU steps at once, though two GPU workers are free."""
-    chain.instance.event_log_storage.set_concurrency_slots("gpu", 1)
-    try:
-        from_ui = _launch_from_the_ui(chain, "synthetic-color-32", "arch1")
-        from_cli = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2", *LONG_TRAIN)
-        _, err = from_cli.communicate(timeout=300)
-        assert from_cli.returncode == 0, err[-3000:]
-        deadline = time.monotonic() + 300
-        while not chain.instance.get_run_by_id(from_ui).is_finished:
-            assert time.monotonic() < deadline, "the run launched from the UI did not finish"
-            time.sleep(1)
-        assert chain.instance.get_run_by_id(from_ui).is_success
-    finally:
-        chain.instance.event_log_storage.set_concurrency_slots("gpu", 2)
-    import dagster as dg
-
-    cli_run = chain.instance.get_runs(dg.RunsFilter(tags={"dagster/partition": "arch2|synthetic-gray-32"}), limit=1)
-    runs = [from_ui, cli_run[0].run_id]
-    spans = sorted((start, end) for _, step, start, end in _worker_steps(chain.instance, runs)
-                   if step in ("trained_generator", "generator_evaluation"))
-    assert len(spans) == 4 and all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))
-    records = [chain.instance.get_run_record_by_id(run) for run in runs]
-    assert max(r.start_time for r in records) < min(r.end_time for r in records)  # the runs were concurrent
 
 
 def test_a_worker_that_sees_another_data_folder_fails_in_one_line_naming_it(tmp_path: Path):
