@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from flower_pipeline.download import redact
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.scaleout import BACKEND_ENV, BROKER_ENV, DEFAULT_QUEUE, GPU_QUEUE, worker_app
 
@@ -86,6 +87,7 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
     worker."""
     check_environment()
     running = {name for name, record in records().items() if _settled_alive(record)}
+    _check_broker()
     for url in (os.environ[POSTGRES_ENV], os.environ[MLFLOW_BACKEND_ENV]):
         create_database(url)
     _set_gpu_slots(workers)
@@ -159,6 +161,7 @@ def records() -> dict[str, dict]:
 def create_database(url: str) -> None:
     """The PostgreSQL database of `url`, created if missing (the server's `postgres` database is asked)."""
     import psycopg2
+    from psycopg2 import sql
 
     parts = urllib.parse.urlsplit(url)
     name = parts.path.lstrip("/")
@@ -175,9 +178,22 @@ def create_database(url: str) -> None:
         with admin.cursor() as cursor:
             cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
             if cursor.fetchone() is None:
-                cursor.execute(f'CREATE DATABASE "{name}"')
+                cursor.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))  # any name, quoted
     finally:
         admin.close()
+
+
+def _check_broker() -> None:
+    """The broker reachable, before anything starts: workers on a wrong address would only log it."""
+    import amqp
+    import kombu.exceptions
+
+    try:
+        with worker_app().connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1)
+    except (OSError, kombu.exceptions.OperationalError, amqp.exceptions.AMQPError) as err:
+        raise PipelineError(f"cannot reach the Celery broker {redact(os.environ[BROKER_ENV])}: "
+                            f"{str(err).strip().splitlines()[0]}") from None
 
 
 def _set_gpu_slots(workers: int) -> None:
@@ -215,7 +231,7 @@ def _wait_for_workers(names: set[str], timeout: float = 120.0) -> None:
         if names <= answered:
             return
         if time.monotonic() > deadline:
-            raise PipelineError(f"workers did not answer through {os.environ[BROKER_ENV]}: "
+            raise PipelineError(f"workers did not answer through {redact(os.environ[BROKER_ENV])}: "
                                 f"{', '.join(sorted(names - answered))}")
 
 

@@ -395,3 +395,12 @@ def test_stack_status_says_when_nothing_runs(tmp_path: Path, capsys: pytest.Capt
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
     assert main(["stack", "status"]) == 1
     assert capsys.readouterr().err == "error: the stack is not running: `flower-pipeline stack up` starts it\n"
+
+
+def test_stack_up_with_a_wrong_broker_says_so_before_starting_anything(stack: Stack, tmp_path: Path):
+    env = {**stack.env, "DAGSTER_HOME": str(tmp_path),
+           "FLOWER_PIPELINE_CELERY_BROKER": "amqp://guest:guest@127.0.0.1:5672/no-such-vhost"}
+    code, _, err = stack.cli("stack", "up", env=env, check=False)
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith("error: cannot reach the Celery broker amqp://***@127.0.0.1:5672/no-such-vhost: ")
+    assert not (tmp_path / "stack").exists()
