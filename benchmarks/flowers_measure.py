@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from flower_pipeline.features import (
+from flower_pipeline.feature_network import (
     FeatureSettings,
     flower_features,
     flowers_measures,

@@ -7,7 +7,7 @@ PyTorch); `flower_pipeline.defs` wires them into Dagster.
 __version__ = "0.1.0"
 
 
-def code_version() -> str:
+def source_version() -> str:
     """The package version, plus the git commit when running from a checkout (recorded with each model)."""
     import subprocess
     from pathlib import Path

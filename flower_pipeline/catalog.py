@@ -9,43 +9,34 @@ unit that has its own tensor cache, trainings and registered models.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.sources import (
+    DatasetSource,
+    FileOrder,
+    Generated,
+    Labels,
+    LabelTable,
+    OfficialDownload,
+    RemoteFile,
+    TopFolders,
+)
 
 OXFORD_17 = "https://www.robots.ox.ac.uk/~vgg/data/flowers/17/"
 OXFORD_102 = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
 
 
 @dataclass(frozen=True)
-class RemoteFile:
-    url: str
-    md5: str
-    max_bytes: int  # a bound a little above the official file's size: a download past it is not this file
-
-    @property
-    def filename(self) -> str:
-        return self.url.rsplit("/", 1)[-1]
-
-
-@dataclass(frozen=True)
 class DatasetSpec:
-    """How to obtain one dataset and how to read its labels.
-
-    `labels` names the labelling scheme: "file_order" (classes of
-    `images_per_class` consecutive files, as Flowers-17 ships), "imagelabels_mat"
-    (Flowers-102's imagelabels.mat) or "folders" (one class per top-level folder
-    of a user's archive, a single class when there are none).
-    """
+    """A dataset: where its photos come from (`source`; None: the user gives --source) and how they are
+    labelled. `expected_images` is the catalogued count the image_count check compares with."""
 
     name: str
     title: str
-    archive: RemoteFile | None
-    companions: tuple[RemoteFile, ...] = field(default=())
+    source: DatasetSource | None
+    labels: Labels
     expected_images: int | None = None
-    num_classes: int | None = None
-    images_per_class: int | None = None
-    labels: str = "file_order"
     synthetic: bool = False
 
 
@@ -53,30 +44,27 @@ DATASETS: dict[str, DatasetSpec] = {
     "flowers17": DatasetSpec(
         name="flowers17",
         title="Oxford Flowers-17",
-        archive=RemoteFile(OXFORD_17 + "17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab", 80_000_000),
+        source=OfficialDownload(
+            RemoteFile(OXFORD_17 + "17flowers.tgz", "b59a65d8d1a99cd66944d474e1289eab", 80_000_000)),
+        labels=FileOrder(per_class=80, classes=17),
         expected_images=1360,
-        num_classes=17,
-        images_per_class=80,
     ),
     "flowers102": DatasetSpec(
         name="flowers102",
         title="Oxford Flowers-102",
-        archive=RemoteFile(OXFORD_102 + "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", 400_000_000),
-        companions=(
-            RemoteFile(OXFORD_102 + "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", 1_000_000),
-            RemoteFile(OXFORD_102 + "setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", 1_000_000),
-        ),
+        source=OfficialDownload(
+            RemoteFile(OXFORD_102 + "102flowers.tgz", "52808999861908f626f3c1f4e79d11fa", 400_000_000),
+            companions=(RemoteFile(OXFORD_102 + "imagelabels.mat", "e0620be6f572b9609742df49c70aed4d", 1_000_000),
+                        RemoteFile(OXFORD_102 + "setid.mat", "a5357ecc9cb78c4bef273ce3793fc85c", 1_000_000))),
+        labels=LabelTable(),
         expected_images=8189,
-        num_classes=102,
-        labels="imagelabels_mat",
     ),
     "synthetic": DatasetSpec(
         name="synthetic",
         title="Synthetic flowers (procedurally drawn, not real photos)",
-        archive=None,
+        source=Generated(classes=8, per_class=40),
+        labels=FileOrder(per_class=40, classes=8),
         expected_images=320,
-        num_classes=8,
-        images_per_class=40,
         synthetic=True,
     ),
 }
@@ -84,6 +72,9 @@ DATASETS: dict[str, DatasetSpec] = {
 CATALOGUED = tuple(DATASETS)
 CUSTOM = "custom"  # what `prepare --dataset` takes for a user's collection, named with --name
 MODES = ("color", "gray")
+CROPS = ("center", "pad", "stretch")
+DEFAULT_CROP = "center"
+DEFAULT_HOLDOUT = 0.1  # share of each class held out of training, for evaluation
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
@@ -101,7 +92,7 @@ def get_dataset(name: str) -> DatasetSpec:
     """A catalogued dataset, or a user's collection (classes from its top-level folders)."""
     if name in DATASETS:
         return DATASETS[name]
-    return DatasetSpec(name=custom_name(name), title=f"{name} (your photos)", archive=None, labels="folders")
+    return DatasetSpec(name=custom_name(name), title=f"{name} (your photos)", source=None, labels=TopFolders())
 
 
 def check_size(size: int) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import os
 import pickle
 import re
 from collections.abc import Callable
@@ -34,9 +35,18 @@ import cv2
 import numpy as np
 import torch
 
+from flower_pipeline.colours import (
+    ColourClusters,
+    colour_clusters,
+    colour_family_shares,
+    colour_histograms,
+    colour_swatch_png,
+    jensen_shannon,
+)
 from flower_pipeline.download import fetch
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.features import flowers_measures
+from flower_pipeline.feature_network import flowers_measures
+from flower_pipeline.metrics import FLOWERS_MEASURES, INCEPTION_MEASURES
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.settings import setting
@@ -44,11 +54,11 @@ from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_b
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import load_trained
 
+INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"  # stands for the setting's "auto" when set
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N×D
-FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
 
 
 @dataclass(frozen=True)
@@ -142,6 +152,15 @@ def resolve_inception_weights(setting: str, cache_dir: Path, url: str = INCEPTIO
     return fetched, ""
 
 
+def inception_for(settings: EvalSettings, device: torch.device) -> tuple[FeatureFn | None, str]:
+    """Inception features per the `inception_weights` setting ($FLOWER_PIPELINE_INCEPTION_WEIGHTS stands for
+    "auto"), or None and the reason FID and KID are unavailable."""
+    setting = os.environ.get(INCEPTION_ENV, "auto") if settings.inception_weights == "auto" \
+        else settings.inception_weights
+    weights, reason = resolve_inception_weights(setting, Path(torch.hub.get_dir()) / "checkpoints")
+    return (inception_features(weights, device), "") if weights else (None, reason)
+
+
 def inception_features(weights: Path, device: torch.device | str = "cpu", batch_size: int = 64) -> FeatureFn:
     """torch-fidelity's Inception-v3 (2015-12-05) 2048-d pool features, as published FIDs use."""
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -184,79 +203,6 @@ def fid_kid(real_features: np.ndarray, fake_features: np.ndarray, settings: Eval
 # --- mode collapse: colours -----------------------------------------------------------------------------------
 
 
-def colour_histograms(images: np.ndarray) -> np.ndarray:
-    """Per image, the share of pixels in each colour bin: 4 levels per channel (64 bins), or 16 grey levels."""
-    n, channels = images.shape[:2]
-    if channels == 3:
-        q = images // 64
-        index, bins = (q[:, 0].astype(np.int64) * 16 + q[:, 1] * 4 + q[:, 2]), 64
-    else:
-        index, bins = (images[:, 0] // 16).astype(np.int64), 16
-    offsets = np.arange(n, dtype=np.int64)[:, None, None] * bins
-    counts = np.bincount((index + offsets).ravel(), minlength=n * bins).reshape(n, bins)
-    return counts / counts.sum(axis=1, keepdims=True)
-
-
-def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
-    """Jensen–Shannon divergence in bits: 0 for equal distributions, 1 for disjoint ones."""
-    m = (p + q) / 2
-
-    def kl(a: np.ndarray) -> float:
-        mask = a > 0
-        return float((a[mask] * np.log2(a[mask] / m[mask])).sum())
-
-    return (kl(p) + kl(q)) / 2
-
-
-def centre_colours(images: np.ndarray) -> np.ndarray:
-    """Each image's mean colour in its central half, where the flower is: N×C floats in [0, 255]."""
-    size = images.shape[-1]
-    centre = images[:, :, size // 4 : size - size // 4, size // 4 : size - size // 4]
-    return centre.reshape(len(images), images.shape[1], -1).mean(axis=2)
-
-
-def kmeans(points: np.ndarray, k: int, seed: int = 0, steps: int = 50) -> np.ndarray:
-    """Cluster centres by k-means with k-means++ seeding (deterministic for a seed)."""
-    rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
-    for _ in range(1, k):
-        d2 = ((points[:, None] - np.array(centres)[None]) ** 2).sum(-1).min(axis=1)
-        if d2.sum() == 0:
-            break
-        centres.append(points[rng.choice(len(points), p=d2 / d2.sum())])
-    centres_array = np.array(centres, np.float64)
-    for _ in range(steps):
-        assign = nearest_centre(points, centres_array)
-        moved = np.array([points[assign == c].mean(axis=0) if (assign == c).any() else centres_array[c]
-                          for c in range(len(centres_array))])
-        if np.allclose(moved, centres_array):
-            break
-        centres_array = moved
-    return centres_array
-
-
-def nearest_centre(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return ((points[:, None] - centres[None]) ** 2).sum(-1).argmin(axis=1)
-
-
-@dataclass(frozen=True)
-class ColourClusters:
-    centres: np.ndarray  # k×C mean colours
-    real_share: np.ndarray  # k
-    fake_share: np.ndarray  # k
-
-
-def colour_clusters(real: np.ndarray, fake: np.ndarray, k: int = 8, seed: int = 0) -> ColourClusters:
-    """Cluster the real images by the colour of their centre; share of real and generated images per cluster."""
-    real_colours, fake_colours = centre_colours(real), centre_colours(fake)
-    centres = kmeans(real_colours, min(k, len(real_colours)), seed)
-    count = len(centres)
-    return ColourClusters(
-        centres,
-        np.bincount(nearest_centre(real_colours, centres), minlength=count) / len(real),
-        np.bincount(nearest_centre(fake_colours, centres), minlength=count) / len(fake))
-
-
 def colour_report(real: np.ndarray, fake: np.ndarray,
                   settings: EvalSettings) -> tuple[dict[str, float], ColourClusters]:
     """How far the samples' colours are from the real ones, and how many real colour clusters they cover.
@@ -278,23 +224,6 @@ def colour_report(real: np.ndarray, fake: np.ndarray,
     }, clusters
 
 
-# Named flower colours, for the source's claims ("yellow and purple flowers", "white ones too"): each image's
-# centre colour goes to the nearest of these (the background green takes centres that show no flower).
-COLOUR_FAMILIES = {"yellow": (225, 195, 40), "purple": (130, 70, 160), "white": (230, 228, 220),
-                   "red": (190, 40, 40), "pink": (220, 140, 170), "orange": (230, 120, 30),
-                   "blue": (80, 100, 190), "green": (70, 110, 50)}
-
-
-def colour_family_shares(images: np.ndarray) -> dict[str, float]:
-    """The share of images whose centre colour is nearest each named colour (colour images only)."""
-    if images.shape[1] != 3:
-        return {}
-    names, palette = list(COLOUR_FAMILIES), np.array(list(COLOUR_FAMILIES.values()), np.float64)
-    family = nearest_centre(centre_colours(images), palette)
-    counts = np.bincount(family, minlength=len(names)) / len(images)
-    return {name: float(share) for name, share in zip(names, counts, strict=True)}
-
-
 def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
     """Sharpness and pixelation in one number: the samples' share of spectral energy above half the Nyquist
     frequency, over the real images'. 1 is like the photos; below 1 blurrier, above 1 noisier or pixelated
@@ -309,25 +238,6 @@ def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
         return float(power[:, high].sum() / max(power.sum(), 1e-12))
 
     return share(fake) / max(share(real), 1e-12)
-
-
-def colour_swatch_png(clusters: ColourClusters, width: int = 512, height: int = 40) -> bytes:
-    """Two bars, real above generated, split among the real colour clusters in proportion to their shares."""
-    colours = np.clip(clusters.centres, 0, 255).astype(np.uint8)
-    if colours.shape[1] == 1:
-        colours = np.repeat(colours, 3, axis=1)
-    order = np.argsort(-clusters.real_share)
-    rows = []
-    for shares in (clusters.real_share, clusters.fake_share):
-        bar = np.full((height, width, 3), 255, np.uint8)
-        left = 0
-        for c in order:
-            span = round(float(shares[c]) * width)
-            bar[:, left : left + span] = colours[c]
-            left += span
-        rows.append(bar)
-    gap = np.full((6, width, 3), 255, np.uint8)
-    return png_bytes(np.concatenate([rows[0], gap, rows[1]]))
 
 
 # --- memorization -------------------------------------------------------------------------------------------------
@@ -406,12 +316,12 @@ class EvalResult:
 
 
 def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, device: torch.device | str = "cpu",
-             features: FeatureFn | None = None, no_features_reason: str = "no feature extractor",
+             inception: FeatureFn | None = None, no_inception_reason: str = "no feature extractor",
              flowers: FeatureFn | None = None, no_flowers_reason: str = "no feature network",
              iteration: int | None = None) -> EvalResult:
     """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation.
 
-    `features` gives Inception features (FID, KID); `flowers` the variant's own feature network's
+    `inception` gives Inception features (FID, KID); `flowers` the variant's own feature network's
     (fd_flowers, kd_flowers, precision, recall). Each missing one is reported with its reason.
     `iteration` evaluates a generator snapshot kept during training instead of the final generator.
     """
@@ -451,10 +361,10 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
                                         settings.seed))
     except PipelineError as err:  # no labels, or too few images for the feature size: said, not a crash
         unavailable.update(dict.fromkeys(FLOWERS_MEASURES, str(err)))
-    if features is None:
-        unavailable.update(dict.fromkeys(("fid", "kid_mean", "near_copy_share_inception"), no_features_reason))
+    if inception is None:
+        unavailable.update(dict.fromkeys(INCEPTION_MEASURES, no_inception_reason))
     else:
-        real_train, real_holdout, fake = features(train_images), features(holdout_images), features(samples)
+        real_train, real_holdout, fake = inception(train_images), inception(holdout_images), inception(samples)
         metrics.update(fid_kid(np.concatenate([real_train, real_holdout]), fake, settings))
         metrics.update(memorization_report(real_train, real_holdout, fake, settings, "inception")[0])
 

@@ -10,46 +10,23 @@ assets in `flower_pipeline.defs` pass these records between them.
 from __future__ import annotations
 
 import hashlib
-import re
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from flower_pipeline.catalog import DatasetSpec, RemoteFile, Variant, get_dataset
-from flower_pipeline.download import (
-    Checksum,
-    DownloadLimits,
-    ProgressFn,
-    fetch,
-    forget,
-    is_url,
-    local_path,
-    redact,
-)
+from flower_pipeline.catalog import DEFAULT_CROP, DEFAULT_HOLDOUT, DatasetSpec, Variant, get_dataset
+from flower_pipeline.download import Checksum, DownloadLimits, ProgressFn, forget, is_url
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.extract import ExtractLimits, extract_archive, list_images
 from flower_pipeline.imaging import ResizeSpec, resize_all
+from flower_pipeline.layout import DataLayout
+from flower_pipeline.sources import Fetching, FileOrder, RawArchive, source_for
 from flower_pipeline.storage import atomic_save_npy
-from flower_pipeline.synthetic import write_synthetic_archive
 from flower_pipeline.tensor_cache import write_cache
-
-
-@dataclass(frozen=True)
-class RawArchive:
-    dataset: str
-    kind: str  # archive, synthetic or folder
-    path: str
-    source: str
-    sha256: str
-    size: int
-    companions: dict[str, str]  # official name → local path (Flowers-102's label tables)
-    downloaded: bool
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -92,12 +69,8 @@ class TensorCacheRef:
     seconds: float
 
 
-def dataset_root(data_dir: Path, dataset: str) -> Path:
-    return data_dir / dataset
-
-
 def fetch_raw_archive(
-    data_dir: Path,
+    layout: DataLayout,
     spec: DatasetSpec,
     *,
     source: str | None = None,
@@ -106,66 +79,13 @@ def fetch_raw_archive(
     backoff_s: float = 1.0,
     limits: DownloadLimits | None = None,
 ) -> RawArchive:
-    """Obtain the dataset's archive (download, local file or generated). Official files are capped at their
-    catalogued size bound."""
-    limits = limits or DownloadLimits()
-    started = time.perf_counter()
-    downloads = dataset_root(data_dir, spec.name) / "downloads"
-    companions: dict[str, str] = {}
-    if spec.synthetic and source is None:
-        archive = downloads / "synthetic-flowers.tgz"
-        if not archive.is_file():
-            write_synthetic_archive(archive, num_classes=spec.num_classes or 8,
-                                    per_class=spec.images_per_class or 40)
-        fetched = fetch(str(archive), downloads, checksum=checksum)
-        kind, origin = "synthetic", "generated locally (synthetic drawings, not photos)"
-    elif spec.archive is None and source is None:
-        raise PipelineError(f"{spec.name} needs --source: an archive (.tgz/.tar/.zip), a folder or a URL")
-    elif source is not None and not is_url(source) and local_path(source).is_dir():
-        folder = local_path(source).resolve()
-        return RawArchive(spec.name, "folder", str(folder), source, _folder_digest(folder),
-                          sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()), {}, False,
-                          time.perf_counter() - started)
-    else:
-        if source is not None and spec.archive is not None and checksum is None:
-            raise PipelineError(
-                f"a --source for {spec.name} needs --sha256 or --md5: the official md5 "
-                "only fits the official file")
-        origin = source or spec.archive.url  # type: ignore[union-attr]
-        official = source is None
-        if official:
-            checksum = Checksum("md5", spec.archive.md5)  # type: ignore[union-attr]
-        bounded = replace(limits, max_bytes=spec.archive.max_bytes) if official else limits  # type: ignore[union-attr]
-        fetched = fetch(origin, downloads, checksum=checksum, progress=progress, backoff_s=backoff_s, limits=bounded)
-        for companion in spec.companions:
-            # Official companions are verified by their official md5; a mirror's are
-            # taken as they are (small label tables, parsed strictly afterwards).
-            where = companion.url if official else _beside(origin, companion)
-            expected = Checksum("md5", companion.md5) if official else None
-            companions[companion.filename] = str(
-                fetch(where, downloads, checksum=expected, backoff_s=backoff_s,
-                      limits=replace(limits, max_bytes=companion.max_bytes)).path)
-        kind = "archive"
-    return RawArchive(spec.name, kind, str(fetched.path), redact(origin), fetched.sha256, fetched.size, companions,
-                      fetched.downloaded, time.perf_counter() - started)
+    """Obtain the dataset's images from the user's --source, else from the catalogue's source."""
+    chosen = source_for(spec.name, spec.source, source, checksum)
+    return chosen.obtain(spec.name, layout.downloads(spec.name),
+                         Fetching(checksum, progress, backoff_s, limits or DownloadLimits()))
 
 
-def _beside(origin: str, companion: RemoteFile) -> str:
-    """Companion files are looked for next to the given archive, under their official names."""
-    if is_url(origin):
-        return urllib.parse.urljoin(origin, companion.filename)
-    return str(Path(origin).expanduser().parent / companion.filename)
-
-
-def _folder_digest(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for name in list_images(folder):
-        stat = (folder / name).stat()
-        digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
-def extract_images(raw: RawArchive, data_dir: Path, *, limits: ExtractLimits | None = None) -> ExtractedImages:
+def extract_images(raw: RawArchive, layout: DataLayout, *, limits: ExtractLimits | None = None) -> ExtractedImages:
     """Extract the raw archive safely (or adopt a folder of images as it is)."""
     started = time.perf_counter()
     if raw.kind == "folder":
@@ -175,7 +95,7 @@ def extract_images(raw: RawArchive, data_dir: Path, *, limits: ExtractLimits | N
             raise PipelineError(f"{root} holds no image files")
     else:
         try:
-            result = extract_archive(Path(raw.path), dataset_root(data_dir, raw.dataset) / "extracted",
+            result = extract_archive(Path(raw.path), layout.extracted(raw.dataset),
                                      archive_sha256=raw.sha256, limits=limits or ExtractLimits())
         except PipelineError:
             if is_url(raw.source):  # a download that is no archive (an error page): never reuse it
@@ -187,7 +107,7 @@ def extract_images(raw: RawArchive, data_dir: Path, *, limits: ExtractLimits | N
                            raw.companions, time.perf_counter() - started)
 
 
-def resize_images(extracted: ExtractedImages, variant: Variant, data_dir: Path, *, crop: str = "center",
+def resize_images(extracted: ExtractedImages, variant: Variant, layout: DataLayout, *, crop: str = DEFAULT_CROP,
                   progress: Callable[[int, int], None] | None = None) -> ResizedImages:
     """Decode and resize every extracted image for one variant; unusable ones are skipped with a reason."""
     if extracted.dataset != variant.dataset:
@@ -199,7 +119,7 @@ def resize_images(extracted: ExtractedImages, variant: Variant, data_dir: Path, 
     if not result.kept:
         raise PipelineError(f"{variant.name}: none of the {len(names)} images could be used "
                             f"(first problem: {next(iter(result.skipped.items()), ('', ''))})")
-    out = dataset_root(data_dir, variant.dataset) / "resized" / f"{spec.size}px-{spec.mode}-{spec.crop}"
+    out = layout.resized(variant.dataset, spec.size, spec.mode, spec.crop)
     atomic_save_npy(out / "images.npy", result.images)
     params = {**spec.as_dict(), "dataset": variant.dataset, "variant": variant.name,
               "archive_sha256": extracted.archive_sha256}
@@ -207,47 +127,20 @@ def resize_images(extracted: ExtractedImages, variant: Variant, data_dir: Path, 
                          params, time.perf_counter() - started)
 
 
-def label_images(spec: DatasetSpec, names: list[str], companions: dict[str, str]) -> tuple[np.ndarray, list[str]]:
-    """Class labels for the given image names, by the dataset's labelling scheme."""
-    if spec.labels == "file_order":
-        per_class = spec.images_per_class or 1
-        labels = np.array([(_image_number(n) - 1) // per_class for n in names], np.int64)
-        return labels, [f"class_{i:02d}" for i in range(spec.num_classes or int(labels.max()) + 1)]
-    if spec.labels == "imagelabels_mat":
-        from scipy.io import loadmat
-
-        path = companions.get("imagelabels.mat")
-        if not path:
-            raise PipelineError(f"{spec.name}: imagelabels.mat was not fetched")
-        table = np.asarray(loadmat(path)["labels"]).ravel().astype(np.int64)
-        numbers = [_image_number(n) for n in names]
-        if max(numbers) > len(table):
-            raise PipelineError(f"{spec.name}: imagelabels.mat has {len(table)} labels, "
-                                f"but image number {max(numbers)} exists")
-        return table[np.array(numbers) - 1] - 1, [f"class_{i:03d}" for i in range(int(table.max()))]
-    folders = [n.split("/")[0] if "/" in n else "all" for n in names]
-    class_names = sorted(set(folders))
-    return np.array([class_names.index(f) for f in folders], np.int64), class_names
-
-
-def _image_number(name: str) -> int:
-    match = re.search(r"(\d+)\D*$", name)
-    if not match:
-        raise PipelineError(f"cannot read an image number from {name!r}")
-    return int(match.group(1))
-
-
-def build_tensor_cache(extracted: ExtractedImages, resized: ResizedImages, data_dir: Path, *,
-                       holdout_fraction: float = 0.1) -> TensorCacheRef:
+def build_tensor_cache(extracted: ExtractedImages, resized: ResizedImages, layout: DataLayout, *,
+                       holdout_fraction: float = DEFAULT_HOLDOUT) -> TensorCacheRef:
     """Turn the resized images into the content-keyed tensor cache."""
     if not 0 <= holdout_fraction < 1:
         raise PipelineError(f"the holdout fraction must be at least 0 and below 1, got {holdout_fraction}")
     spec = get_dataset(extracted.dataset)
     started = time.perf_counter()
     images = np.load(resized.file)
-    labels, class_names = label_images(spec, resized.names, extracted.companions)
+    try:
+        labels, class_names = spec.labels.label(resized.names, extracted.companions)
+    except PipelineError as err:
+        raise PipelineError(f"{spec.name}: {err}") from None
     cache_dir, reused, key = write_cache(
-        dataset_root(data_dir, spec.name) / "cache", images, labels, resized.names, class_names=class_names,
+        layout.caches(spec.name), images, labels, resized.names, class_names=class_names,
         params=resized.params, holdout_fraction=holdout_fraction)
     counts = Counter(labels.tolist())
     # A user's folder or archive has no catalogued count: every image file found is expected.
@@ -301,23 +194,20 @@ def check_class_balance(ref: TensorCacheRef) -> CheckOutcome:
     cache = TensorCache.load(ref.path)
     counts = np.bincount(cache.labels, minlength=len(cache.meta["class_names"]))
     present = counts[counts > 0]
-    if spec.images_per_class and ref.expected_images == spec.expected_images:
-        per_class_skips = Counter(_class_of_skip(spec, n) for n in ref.skipped)
-        ok = all(c == spec.images_per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
-        return CheckOutcome(ok, f"{len(present)} classes of {spec.images_per_class} expected, less skips; "
+    if isinstance(spec.labels, FileOrder) and ref.expected_images == spec.expected_images:
+        per_class_skips = Counter(spec.labels.class_of(n) for n in ref.skipped)
+        ok = all(c == spec.labels.per_class - per_class_skips.get(k, 0) for k, c in enumerate(counts))
+        return CheckOutcome(ok, f"{len(present)} classes of {spec.labels.per_class} expected, less skips; "
                                 f"counts {counts.tolist()}")
     ok = bool(len(present)) and bool(present.min() >= 1)
     return CheckOutcome(ok, f"{len(present)} classes, {present.min()}–{present.max()} images each")
 
 
-def _class_of_skip(spec: DatasetSpec, name: str) -> int:
-    return (_image_number(name) - 1) // (spec.images_per_class or 1)
-
-
 def prepare_variant(data_dir: Path, variant: Variant, *, source: str | None = None,
-                    checksum: Checksum | None = None, holdout_fraction: float = 0.1) -> TensorCacheRef:
+                    checksum: Checksum | None = None, holdout_fraction: float = DEFAULT_HOLDOUT) -> TensorCacheRef:
     """The whole ingest of one variant without Dagster (scripts, benchmarks, tests)."""
-    raw = fetch_raw_archive(data_dir, get_dataset(variant.dataset), source=source, checksum=checksum)
-    extracted = extract_images(raw, data_dir)
-    return build_tensor_cache(extracted, resize_images(extracted, variant, data_dir), data_dir,
+    layout = DataLayout.at(data_dir)
+    raw = fetch_raw_archive(layout, get_dataset(variant.dataset), source=source, checksum=checksum)
+    extracted = extract_images(raw, layout)
+    return build_tensor_cache(extracted, resize_images(extracted, variant, layout), layout,
                               holdout_fraction=holdout_fraction)

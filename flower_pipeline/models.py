@@ -9,6 +9,8 @@ initialisation, and a discriminator that returns logits (D(x) = sigmoid).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,7 +18,6 @@ from torch import nn
 
 from flower_pipeline.errors import PipelineError
 
-ARCHITECTURES = ("arch1", "arch2")
 NOISES = ("gaussian", "uniform")
 # How a trained generator's batch norm normalizes when it makes images: "batch" uses each batch's own
 # statistics, as in training; "eval" uses the running averages. Batch statistics won on real Flowers-17
@@ -246,13 +247,36 @@ class Discriminator(nn.Module):
         return self.classify(self.minibatch(self.features(x))).view(-1)
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture: its generator, and the training defaults that make it what the source described.
+    `defaults` fill the TrainConfig settings left unset (None)."""
+
+    title: str
+    generator: type[nn.Module]
+    defaults: dict[str, Any]
+
+
+# The architecture table: a new architecture is a generator class above and a row here.
+ARCHITECTURES: dict[str, Architecture] = {
+    "arch1": Architecture("strided transposed convolutions, minibatch discrimination, one-sided smoothing",
+                          Generator1, {"real_label": 0.9, "fake_label": 0.0, "minibatch_discrimination": True,
+                                       "dropout": 0.0}),
+    "arch2": Architecture("upsampling + convolution, dropout", Generator2,
+                          {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3}),
+}
+
+
+def architecture(arch: str) -> Architecture:
+    if arch not in ARCHITECTURES:
+        raise PipelineError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch]
+
+
 def build_models(arch: str, *, channels: int, image_size: int, latent_dim: int = 100, features: int = 64,
                  dropout: float = 0.0, minibatch_kernels: int = 0, minibatch_kernel_dim: int = 5,
                  minibatch_weight: float = 1.0) -> tuple[nn.Module, Discriminator]:
-    if arch not in ARCHITECTURES:
-        raise PipelineError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    generator_class = Generator1 if arch == "arch1" else Generator2
-    generator = generator_class(latent_dim, channels, image_size, features)
+    generator = architecture(arch).generator(latent_dim, channels, image_size, features)
     discriminator = Discriminator(channels, image_size, features, dropout,
                                   minibatch_kernels, minibatch_kernel_dim, minibatch_weight)
     return generator, discriminator

@@ -1,11 +1,14 @@
-"""Atomic file writes: a temporary file beside the target, then a rename."""
+"""Atomic file writes (a temporary file beside the target, then a rename), records as JSON, PNG encoding."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import struct
 import tempfile
+import types
+import typing
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -56,3 +59,28 @@ def png_bytes(image: np.ndarray) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
             + chunk(b"IEND", b""))
+
+
+def encode_record(value: Any) -> Any:
+    """A record (frozen dataclass of paths, numbers, nested records) as JSON-ready data."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: encode_record(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: encode_record(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [encode_record(v) for v in value]
+    return value
+
+
+def decode_record(cls: type, value: dict[str, Any]) -> Any:
+    """The record of type `cls` from `encode_record`'s data; nested records (also optional ones) included."""
+    hints = typing.get_type_hints(cls)
+
+    def field(kind: Any, item: Any) -> Any:
+        if isinstance(kind, types.UnionType) and item is not None:  # `Record | None`
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        return decode_record(kind, item) if dataclasses.is_dataclass(kind) and item is not None else item
+
+    return cls(**{k: field(hints[k], v) for k, v in value.items()})

@@ -23,14 +23,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from flower_pipeline import source_version
 from flower_pipeline.catalog import Variant
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalSettings
+from flower_pipeline.feature_network import FeatureNetworkRef
+from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.layout import DataLayout
+from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.models import ARCHITECTURES
-from flower_pipeline.training import TrainConfig
+from flower_pipeline.runs import Evaluation, evaluate_and_log, measure, train_and_log
+from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, decode_record, encode_record
+from flower_pipeline.tracking import Tracker
+from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig
 
 STUDIES_DIR = Path(__file__).parent / "studies"
-FULL_ITERATIONS = 20_000  # the source's; a quick profile scales every run's iterations by its own over this
 
 
 @dataclass(frozen=True)
@@ -356,6 +363,94 @@ RULES: dict[str, Callable[[Metrics], Verdict]] = {
 }
 
 
+# --- running one study run -------------------------------------------------------------------------------------
+
+
+def study_run_key(study: str, profile: str, label: str) -> str:
+    """The partition key of one study run: `<study>:<profile>:<label>` (e.g. `source:quick:arch2-batch8`)."""
+    return f"{study}:{profile}:{label}"
+
+
+@dataclass(frozen=True)
+class StudyRunResult:
+    partition: str
+    run_key: str  # what the result depends on; a new key means a new training
+    label: str
+    variant: str
+    arch: str
+    cache_hash: str
+    feature_network: str  # the network its fd_flowers was measured with
+    path: str
+    metrics: dict[str, float]
+    snapshot_metrics: dict[str, float]  # the same measures for the generator kept at `snapshot`
+    snapshot: int | None
+    unavailable: dict[str, str]
+    it_per_s: float
+    seconds: float
+    mlflow_run_id: str
+    evaluation: Evaluation | None = None  # what registration takes (None in records of earlier versions)
+
+
+@dataclass(frozen=True)
+class StudyReport:
+    study: str
+    profile: str
+    path: str  # report.html
+    verdicts: dict[str, str]
+
+
+def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, label: str, cache_ref: TensorCacheRef,
+            network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE, tags: dict[str, str] | None = None,
+            log: Callable[[str], None] = print) -> tuple[StudyRunResult, bool]:
+    """One study run through the pipeline's run path (train, evaluate, logged as a nested MLflow run), or the
+    finished result of the same settings, data and code. Returns the result and whether it was reused."""
+    run = study.plan(profile, (label,))[0]
+    key = run_key(run, cache_ref.content_hash, source_version())
+    out_dir = layout.study_run(study.name, profile, label, key)
+    done = out_dir / "result.json"
+    if done.is_file():
+        return decode_record(StudyRunResult, json.loads(done.read_text())), True
+    partition = study_run_key(study.name, profile, label)
+    trained, result = train_and_log(
+        tracker, cache_ref, TrainConfig(**run.config), out_dir, name=partition, device=device,
+        snapshots=run.snapshots, log=lambda line: log(f"{label}: {line}"),
+        tags={**(tags or {}), "study": study.name, "profile": profile, "label": label, "run_key": key},
+        params={f"changes.{k}": v for k, v in run.changes.items()})
+    settings = EvalSettings(**run.evaluation)
+    final = evaluate_and_log(tracker, trained, network, settings, partition=partition, device=device,
+                             log=lambda line: log(f"{label}: {line}"))
+    snapshot = run.snapshots[0] if run.snapshots else None
+    early = measure(trained, network, settings, device=device, iteration=snapshot, log=lambda _: None) \
+        if snapshot else None
+    record = StudyRunResult(partition, key, label, run.variant, run.arch, cache_ref.content_hash,
+                            network.network_id, str(out_dir), final.metrics, early.metrics if early else {}, snapshot,
+                            final.unavailable, result.iterations / max(result.seconds, 1e-9), result.seconds,
+                            trained.mlflow_run_id, final)
+    atomic_write_json(done, encode_record(record))  # last: only a finished run is ever reused
+    return record, False
+
+
+def build_report(layout: DataLayout, study: Study, profile: str,
+                 records: dict[str, StudyRunResult]) -> tuple[Path, dict[str, Verdict], int]:
+    """The study's HTML report from its finished runs' records (by partition key): path, verdicts, runs shown."""
+    reports, metrics = [], {}
+    for run in study.plan(profile):
+        record = records.get(study_run_key(study.name, profile, run.label))
+        if record is None:
+            continue
+        folder = Path(record.path)
+        timeline = folder / "evaluation" / "timeline.png"
+        reports.append(RunReport(run, record.metrics, record.unavailable, str(folder / "final_grid.png"),
+                                 str(timeline) if timeline.is_file() else None,
+                                 json.loads((folder / "history.json").read_text()), record.it_per_s, record.seconds))
+        metrics[run.label] = record.metrics
+        if record.snapshot_metrics:
+            metrics[f"{run.label}@snapshot"] = record.snapshot_metrics
+    verdicts = judge(study, metrics, study.profiles[profile].stand_ins)
+    page = report_html(study, profile, reports, verdicts)
+    return atomic_write_bytes(layout.study_report(study.name, profile), page.encode()), verdicts, len(reports)
+
+
 # --- the report ---------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -372,11 +467,7 @@ class RunReport:
     seconds: float
 
 
-TABLE_COLUMNS = {"d_real_train_mean": "D(x) train", "d_real_holdout_mean": "D(x) held-out",
-                 "d_fake_mean": "D(G(z))", "fd_flowers": "fd_flowers", "kd_flowers": "kd_flowers",
-                 "precision": "precision", "recall": "recall", "fid": "FID", "kid_mean": "KID",
-                 "colour_coverage": "colour coverage", "colour_distance": "colour distance",
-                 "near_copy_share_pixels": "near-copies", "high_frequency_ratio": "high-freq. ratio"}
+TABLE_COLUMNS = {name: BY_NAME[name].title for name in SUMMARY}
 
 
 def runs_table(reports: list[RunReport]) -> Any:

@@ -34,6 +34,7 @@ from flower_pipeline.models import (
     NOISES,
     Discriminator,
     FlowerGenerator,
+    architecture,
     build_models,
     run_generator,
     sample_latent,
@@ -45,21 +46,18 @@ from flower_pipeline.settings import add_flags, given_flags, setting
 from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
 from flower_pipeline.tensor_cache import TensorCache
 
-ARCH_DEFAULTS: dict[str, dict[str, Any]] = {  # what each architecture does where the config says None
-    "arch1": {"real_label": 0.9, "fake_label": 0.0, "minibatch_discrimination": True, "dropout": 0.0},
-    "arch2": {"real_label": 1.0, "fake_label": 0.0, "minibatch_discrimination": False, "dropout": 0.3},
-}
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("fp32", "bf16")
+FULL_ITERATIONS = 20_000  # the source's training length: the default, and what study profiles scale from
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that shapes a training: the source's experiments are changes of these."""
 
-    arch: str = setting("arch1", "Architecture: arch1 (strided transposed convolutions, minibatch discrimination, "
-                        "one-sided smoothing) or arch2 (upsampling + convolution, dropout).", ARCHITECTURES)
-    iterations: int = setting(20_000, "Training steps (the source's 'epochs' are batches).")
+    arch: str = setting("arch1", "Architecture: " + "; ".join(f"{name} ({a.title})" for name, a in
+                                                           ARCHITECTURES.items()) + ".", tuple(ARCHITECTURES))
+    iterations: int = setting(FULL_ITERATIONS, "Training steps (the source's 'epochs' are batches).")
     batch_size: int = setting(16, "Images per step; the source found 16 best.")
     optimizer: str = setting("adam", "Optimizer of both networks.", OPTIMIZERS)
     lr: float = setting(2e-4, "Learning rate of both networks.")
@@ -87,8 +85,7 @@ class TrainConfig:
 
     def resolved(self) -> TrainConfig:
         """This config with the architecture's defaults filled in, validated."""
-        if self.arch not in ARCHITECTURES:
-            raise PipelineError(f"unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        defaults = architecture(self.arch).defaults
         if self.optimizer not in OPTIMIZERS:
             raise PipelineError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
@@ -99,8 +96,15 @@ class TrainConfig:
             raise PipelineError("iterations must be at least 1 and batch size at least 2")
         if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
-        defaults = ARCH_DEFAULTS[self.arch]
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def networks(self, channels: int, image_size: int) -> tuple[nn.Module, Discriminator]:
+        """The generator and discriminator this (resolved) config describes, freshly initialised."""
+        return build_models(
+            self.arch, channels=channels, image_size=image_size, latent_dim=self.latent_dim,
+            features=self.features, dropout=self.dropout or 0.0,
+            minibatch_kernels=self.minibatch_kernels if self.minibatch_discrimination else 0,
+            minibatch_kernel_dim=self.minibatch_kernel_dim, minibatch_weight=self.minibatch_weight)
 
     def instance_noise_std(self, iteration: int) -> float:
         decay_steps = max(1.0, self.instance_noise_decay * self.iterations)
@@ -123,8 +127,11 @@ class TrainResult:
         return self.history[-1] if self.history else {}
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+DEFAULT_DEVICE = "auto"  # CUDA when present
+
+
+def pick_device(device: str = DEFAULT_DEVICE) -> torch.device:
+    if device == DEFAULT_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise PipelineError("--device cuda was asked for, but no CUDA device is available")
@@ -143,11 +150,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         _, channels, size, _ = images.shape
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
-        self.generator, self.discriminator = (m.to(device) for m in build_models(
-            config.arch, channels=channels, image_size=size, latent_dim=config.latent_dim,
-            features=config.features, dropout=config.dropout or 0.0,
-            minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
-            minibatch_kernel_dim=config.minibatch_kernel_dim, minibatch_weight=config.minibatch_weight))
+        self.generator, self.discriminator = (m.to(device) for m in config.networks(channels, size))
         cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if config.channels_last and cuda else torch.contiguous_format
         self.generator.to(memory_format=self.memory_format)
@@ -283,7 +286,7 @@ def train(
     cache: TensorCache,
     out_dir: Path,
     *,
-    device: str = "auto",
+    device: str = DEFAULT_DEVICE,
     resume: bool = True,
     on_log: LogFn | None = None,
     on_sample: SampleFn | None = None,
@@ -414,11 +417,7 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu", iteration: i
         raise PipelineError(f"{out_dir} holds no finished training ({type(err).__name__}: {err})") from None
     known = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in known})
-    net, discriminator = build_models(
-        config.arch, channels=saved["channels"], image_size=saved["image_size"], latent_dim=config.latent_dim,
-        features=config.features, dropout=config.dropout or 0.0,
-        minibatch_kernels=config.minibatch_kernels if config.minibatch_discrimination else 0,
-        minibatch_kernel_dim=config.minibatch_kernel_dim, minibatch_weight=config.minibatch_weight)
+    net, discriminator = config.networks(saved["channels"], saved["image_size"])
     net.load_state_dict(saved["state_dict"])
     discriminator.load_state_dict(state["discriminator"])
     generator = FlowerGenerator(net, latent_dim=config.latent_dim, latent_noise=config.latent_noise,
@@ -432,7 +431,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m flower_pipeline.training", description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, required=True, help="a tensor cache folder")
     parser.add_argument("--out", type=Path, help="output folder (default ./runs/<arch>-<cache hash>)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default=DEFAULT_DEVICE, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     add_flags(parser, TrainConfig)
     return parser.parse_args(argv)

@@ -180,8 +180,8 @@ def test_evaluate_a_finished_training(tmp_path):
     config = TrainConfig(iterations=8, batch_size=8, features=8, minibatch_kernels=8, log_every=4, sample_every=4,
                          checkpoint_seconds=0)
     train(config, cache, tmp_path / "run", device="cpu")
-    result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), features=StandIn(),
-                      no_features_reason="unused", flowers=StandIn())
+    result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), inception=StandIn(),
+                      no_inception_reason="unused", flowers=StandIn())
     metrics = result.metrics
     assert result.unavailable == {}
     for key in ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean", "d_real_gap", "fid", "kid_mean",
@@ -193,7 +193,7 @@ def test_evaluate_a_finished_training(tmp_path):
     assert {"samples", "timeline", "nearest_pairs", "colours", "metrics"} <= set(result.files)
     assert all(p.parent == tmp_path / "run" / "evaluation" for p in result.files.values())
 
-    offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), no_features_reason="no weights")
+    offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), no_inception_reason="no weights")
     assert "fid" not in offline.metrics and offline.unavailable["fid"] == "no weights"
     assert "fd_flowers" not in offline.metrics and offline.unavailable["recall"] == "no feature network"
     for key in ("d_real_holdout_mean", "d_fake_mean", "colour_coverage", "near_copy_share_pixels"):

@@ -8,7 +8,7 @@ from conftest import FLOWERS17_TGZ, real_flowers17
 
 from flower_pipeline.catalog import Variant
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.features import (
+from flower_pipeline.feature_network import (
     FeatureSettings,
     feature_network_unavailable,
     flower_features,

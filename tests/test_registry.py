@@ -19,7 +19,8 @@ from mlflow.tracking._tracking_service import utils as tracking_utils
 from flower_pipeline.defs.partitions import training_key
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import FlowerGenerator
-from flower_pipeline.registry import MlflowTracking, list_models, load_generator, tracking
+from flower_pipeline.registry import list_models, load_generator, tracking
+from flower_pipeline.tracking import MlflowTracker
 
 VARIANT = "synthetic-color-32"
 KEY = training_key(VARIANT, "arch1")
@@ -52,7 +53,7 @@ def mlflow_server(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "server"])
-def store(request, tmp_path, monkeypatch) -> MlflowTracking:
+def store(request, tmp_path, monkeypatch) -> MlflowTracker:
     """The MLflow store the pipeline reaches: SQLite in the data folder, or a server named by MLFLOW_TRACKING_URI."""
     if request.param == "sqlite":
         monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -7,8 +7,7 @@ import pytest
 from conftest import prepare, run_job
 
 from flower_pipeline.catalog import Variant
-from flower_pipeline.defs.partitions import add_variant, training_key
-from flower_pipeline.defs.retraining import (
+from flower_pipeline.defs.automation import (
     HASH_TAG,
     RETRAIN_CRON,
     retrain_job,
@@ -16,6 +15,7 @@ from flower_pipeline.defs.retraining import (
     retraining_run_config,
     weekly_retraining,
 )
+from flower_pipeline.defs.partitions import add_variant, training_key
 from flower_pipeline.errors import PipelineError
 
 TINY = {"iterations": 4, "batch_size": 8, "features": 8, "log_every": 2, "checkpoint_seconds": 0, "device": "cpu"}
@@ -120,7 +120,8 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from flower_pipeline.defs.retraining import retraining_failed
+    from flower_pipeline.defs.automation import retraining_failed
+    from flower_pipeline.defs.resources import FlowerStorage, MlflowTracking
     from flower_pipeline.registry import tracking
 
     received = []
@@ -155,7 +156,8 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
             event = failed.get_run_failure_event()
             with dg.build_run_status_sensor_context(
                     sensor_name="retraining_failed", dagster_event=event, dagster_instance=instance,
-                    dagster_run=failed.dagster_run, resources={"mlflow": store}) as context:
+                    dagster_run=failed.dagster_run,
+                    resources={"mlflow": MlflowTracking(storage=FlowerStorage(data_dir=str(data)))}) as context:
                 retraining_failed(context.for_run_failure())
     finally:
         server.shutdown()
@@ -177,7 +179,7 @@ def test_a_killed_run_is_marked_failed_its_gpu_slot_freed_and_the_next_training_
     import time
     from pathlib import Path
 
-    from flower_pipeline.defs.retraining import reap_dead_runs
+    from flower_pipeline.defs.automation import reap_dead_runs
 
     home = tmp_path / "home"
     home.mkdir()

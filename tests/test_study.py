@@ -7,9 +7,9 @@ import dagster as dg
 import pytest
 import yaml
 from conftest import prepare, run_job
+from flower_pipeline.study import study_run_key
 
-from flower_pipeline import code_version
-from flower_pipeline.defs.study import study_run_key
+from flower_pipeline import source_version
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.study import judge, load_study, run_key
 from flower_pipeline.tensor_cache import TensorCache
@@ -108,7 +108,7 @@ def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_ki
 
         # A run killed at iteration 10: its checkpoint is where the study's run will train.
         killed = study.plan("quick", ("arch2-batch32",))[0]
-        out_dir = data / "studies" / "tiny-quick" / killed.label / run_key(killed, cache.content_hash, code_version())
+        out_dir = data / "studies" / "tiny-quick" / killed.label / run_key(killed, cache.content_hash, source_version())
 
         def kill(record: dict) -> None:
             if record["iteration"] == 10:

@@ -3,8 +3,8 @@
 import dagster as dg
 from conftest import prepare, run_job
 
+from flower_pipeline.defs.generator_assets import trained_generator
 from flower_pipeline.defs.partitions import training_key
-from flower_pipeline.defs.training import trained_generator
 from flower_pipeline.registry import tracking
 
 CONFIG = {"iterations": 6, "batch_size": 4, "features": 8, "log_every": 2, "sample_every": 3,

@@ -10,9 +10,10 @@ from pydantic import Field, create_model
 from flower_pipeline import __version__
 from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.settings import setting_fields
-from flower_pipeline.training import TrainConfig
+from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig
 
-DEVICE_FIELD = (str, Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N."))
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+DEVICE_FIELD = (str, Field(DEFAULT_DEVICE, description=DEVICE_HELP))
 
 
 def config_class(name: str, settings: type, skip: tuple[str, ...] = (), **extra: Any) -> type[dg.Config]:
@@ -31,7 +32,7 @@ TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",), dev
 EvaluationConfig = config_class("EvaluationConfig", EvalSettings, device=DEVICE_FIELD)
 
 
-def code_version(settings: type) -> str:
+def asset_code_version(settings: type) -> str:
     """An asset's code version: the package version and its settings' defaults, so Dagster shows the asset as
     changed when either does."""
     defaults = json.dumps({f: d for f, _, d, _, _ in setting_fields(settings)}, sort_keys=True, default=str)

@@ -1,28 +1,15 @@
-"""Resources shared by the assets: where data lives, and how stage outputs pass between assets."""
+"""Resources shared by the assets: the data folder, the MLflow tracker, and how stage records pass between assets."""
 
-import dataclasses
 import json
-import os
-import typing
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.storage import atomic_write_json
-
-DATA_DIR_ENV = "FLOWER_PIPELINE_DATA_DIR"
-PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[2] / "dagster_home"  # the instance of a source checkout
-
-
-def default_data_dir() -> Path:
-    """The data folder of the instance: $FLOWER_PIPELINE_DATA_DIR, else `data/` beside the Dagster home
-    ($DAGSTER_HOME, else the project's dagster_home/). Never the current directory's, so commands run from
-    anywhere and the UI share one data root, and the runs an instance records point at data that exists."""
-    if os.environ.get(DATA_DIR_ENV):
-        return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
-    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME).expanduser().resolve().parent / "data"
+from flower_pipeline.layout import DATA_DIR_ENV, DataLayout
+from flower_pipeline.storage import atomic_write_json, decode_record, encode_record
+from flower_pipeline.tracking import EXPERIMENT, MlflowTracker
 
 
 class FlowerStorage(dg.ConfigurableResource):
@@ -33,8 +20,42 @@ class FlowerStorage(dg.ConfigurableResource):
     run starts)."""
 
     @property
-    def root(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve() if self.data_dir else default_data_dir()
+    def layout(self) -> DataLayout:
+        return DataLayout.at(self.data_dir)
+
+
+class MlflowTracking(dg.ConfigurableResource):
+    """The MLflow store, as a resource: `.tracker` is the plain `MlflowTracker` every asset logs through."""
+
+    storage: FlowerStorage
+    tracking_uri: str | None = None
+    """A tracking server (http://host:5000) or database URI; default $MLFLOW_TRACKING_URI, else
+    sqlite:///<data folder>/mlflow.db (read when the run starts)."""
+    experiment: str = EXPERIMENT
+
+    @property
+    def tracker(self) -> MlflowTracker:
+        return MlflowTracker(self.storage.layout, self.tracking_uri, self.experiment)
+
+
+# Records stored by earlier versions name their class by its module path then: where a class has moved since,
+# its old name maps to the new one here, so every record ever written still loads.
+RECORD_ALIASES = {
+    "flower_pipeline.ingest:RawArchive": "flower_pipeline.sources:RawArchive",
+    "flower_pipeline.defs.training:TrainedRun": "flower_pipeline.runs:TrainedRun",
+    "flower_pipeline.defs.evaluation:Evaluation": "flower_pipeline.runs:Evaluation",
+    "flower_pipeline.defs.features:FeatureNetworkRef": "flower_pipeline.feature_network:FeatureNetworkRef",
+    "flower_pipeline.defs.study:StudyRunResult": "flower_pipeline.study:StudyRunResult",
+    "flower_pipeline.defs.study:StudyReport": "flower_pipeline.study:StudyReport",
+}
+
+
+def record_type(name: str) -> type:
+    """The record class stored as `module:Class` (through the alias table); only the project's own classes."""
+    module, _, qualname = RECORD_ALIASES.get(name, name).partition(":")
+    if not module.startswith("flower_pipeline.") or not qualname.isidentifier():
+        raise PipelineError(f"a stage record names {name!r}, which is not one of the pipeline's record types")
+    return getattr(__import__(module, fromlist=[qualname]), qualname)
 
 
 class StageOutputs(dg.ConfigurableIOManager):
@@ -50,13 +71,12 @@ class StageOutputs(dg.ConfigurableIOManager):
     storage: FlowerStorage
 
     def _path(self, asset_key: dg.AssetKey, partition: str | None) -> Path:
-        name = (partition or "all").replace("|", "__")  # multi-partition keys: arch1|flowers17-color-64
-        return self.storage.root / "stage_outputs" / "/".join(asset_key.path) / f"{name}.json"
+        return self.storage.layout.stage_record(asset_key.path, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         partition = context.partition_key if context.has_partition_key else None
         atomic_write_json(self._path(context.asset_key, partition),
-                          {"type": f"{type(obj).__module__}:{type(obj).__qualname__}", "value": _encode(obj)})
+                          {"type": f"{type(obj).__module__}:{type(obj).__qualname__}", "value": encode_record(obj)})
 
     def load_input(self, context: dg.InputContext) -> Any:
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
@@ -85,8 +105,7 @@ class StageOutputs(dg.ConfigurableIOManager):
         if not path.is_file():
             return None
         stored = json.loads(path.read_text())
-        module, name = stored["type"].split(":")
-        return _decode(getattr(__import__(module, fromlist=[name]), name), stored["value"])
+        return decode_record(record_type(stored["type"]), stored["value"])
 
 
 def _materialized(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> bool:
@@ -103,27 +122,12 @@ def pick(loaded: Any, key: str, field: str) -> Any:
     return record
 
 
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    return value
-
-
-def _decode(cls: type, value: dict[str, Any]) -> Any:
-    hints = typing.get_type_hints(cls)
-    return cls(**{k: _decode(hints[k], v) if dataclasses.is_dataclass(hints[k]) else v for k, v in value.items()})
-
-
 # Configured per run (launchpad, or the CLI's --data-dir), so a re-executed run uses the same folder.
 storage = FlowerStorage.configure_at_launch()
 
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={"storage": storage, "io_manager": StageOutputs(storage=storage)})
+    return dg.Definitions(resources={"storage": storage, "io_manager": StageOutputs(storage=storage),
+                                     "mlflow": MlflowTracking(storage=storage)})
+

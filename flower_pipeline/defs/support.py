@@ -10,11 +10,11 @@ import dagster as dg
 from tqdm import tqdm
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.registry import MlflowTracking, mlflow_errors
+from flower_pipeline.tracking import MlflowTracker, mlflow_errors
 
 
 @contextlib.contextmanager
-def user_errors(store: MlflowTracking | None = None) -> Iterator[None]:
+def user_errors(store: MlflowTracker | None = None) -> Iterator[None]:
     """Report bad input, and failures of the MLflow store when given, as a Dagster Failure carrying the
     one-line message."""
     try:
@@ -55,3 +55,16 @@ def progress(context: dg.AssetExecutionContext, label: str, unit: str = "it",
 def image_markdown(png: bytes, alt: str) -> dg.MetadataValue:
     """A PNG shown inline in the Dagster UI's metadata panel."""
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def mlflow_link(tracker: MlflowTracker, run_id: str | None = None, model: str | None = None,
+                version: int | None = None) -> dg.MetadataValue | str:
+    """A run or model version: a clickable link where the store is a server, else its id."""
+    target = tracker.link(run_id, model, version)
+    return dg.MetadataValue.url(target) if target.startswith(("http://", "https://")) else target
+
+
+def table(rows: dict[str, float]) -> dg.MetadataValue:
+    """Metric name → value as a markdown table in the metadata panel."""
+    return dg.MetadataValue.md("| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.4g} |"
+                                                                        for k, v in rows.items()))

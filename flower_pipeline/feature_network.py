@@ -101,6 +101,21 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class FeatureNetworkRef:
+    """A variant's feature network, as the assets hand it on."""
+
+    variant: str
+    network_id: str  # cache content × settings: measures compare only under the same id
+    path: str | None  # model.pt, or None where the variant cannot have one
+    unavailable: str | None  # why not
+    accuracy: float | None  # on the held-out images
+    train_accuracy: float | None
+    classes: int
+    seconds: float
+    reused: bool
+
+
+@dataclass(frozen=True)
 class FeatureNetResult:
     path: Path  # model.pt
     accuracy: float  # on the held-out images
@@ -262,7 +277,7 @@ def known_answer_sets(train: np.ndarray, holdout: np.ndarray, seed: int = 0) -> 
     """
     import cv2
 
-    from flower_pipeline.evaluation import centre_colours, kmeans, nearest_centre
+    from flower_pipeline.colours import centre_colours, kmeans, nearest_centre
 
     rng = np.random.default_rng(seed)
     n = len(holdout)

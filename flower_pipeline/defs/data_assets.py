@@ -1,4 +1,5 @@
-"""Ingest assets: raw_archive → extracted_images per dataset, then resized_images → tensor_cache per variant."""
+"""Data assets: raw_archive → extracted_images per dataset, then resized_images → tensor_cache → feature_network
+per variant."""
 
 from collections.abc import Callable
 from typing import Any
@@ -8,12 +9,16 @@ import numpy as np
 from pydantic import Field
 
 from flower_pipeline import __version__, ingest
-from flower_pipeline.catalog import Variant, get_dataset
+from flower_pipeline.catalog import DEFAULT_CROP, DEFAULT_HOLDOUT, Variant, get_dataset
 from flower_pipeline.download import Checksum, DownloadLimits
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.feature_network import FeatureNetworkRef, FeatureSettings, network_id, train_feature_network
 from flower_pipeline.plots import grid_png
+from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
+from flower_pipeline.training import pick_device
 
-from .config import code_version, config_class, settings_from
+from .config import DEVICE_FIELD, asset_code_version, config_class, settings_from
 from .partitions import dataset_partitions, variant_partitions
 from .resources import FlowerStorage, pick
 from .support import image_markdown, progress, user_errors
@@ -31,23 +36,24 @@ RawArchiveConfig = config_class(
 
 
 class ResizeConfig(dg.Config):
-    crop: str = Field("center", description="center (square crop), pad (letterbox) or stretch. The variant's name "
+    crop: str = Field(DEFAULT_CROP, description="center (square crop), pad (letterbox) or stretch. The variant's name "
                                             "gives colour mode and size.")
 
 
 class TensorCacheConfig(dg.Config):
-    holdout_fraction: float = Field(0.1, description="Share of each class held out of training, for evaluation.")
+    holdout_fraction: float = Field(DEFAULT_HOLDOUT,
+                                    description="Share of each class held out of training, for evaluation.")
 
 
 @dg.asset(partitions_def=dataset_partitions, group_name=GROUP, kinds={"http"}, owners=OWNERS,
-          code_version=code_version(DownloadLimits))
+          code_version=asset_code_version(DownloadLimits))
 def raw_archive(context: dg.AssetExecutionContext, config: RawArchiveConfig,
                 storage: FlowerStorage) -> ingest.RawArchive:
     """The dataset's archive, downloaded (resumably) and checksum-verified, or a local file or folder."""
     with user_errors():
         spec = get_dataset(context.partition_key)
         with progress(context, f"download {spec.name}", "B", scale=1024) as report:
-            raw = ingest.fetch_raw_archive(storage.root, spec, source=config.source,
+            raw = ingest.fetch_raw_archive(storage.layout, spec, source=config.source,
                                            checksum=Checksum.parse(config.sha256, config.md5), progress=report,
                                            limits=settings_from(config, DownloadLimits))
     context.add_output_metadata({
@@ -63,7 +69,7 @@ def extracted_images(context: dg.AssetExecutionContext, raw_archive: ingest.RawA
                      storage: FlowerStorage) -> ingest.ExtractedImages:
     """The archive's images, extracted safely (no member may land outside the target)."""
     with user_errors():
-        extracted = ingest.extract_images(raw_archive, storage.root)
+        extracted = ingest.extract_images(raw_archive, storage.layout)
     if extracted.skipped:
         context.log.warning(f"skipped {len(extracted.skipped)} members: {extracted.skipped}")
     context.add_output_metadata({
@@ -86,7 +92,7 @@ def resized_images(context: dg.AssetExecutionContext, config: ResizeConfig, extr
         variant = Variant.parse(context.partition_key)
         extracted = pick(extracted_images, variant.dataset, "dataset")
         with progress(context, "resize", "img") as report:
-            resized = ingest.resize_images(extracted, variant, storage.root, crop=config.crop, progress=report)
+            resized = ingest.resize_images(extracted, variant, storage.layout, crop=config.crop, progress=report)
     if resized.skipped:
         context.log.warning(f"skipped {len(resized.skipped)} images: {resized.skipped}")
     context.add_output_metadata({
@@ -107,7 +113,7 @@ def tensor_cache(context: dg.AssetExecutionContext, config: TensorCacheConfig, r
     with user_errors():
         variant = Variant.parse(context.partition_key)
         extracted = pick(extracted_images, variant.dataset, "dataset")
-        ref = ingest.build_tensor_cache(extracted, resized_images, storage.root,
+        ref = ingest.build_tensor_cache(extracted, resized_images, storage.layout,
                                         holdout_fraction=config.holdout_fraction)
     cache = TensorCache.load(ref.path)
     preview = np.asarray(cache.images[np.linspace(0, len(cache.images) - 1, 32).astype(int)])
@@ -152,3 +158,32 @@ prepare_variant_job = dg.define_asset_job(
     "prepare_variant", selection=["resized_images", "tensor_cache", "feature_network"],
     description="Resize one variant's images (colour mode × size), build its tensor cache and train its feature "
                 "network.")
+
+
+FeatureNetworkConfig = config_class("FeatureNetworkConfig", FeatureSettings, device=DEVICE_FIELD)
+
+
+@dg.asset(partitions_def=variant_partitions, group_name="evaluation", kinds={"pytorch"}, owners=OWNERS,
+          code_version=asset_code_version(FeatureSettings), pool="gpu", op_tags=GPU_STEP)
+def feature_network(context: dg.AssetExecutionContext, config: FeatureNetworkConfig,
+                    tensor_cache: ingest.TensorCacheRef, storage: FlowerStorage) -> FeatureNetworkRef:
+    """A small CNN trained to tell the variant's classes apart; its features measure generated images offline."""
+    with user_errors():
+        settings = settings_from(config, FeatureSettings)
+        cache = TensorCache.load(tensor_cache.path)
+        identity = network_id(cache, settings)
+        out_dir = storage.layout.feature_network(Variant.parse(tensor_cache.variant).dataset, identity)
+        try:
+            result = train_feature_network(cache, settings, out_dir, device=pick_device(config.device),
+                                           log=context.log.info)
+        except PipelineError as err:  # e.g. a collection without classes: reported, evaluation says why
+            context.log.warning(f"no feature network for {tensor_cache.variant}: {err}")
+            context.add_output_metadata({"unavailable": str(err)})
+            return FeatureNetworkRef(tensor_cache.variant, identity, None, str(err), None, None, 0, 0.0, False)
+    context.add_output_metadata({
+        "held_out_accuracy": round(result.accuracy, 4), "train_accuracy": round(result.train_accuracy, 4),
+        "classes": result.classes, "chance": round(1 / result.classes, 4), "seconds": round(result.seconds, 1),
+        "reused": result.reused, "network_id": identity, "path": dg.MetadataValue.path(str(result.path)),
+    })
+    return FeatureNetworkRef(tensor_cache.variant, identity, str(result.path), None, result.accuracy,
+                             result.train_accuracy, result.classes, result.seconds, result.reused)

@@ -9,8 +9,6 @@ Bad input ends with one `error:` line and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import functools
 import logging
 import os
 import sys
@@ -18,120 +16,32 @@ import typing
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from flower_pipeline import code_version
-from flower_pipeline.catalog import CATALOGUED, CUSTOM, MODES, Variant, custom_name
+from flower_pipeline.catalog import (
+    CATALOGUED,
+    CROPS,
+    CUSTOM,
+    DEFAULT_CROP,
+    DEFAULT_HOLDOUT,
+    MODES,
+    Variant,
+    custom_name,
+)
+from flower_pipeline.cli import study
+from flower_pipeline.cli.launch import dagster_home, instance, run_job
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import DataLayout
+from flower_pipeline.models import ARCHITECTURES
+from flower_pipeline.training import DEFAULT_DEVICE
 
-QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+# The registry table's metric columns (those no version has are left out); titles from flower_pipeline.metrics.
+MODEL_COLUMNS = ("fid", "fd_flowers", "recall", "colour_distance", "colour_coverage", "d_real_holdout_mean",
+                 "d_fake_mean")
 MAX_SAMPLES = 10_000  # images `sample` makes in one call (64 px colour: 120 MB)
 # A lookup against a tracking server that does not answer fails in seconds, not after MLflow's default
 # seven retries with backoff (minutes); a user's own settings of these win.
 LOOKUP_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
-
-
-def _dagster_home() -> str:
-    """$DAGSTER_HOME, else (and then set to) the project's own dagster_home/ (a source checkout)."""
-    from flower_pipeline.defs.resources import PROJECT_DAGSTER_HOME
-
-    fallback = PROJECT_DAGSTER_HOME if PROJECT_DAGSTER_HOME.is_dir() else Path("dagster_home").resolve()
-    return os.environ.setdefault("DAGSTER_HOME", str(fallback))
-
-
-def _instance() -> Any:
-    """The instance at $DAGSTER_HOME, else the project's own dagster_home/."""
-    return _instance_at(_dagster_home())
-
-
-@functools.cache
-def _instance_at(home: str) -> Any:
-    """The instance in `home`, its storage created under a lock: two first commands at once would both create
-    its tables."""
-    import fcntl
-
-    import dagster as dg
-
-    Path(home).mkdir(parents=True, exist_ok=True)
-    with open(Path(home) / ".instance.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        instance = dg.DagsterInstance.get()
-        instance.get_runs(limit=1)  # run storage
-        instance.get_dynamic_partitions("datasets")  # event log storage
-        instance.all_instigator_state()  # schedule storage
-    return instance
-
-
-@functools.cache
-def _definitions() -> Any:
-    from flower_pipeline.definitions import defs
-
-    return defs()
-
-
-def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> Any:
-    """Run one of the project's jobs for one partition in the project's instance, as the UI would: in this
-    process, or with its steps on Celery workers when a broker is configured (README, Scaling out)."""
-    from flower_pipeline.scaleout import celery_enabled
-
-    storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
-    run_config = {**QUIET_LOGGERS, "ops": ops, "resources": storage}
-    if not celery_enabled():
-        result = _definitions().resolve_job_def(name).execute_in_process(
-            partition_key=partition_key, instance=_instance(), raise_on_error=False, run_config=run_config)
-        if not result.success:
-            raise PipelineError(_failure_message(result))
-        return result
-    return _run_on_workers(name, partition_key, run_config)
-
-
-def _run_on_workers(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
-    """The job through its (Celery) executor; outputs are read back from the shared data folder."""
-    import dagster as dg
-
-    from flower_pipeline.scaleout import code_location
-
-    job = code_location().get_reconstructable_job(name)
-    tags = _definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)
-    result = dg.execute_job(job, _instance(), run_config=run_config, tags=tags)
-    if not result.success:
-        raise PipelineError(_failure_message(result))
-    return _FinishedRun(result, str(partition_key), Path(run_config["resources"]["storage"]["config"]["data_dir"]))
-
-
-@dataclasses.dataclass(frozen=True)
-class _FinishedRun:
-    """A run executed on workers, read as execute_in_process's result is: its outputs are the stage records
-    the workers wrote to the shared data folder."""
-
-    result: Any
-    partition_key: str
-    data_dir: Path
-
-    def output_for_node(self, name: str) -> Any:
-        import dagster as dg
-
-        from flower_pipeline.defs.resources import FlowerStorage, StageOutputs
-
-        io = StageOutputs(storage=FlowerStorage(data_dir=str(self.data_dir)))
-        return io.load_record(dg.AssetKey(name), self.partition_key)
-
-    def asset_materializations_for_node(self, name: str) -> Any:
-        return self.result.asset_materializations_for_node(name)
-
-
-def _failure_message(result: Any) -> str:
-    for event in result.get_step_failure_events():
-        data = event.step_failure_data
-        if data.user_failure_data and data.user_failure_data.description:
-            return data.user_failure_data.description
-        error = data.error
-        while error is not None and error.cause is not None:  # the user code's own exception
-            error = error.cause
-        if error is not None:
-            return f"{event.step_key} failed: {error.message.strip().splitlines()[0]}"
-    return "the run failed; see the Dagster UI for its log"
 
 
 def _variant(args: argparse.Namespace) -> Variant:
@@ -148,7 +58,7 @@ def prepare(args: argparse.Namespace) -> None:
     """Download and extract the dataset (shared by its variants), then resize and cache the variant."""
     from flower_pipeline.defs.partitions import add_variant
     from flower_pipeline.download import DownloadLimits, is_url, refuse_credentials
-    from flower_pipeline.features import FeatureSettings
+    from flower_pipeline.feature_network import FeatureSettings
     from flower_pipeline.settings import given_flags
 
     variant = _variant(args)
@@ -156,7 +66,7 @@ def prepare(args: argparse.Namespace) -> None:
         raise PipelineError(f"--holdout must be at least 0 and below 1, got {args.holdout}")
     if args.source and is_url(args.source):
         refuse_credentials(args.source)  # before the run: its config is stored with it
-    add_variant(_instance(), variant)
+    add_variant(instance(), variant)
     limits = given_flags(args, DownloadLimits, prefix="download_")
     run_job("prepare_dataset", variant.dataset,
             {"raw_archive": {"config": {"source": args.source, "sha256": args.sha256, "md5": args.md5, **limits}}},
@@ -185,7 +95,7 @@ def train(args: argparse.Namespace) -> None:
     from flower_pipeline.settings import given_flags
     from flower_pipeline.training import TrainConfig
 
-    variant = existing_variant(_instance(), args.variant)
+    variant = existing_variant(instance(), args.variant)
     training = {**given_flags(args, TrainConfig), "device": args.device}
     evaluation = {**given_flags(args, EvalSettings, prefix="eval_"), "device": args.device}
     training.pop("arch", None)
@@ -219,14 +129,14 @@ def demo(args: argparse.Namespace) -> None:
     """Everything on the synthetic data, in colour and black-and-white: ingest, both architectures,
     evaluation, registry, and a sample from each champion."""
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
-    args.crop, args.holdout, args.device = "center", 0.1, "cpu"  # flags the demo has not: their defaults
+    args.crop, args.holdout, args.device = DEFAULT_CROP, DEFAULT_HOLDOUT, "cpu"  # flags the demo has not
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
     for option, value in {**DEMO_TRAINING, "iterations": args.iterations, **DEMO_EVALUATION}.items():
         setattr(args, option, value)
     for variant in DEMO_VARIANTS:
-        for arch in ("arch1", "arch2"):
+        for arch in ARCHITECTURES:
             args.variant, args.arch = variant.name, arch
             train(args)
 
@@ -237,176 +147,14 @@ def demo(args: argparse.Namespace) -> None:
     print()
     for model in champions:
         args.model, args.alias, args.version, args.n, args.seed, args.dir = model, "champion", None, 64, 0, False
-        args.output = args.data_dir / f"demo-{model}.png"
+        args.output = DataLayout.at(args.data_dir).demo_grid(model)
         sample(args)
     if not champions:
         print("no version passed the quality gate, so there is no champion to sample from")
     print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dg dev   (Dagster UI)")
-    print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{(args.data_dir / 'mlflow.db').resolve()}"
+    print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{DataLayout.at(args.data_dir).mlflow_db}"
           "   (MLflow UI)")
     print("      .venv/bin/flower-pipeline models   (the registry)")
-
-
-def _ensure_variant(variant: Variant, data_dir: Path) -> None:
-    """Prepare a variant the study needs: its dataset from the official source (or as prepared before)."""
-    import dagster as dg
-
-    from flower_pipeline.defs.partitions import add_variant
-
-    instance = _instance()
-    if variant.name in instance.get_materialized_partitions(dg.AssetKey("feature_network")):
-        return
-    add_variant(instance, variant)
-    if variant.dataset not in instance.get_materialized_partitions(dg.AssetKey("extracted_images")):
-        print(f"preparing {variant.dataset} (download and extraction) …", flush=True)
-        run_job("prepare_dataset", variant.dataset, {}, data_dir)
-    print(f"preparing {variant.name} …", flush=True)
-    run_job("prepare_variant", variant.name, {}, data_dir)
-
-
-def _cpu_estimate(plan: list[Any]) -> str:
-    """How long the plan would take here, from this machine's measured architecture-1 speed at its size."""
-    import time
-
-    import numpy as np
-
-    from flower_pipeline.training import TrainConfig, Trainer, pick_device
-
-    size = int(plan[0].variant.rsplit("-", 1)[1])
-    images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)
-    trainer = Trainer(TrainConfig(arch="arch1"), images, pick_device("cpu"))
-    trainer.run_step()
-    started = time.perf_counter()
-    for _ in range(5):
-        trainer.run_step()
-    rate = 5 / (time.perf_counter() - started)
-    hours = sum(run.config["iterations"] for run in plan) / rate / 3600
-    return f"about {hours:.0f} hours at the {rate:.1f} it/s measured here"
-
-
-def _study_file(study: Any) -> str | None:
-    """The study file for the runs' config: none for the project's own studies (found by name)."""
-    from flower_pipeline.study import STUDIES_DIR
-
-    return None if Path(study.path).parent == STUDIES_DIR else study.path
-
-
-def study_run(args: argparse.Namespace) -> None:
-    """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
-    from flower_pipeline.catalog import Variant as Parsed
-    from flower_pipeline.defs.study import study_partitions, study_run_key, study_run_partitions
-    from flower_pipeline.registry import tracking
-    from flower_pipeline.study import load_study
-    from flower_pipeline.training import pick_device
-
-    study = load_study(args.study)
-    plan = study.plan(args.profile, tuple(args.only or ()))
-    if args.profile == "full" and pick_device(args.device).type != "cuda":
-        warning = (f"the full profile trains {len(plan)} runs of up to 20,000 iterations on a CPU: "
-                   f"{_cpu_estimate(plan)}")
-        if not args.yes:
-            raise PipelineError(f"{warning}; pass --yes to start anyway, or use --profile quick")
-        print(f"warning: {warning}", file=sys.stderr)
-    instance = _instance()
-    prepared = set(instance.get_dynamic_partitions("datasets"))
-    for run in plan:  # before anything starts: a collection must have been prepared with its source
-        dataset = Parsed.parse(run.variant).dataset
-        if dataset not in CATALOGUED and dataset not in prepared:
-            raise PipelineError(f"run {run.label} uses the collection {dataset!r}, which is not prepared; prepare it "
-                                f"first: flower-pipeline prepare --dataset custom --name {dataset} --source …")
-    for name in sorted({run.variant for run in plan}):
-        _ensure_variant(Parsed.parse(name), args.data_dir)
-    keys = [study_run_key(study.name, args.profile, run.label) for run in plan]
-    new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
-    instance.add_dynamic_partitions(study_run_partitions.name, new)
-    report_key = f"{study.name}:{args.profile}"
-    if not instance.has_dynamic_partition(study_partitions.name, report_key):
-        instance.add_dynamic_partitions(study_partitions.name, [report_key])
-    store = tracking(data_dir=args.data_dir)
-    parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
-    records = []
-    config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device}
-    try:
-        for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
-            result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
-            record = result.output_for_node("study_run")
-            records.append((run, record))
-            state = "reused" if result.asset_materializations_for_node("study_run")[0].metadata[
-                "reused"].value else f"{record.seconds:.0f} s"
-            fd = record.metrics.get("fd_flowers")
-            print(f"[{number}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
-                  f"{'n/a' if fd is None else f'{fd:.2f}'}, recall {record.metrics.get('recall', float('nan')):.2f}",
-                  flush=True)
-        run_job("study_reports", report_key, {"study_report": {"config": config}}, args.data_dir)
-    except BaseException:
-        store.end_run(parent, "KILLED")
-        raise
-    store.end_run(parent)
-    if args.register:
-        for run, record in records:
-            _register_study_run(store, study.name, run, record)
-    print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
-
-
-def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:
-    """A study run's generator as a version of `<variant>-<arch>`, through the same gate and ranking."""
-    import json
-
-    from flower_pipeline.evaluation import EvalSettings, quality_gate
-    from flower_pipeline.registry import FEATURE_NETWORK, METRIC_TAG, model_name
-
-    name = model_name(run.variant, run.arch)
-    tags = {"variant": run.variant, "arch": run.arch, "cache_hash": record.cache_hash, "study": study,
-            "study_run": run.label, "config": json.dumps(run.config, sort_keys=True), "code_version": code_version(),
-            FEATURE_NETWORK: record.feature_network,
-            **{f"{METRIC_TAG}{k}": repr(v) for k, v in record.metrics.items()}}
-    gate = quality_gate(record.metrics, EvalSettings(**run.evaluation))
-    registered = store.register_generator(
-        name, record.mlflow_run_id, Path(record.path), gate=gate, metrics=record.metrics,
-        feature_network=record.feature_network, tags=tags,
-        description=f"{run.arch} generator of study {study}, run {run.label} ({run.variant}).", log=lambda _: None)
-    print(f"  registered {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
-
-
-def study_report(args: argparse.Namespace) -> None:
-    """Build the study's report from its finished runs and write the HTML page to -o."""
-    import shutil
-
-    from flower_pipeline.defs.study import study_partitions
-    from flower_pipeline.study import load_study
-
-    study = load_study(args.study)
-    study.plan(args.profile)  # checks the profile
-    instance, key = _instance(), f"{study.name}:{args.profile}"
-    if not instance.has_dynamic_partition(study_partitions.name, key):
-        raise PipelineError(f"study {study.name} has no runs in profile {args.profile} yet; start them with "
-                            f"flower-pipeline study run {args.study} --profile {args.profile}")
-    config = {"study_file": _study_file(study)}
-    report = run_job("study_reports", key, {"study_report": {"config": config}},
-                     args.data_dir).output_for_node("study_report")
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report.path, args.output)
-    except OSError as err:
-        raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
-    counts = {status: list(report.verdicts.values()).count(status)
-              for status in ("supported", "not supported", "not measured")}
-    print(f"{args.output}: {len(report.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
-
-
-def study_list(args: argparse.Namespace) -> None:
-    """The studies, their profiles, and each run's state in this data folder."""
-    from flower_pipeline.study import available_studies, load_study
-
-    root = args.data_dir.resolve() / "studies"
-    for name in available_studies():
-        study = load_study(name)
-        print(f"{name}: {study.title}")
-        for profile in study.profiles:
-            done = [run.label for run in study.plan(profile)
-                    if any((root / f"{name}-{profile}" / run.label).glob("*/result.json"))]
-            print(f"  {profile}: {len(done)} of {len(study.runs)} runs finished"
-                  + (f" ({', '.join(done)})" if 0 < len(done) < len(study.runs) else ""))
 
 
 def models(args: argparse.Namespace) -> None:
@@ -415,6 +163,7 @@ def models(args: argparse.Namespace) -> None:
         os.environ.setdefault(name, value)
     import datetime
 
+    from flower_pipeline import metrics
     from flower_pipeline.registry import list_models
 
     rows = list_models(data_dir=args.data_dir)
@@ -422,19 +171,15 @@ def models(args: argparse.Namespace) -> None:
         print("no registered models yet: run `flower-pipeline train` or `flower-pipeline demo`")
         return
 
-    def metric(tags: dict[str, str], key: str, digits: int) -> str:
-        value = tags.get(f"eval.{key}")
-        return f"{float(value):.{digits}f}" if value is not None else "-"
-
-    header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", "FID", "COLOUR DIST", "COVERAGE", "D(x)", "D(G(z))",
+    values = [metrics.from_version_tags(r["tags"]) for r in rows]
+    columns = [name for name in MODEL_COLUMNS if any(name in v for v in values)]
+    header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", *(metrics.BY_NAME[c].title for c in columns),
               "CREATED (UTC)")
     table = [header] + [(
         r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["tags"].get("variant", "-"),
-        r["tags"].get("arch", "-"), metric(r["tags"], "fid", 1), metric(r["tags"], "colour_distance", 3),
-        metric(r["tags"], "colour_coverage", 2), metric(r["tags"], "d_real_holdout_mean", 3),
-        metric(r["tags"], "d_fake_mean", 3),
+        r["tags"].get("arch", "-"), *(metrics.shown(c, v[c]) if c in v else "-" for c in columns),
         datetime.datetime.fromtimestamp(r["created"] / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M"),
-    ) for r in rows]
+    ) for r, v in zip(rows, values, strict=True)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
@@ -499,7 +244,7 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from flower_pipeline.download import DownloadLimits
     from flower_pipeline.evaluation import EvalSettings
-    from flower_pipeline.features import FeatureSettings
+    from flower_pipeline.feature_network import FeatureSettings
     from flower_pipeline.settings import add_flags
     from flower_pipeline.training import TrainConfig
 
@@ -522,17 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     checksum.add_argument("--md5", help="expected md5 of --source")
     p.add_argument("--mode", choices=MODES, default="color", help="colour or black-and-white (default color)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels: 16 to 512, a power of two (64)")
-    p.add_argument("--crop", choices=("center", "pad", "stretch"), default="center")
-    p.add_argument("--holdout", type=float, default=0.1, help="share held out for evaluation (default 0.1)")
-    p.add_argument("--device", default="auto", help="for the feature network: auto, cpu, cuda or cuda:N")
+    p.add_argument("--crop", choices=CROPS, default=DEFAULT_CROP)
+    p.add_argument("--holdout", type=float, default=DEFAULT_HOLDOUT,
+                   help=f"share held out for evaluation (default {DEFAULT_HOLDOUT})")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="for the feature network: auto, cpu, cuda or cuda:N")
     add_flags(p, FeatureSettings, prefix="feature_net_")
     add_flags(p, DownloadLimits, prefix="download_")
     p.set_defaults(run=prepare)
 
     p = with_data_dir(commands.add_parser("train", help="train, evaluate and register one variant × architecture"))
     p.add_argument("--variant", required=True, help="a prepared variant, e.g. flowers17-gray-64")
-    p.add_argument("--arch", required=True, choices=("arch1", "arch2"))
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--arch", required=True, choices=tuple(ARCHITECTURES))
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (CUDA when present), cpu, cuda or cuda:N")
     add_flags(p, TrainConfig, skip=("arch",))
     add_flags(p, EvalSettings, prefix="eval_")
     p.set_defaults(run=train)
@@ -542,24 +288,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"training steps per architecture (default {DEMO_TRAINING['iterations']})")
     p.set_defaults(run=demo)
 
-    study = commands.add_parser("study", help="run the source's study (or your own) and report on its claims")
-    study_commands = study.add_subparsers(dest="study_command", required=True)
+    study_parser = commands.add_parser("study", help="run the source's study (or your own) and report on its claims")
+    study_commands = study_parser.add_subparsers(dest="study_command", required=True)
     p = with_data_dir(study_commands.add_parser("run", help="train and evaluate every run of a study, resuming"))
     p.add_argument("study", help="a study name (flower-pipeline study list) or a study file")
     p.add_argument("--profile", default="quick", help="quick (32 px, short, CPU) or full (the source's settings)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (CUDA when present), cpu, cuda or cuda:N")
     p.add_argument("--only", nargs="+", metavar="LABEL", help="only these runs")
     p.add_argument("--yes", action="store_true", help="start the full profile on a CPU all the same")
     p.add_argument("--register", action="store_true",
                    help="register each run's generator in the model registry (may move champions)")
-    p.set_defaults(run=study_run)
+    p.set_defaults(run=study.run_study)
     p = with_data_dir(study_commands.add_parser("report", help="write the study's HTML report"))
     p.add_argument("study", help="a study name or a study file")
     p.add_argument("--profile", default="quick")
     p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
-    p.set_defaults(run=study_report)
+    p.set_defaults(run=study.write_report)
     p = with_data_dir(study_commands.add_parser("list", help="the studies and each run's state"))
-    p.set_defaults(run=study_list)
+    p.set_defaults(run=study.list_studies)
 
     p = with_data_dir(commands.add_parser("models", help="list registered generators, their aliases and metrics"))
     p.set_defaults(run=models)
@@ -594,9 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as done:  # --help, or a bad argument already explained in one line
         return int(done.code or 0)
     if args.data_dir is None:  # the instance's data root, wherever the command runs
-        from flower_pipeline.defs.resources import default_data_dir
+        from flower_pipeline.layout import default_data_dir
 
-        _dagster_home()
+        dagster_home()
         args.data_dir = default_data_dir()
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else importing MLflow resets the level below

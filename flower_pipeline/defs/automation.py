@@ -22,14 +22,13 @@ import yaml
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import ARCHITECTURES
-from flower_pipeline.registry import MlflowTracking, model_name
+from flower_pipeline.registry import model_name
 
 from .config import EvaluationConfig, TrainingConfig
-from .evaluation import generator_evaluation
-from .ingest import tensor_cache
+from .data_assets import tensor_cache
+from .generator_assets import generator_evaluation, registered_generator, trained_generator
 from .partitions import known_variants, training_key, variant_and_arch
-from .registry import registered_generator
-from .training import trained_generator
+from .resources import MlflowTracking
 
 RETRAIN_CRON = os.environ.get("FLOWER_PIPELINE_RETRAIN_CRON", "0 3 * * 1")  # Mondays 03:00 UTC
 PROFILE_ENV, WEBHOOK_ENV = "FLOWER_PIPELINE_RETRAINING", "FLOWER_PIPELINE_ALERT_WEBHOOK"
@@ -204,9 +203,9 @@ def retraining_failed(context: dg.RunFailureSensorContext, mlflow: MlflowTrackin
     alert = {"run_id": run.run_id, "job": run.job_name, "partition": partition, "message": message,
              "at": datetime.datetime.now(datetime.UTC).isoformat()}
     try:
-        mlflow.fail_runs_of(run.run_id)
+        mlflow.tracker.fail_runs_of(run.run_id)
         if partition:
-            mlflow.tag_model(model_name(*variant_and_arch(partition)), "last_retraining_failure",
+            mlflow.tracker.tag_model(model_name(*variant_and_arch(partition)), "last_retraining_failure",
                              json.dumps(alert))
     except Exception as err:  # the alert below must go out even when MLflow is what failed
         context.log.warning(f"could not record the failure in MLflow: {str(err).splitlines()[0]}")

@@ -1,0 +1,165 @@
+"""`flower-pipeline study run|report|list`: a study's runs launched one by one as partitions of `study_runs`,
+then its report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from flower_pipeline.catalog import CATALOGUED, Variant
+from flower_pipeline.cli import launch
+from flower_pipeline.cli.launch import run_job
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import DataLayout
+
+
+def _ensure_variant(variant: Variant, data_dir: Path) -> None:
+    """Prepare a variant the study needs: its dataset from the official source (or as prepared before)."""
+    import dagster as dg
+
+    from flower_pipeline.defs.partitions import add_variant
+
+    instance = launch.instance()
+    if variant.name in instance.get_materialized_partitions(dg.AssetKey("feature_network")):
+        return
+    add_variant(instance, variant)
+    if variant.dataset not in instance.get_materialized_partitions(dg.AssetKey("extracted_images")):
+        print(f"preparing {variant.dataset} (download and extraction) …", flush=True)
+        run_job("prepare_dataset", variant.dataset, {}, data_dir)
+    print(f"preparing {variant.name} …", flush=True)
+    run_job("prepare_variant", variant.name, {}, data_dir)
+
+
+def _cpu_estimate(plan: list[Any]) -> str:
+    """How long the plan would take here, from this machine's measured architecture-1 speed at its size."""
+    import time
+
+    import numpy as np
+
+    from flower_pipeline.training import TrainConfig, Trainer, pick_device
+
+    size = Variant.parse(plan[0].variant).size
+    images = np.random.default_rng(0).integers(0, 256, (64, 3, size, size), dtype=np.uint8)
+    trainer = Trainer(TrainConfig(arch="arch1"), images, pick_device("cpu"))
+    trainer.run_step()
+    started = time.perf_counter()
+    for _ in range(5):
+        trainer.run_step()
+    rate = 5 / (time.perf_counter() - started)
+    hours = sum(run.config["iterations"] for run in plan) / rate / 3600
+    return f"about {hours:.0f} hours at the {rate:.1f} it/s measured here"
+
+
+def _study_file(study: Any) -> str | None:
+    """The study file for the runs' config: none for the project's own studies (found by name)."""
+    from flower_pipeline.study import STUDIES_DIR
+
+    return None if Path(study.path).parent == STUDIES_DIR else study.path
+
+
+def run_study(args: argparse.Namespace) -> None:
+    """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
+    from flower_pipeline.defs.study_assets import study_partitions, study_run_key, study_run_partitions
+    from flower_pipeline.registry import tracking
+    from flower_pipeline.study import load_study
+    from flower_pipeline.training import pick_device
+
+    study = load_study(args.study)
+    plan = study.plan(args.profile, tuple(args.only or ()))
+    if args.profile == "full" and pick_device(args.device).type != "cuda":
+        warning = (f"the full profile trains {len(plan)} runs of up to 20,000 iterations on a CPU: "
+                   f"{_cpu_estimate(plan)}")
+        if not args.yes:
+            raise PipelineError(f"{warning}; pass --yes to start anyway, or use --profile quick")
+        print(f"warning: {warning}", file=sys.stderr)
+    instance = launch.instance()
+    prepared = set(instance.get_dynamic_partitions("datasets"))
+    for run in plan:  # before anything starts: a collection must have been prepared with its source
+        dataset = Variant.parse(run.variant).dataset
+        if dataset not in CATALOGUED and dataset not in prepared:
+            raise PipelineError(f"run {run.label} uses the collection {dataset!r}, which is not prepared; prepare it "
+                                f"first: flower-pipeline prepare --dataset custom --name {dataset} --source …")
+    for name in sorted({run.variant for run in plan}):
+        _ensure_variant(Variant.parse(name), args.data_dir)
+    keys = [study_run_key(study.name, args.profile, run.label) for run in plan]
+    new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
+    instance.add_dynamic_partitions(study_run_partitions.name, new)
+    report_key = f"{study.name}:{args.profile}"
+    if not instance.has_dynamic_partition(study_partitions.name, report_key):
+        instance.add_dynamic_partitions(study_partitions.name, [report_key])
+    store = tracking(data_dir=args.data_dir)
+    parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
+    records = []
+    config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device}
+    try:
+        for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
+            result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
+            record = result.output_for_node("study_run")
+            records.append((run, record))
+            state = "reused" if result.asset_materializations_for_node("study_run")[0].metadata[
+                "reused"].value else f"{record.seconds:.0f} s"
+            fd = record.metrics.get("fd_flowers")
+            print(f"[{number}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
+                  f"{'n/a' if fd is None else f'{fd:.2f}'}, recall {record.metrics.get('recall', float('nan')):.2f}",
+                  flush=True)
+        run_job("study_reports", report_key, {"study_report": {"config": config}}, args.data_dir)
+    except BaseException:
+        store.end_run(parent, "KILLED")
+        raise
+    store.end_run(parent)
+    if args.register:
+        for run, record in records:
+            _register_study_run(store, study.name, run, record)
+    print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
+
+
+def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:
+    """A study run's generator as a version of `<variant>-<arch>`, through the one registration path."""
+    from flower_pipeline.runs import register
+
+    registered = register(store, record.evaluation, tags={"study": study, "study_run": run.label},
+                          log=lambda _: None)
+    print(f"  registered {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
+
+
+def write_report(args: argparse.Namespace) -> None:
+    """Build the study's report from its finished runs and write the HTML page to -o."""
+    import shutil
+
+    from flower_pipeline.defs.study_assets import study_partitions
+    from flower_pipeline.study import load_study
+
+    study = load_study(args.study)
+    study.plan(args.profile)  # checks the profile
+    instance, key = launch.instance(), f"{study.name}:{args.profile}"
+    if not instance.has_dynamic_partition(study_partitions.name, key):
+        raise PipelineError(f"study {study.name} has no runs in profile {args.profile} yet; start them with "
+                            f"flower-pipeline study run {args.study} --profile {args.profile}")
+    config = {"study_file": _study_file(study)}
+    report = run_job("study_reports", key, {"study_report": {"config": config}},
+                     args.data_dir).output_for_node("study_report")
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(report.path, args.output)
+    except OSError as err:
+        raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
+    counts = {status: list(report.verdicts.values()).count(status)
+              for status in ("supported", "not supported", "not measured")}
+    print(f"{args.output}: {len(report.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+def list_studies(args: argparse.Namespace) -> None:
+    """The studies, their profiles, and each run's state in this data folder."""
+    from flower_pipeline.study import available_studies, load_study
+
+    layout = DataLayout.at(args.data_dir)
+    for name in available_studies():
+        study = load_study(name)
+        print(f"{name}: {study.title}")
+        for profile in study.profiles:
+            done = [run.label for run in study.plan(profile)
+                    if layout.finished_study_runs(name, profile, run.label)]
+            print(f"  {profile}: {len(done)} of {len(study.runs)} runs finished"
+                  + (f" ({', '.join(done)})" if 0 < len(done) < len(study.runs) else ""))

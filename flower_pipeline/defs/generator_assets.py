@@ -1,0 +1,156 @@
+"""The generator assets, per variant × architecture: trained_generator → generator_evaluation → registered_generator.
+
+Each is a thin face of the one run path in `flower_pipeline.runs`: the asset
+reads its partition and config, calls the core, and shows the record in the UI.
+"""
+
+import getpass
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import dagster as dg
+
+from flower_pipeline import __version__, metrics
+from flower_pipeline.catalog import Variant
+from flower_pipeline.evaluation import EvalSettings, scores_in_range
+from flower_pipeline.feature_network import FeatureNetworkRef
+from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.registry import RegisteredVersion
+from flower_pipeline.runs import Evaluation, TrainedRun, evaluate_and_log, register, train_and_log, training_fingerprint
+from flower_pipeline.scaleout import GPU_STEP
+from flower_pipeline.training import TrainConfig
+
+from .config import EvaluationConfig, TrainingConfig, asset_code_version, settings_from
+from .data_assets import OWNERS
+from .partitions import training_partitions, variant_and_arch
+from .resources import FlowerStorage, MlflowTracking, pick
+from .support import image_markdown, mlflow_link, table, user_errors
+
+WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
+
+
+def dagster_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
+    """What an MLflow run records of the Dagster run that made it, with a link back where the UI's address is
+    known."""
+    run, base = context.run, os.environ.get(WEBSERVER_ENV, "").rstrip("/")
+    return {"dagster_run_id": run.run_id, "dagster_job": run.job_name, "mlflow.source.name": f"dagster:{run.job_name}",
+            "mlflow.source.type": "JOB", "mlflow.user": getpass.getuser(),
+            **({"dagster_run_url": f"{base}/runs/{run.run_id}"} if base else {})}
+
+
+def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:
+    """Whether the Dagster run that started an MLflow run of this partition still runs. This run's own
+    earlier attempt (its Celery worker was killed and the step handed to another) does not: it is this step."""
+    if dagster_run_id == context.run.run_id:
+        return False
+    run = context.instance.get_run_by_id(dagster_run_id) if dagster_run_id else None
+    return run is not None and not run.is_finished
+
+
+@dg.asset(partitions_def=training_partitions, pool="gpu", group_name="training", kinds={"pytorch", "mlflow"},
+          owners=OWNERS, code_version=asset_code_version(TrainConfig), op_tags=GPU_STEP)
+def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig, tensor_cache: TensorCacheRef,
+                      storage: FlowerStorage, mlflow: MlflowTracking) -> TrainedRun:
+    """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""
+    variant, arch = variant_and_arch(context.partition_key)
+    tracker = mlflow.tracker
+    with user_errors(tracker):
+        settings = settings_from(config, TrainConfig, arch=arch).resolved()
+        out_dir = storage.layout.training(Variant.parse(variant).dataset, variant, arch,
+                                          training_fingerprint(tensor_cache.content_hash, settings))
+        ended = tracker.end_orphaned_runs(str(context.partition_key), lambda run_id: _running(context, run_id))
+        if ended:
+            context.log.warning(f"marked {ended} MLflow run(s) of an earlier, crashed run KILLED")
+        trained, result = train_and_log(
+            tracker, tensor_cache, settings, out_dir, name=f"{variant}-{arch}", device=config.device,
+            tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)}, log=context.log.info)
+
+    final = result.final
+    metadata: dict[str, Any] = {
+        "path": dg.MetadataValue.path(str(out_dir)), "mlflow_run": mlflow_link(tracker, trained.mlflow_run_id),
+        "device": result.device, "cuda_graph": result.cuda_graph, "iterations": result.iterations,
+        "seconds": round(result.seconds, 1),
+        "iterations_per_second": round(result.iterations / max(result.seconds, 1e-9), 1),
+        **{k: round(final[k], 4) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
+        "cache_hash": tensor_cache.content_hash,
+        "samples": image_markdown(result.files["final_grid"].read_bytes(), f"{variant} {arch} samples"),
+    }
+    if "curves" in result.files:
+        metadata["curves"] = image_markdown(result.files["curves"].read_bytes(), "training curves")
+    context.add_output_metadata(metadata)
+    return trained
+
+
+PICTURE_ALTS = {"samples": "generated samples", "timeline": "fixed-noise samples during training",
+                "nearest_pairs": "closest samples (top) and their nearest training images",
+                "colours": "dominant colours: real (top) vs generated"}
+
+
+@dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
+          code_version=asset_code_version(EvalSettings), pool="gpu", op_tags=GPU_STEP)
+def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
+                         feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
+    """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""
+    tracker = mlflow.tracker
+    with user_errors(tracker):
+        evaluation = evaluate_and_log(tracker, trained_generator, feature_network,
+                                      settings_from(config, EvalSettings), partition=str(context.partition_key),
+                                      device=config.device, log=context.log.info)
+    shown = {k: round(v, 4) for k, v in metrics.headline(evaluation.metrics).items()}
+    metadata: dict[str, Any] = {
+        **shown, "samples_scored": config.samples, "quality_gate": evaluation.gate_reason,
+        "mlflow_run": mlflow_link(tracker, trained_generator.mlflow_run_id),
+        "path": dg.MetadataValue.path(os.path.dirname(evaluation.files["metrics"])), "headline": table(shown),
+    }
+    for key, status in (("fid", "fid_status"), ("fd_flowers", "flowers_status")):
+        if key in evaluation.unavailable:
+            metadata[status] = f"unavailable: {evaluation.unavailable[key]}"
+    for name, alt in PICTURE_ALTS.items():
+        if name in evaluation.files:
+            with open(evaluation.files[name], "rb") as picture:
+                metadata[name] = image_markdown(picture.read(), alt)
+    context.add_output_metadata(metadata)
+    return evaluation
+
+
+def _evaluation_check(name: str, description: str, judge: Callable[[Evaluation], tuple[bool, str]],
+                      severity: dg.AssetCheckSeverity) -> dg.AssetChecksDefinition:
+    @dg.asset_check(asset=generator_evaluation, name=name, description=description)
+    def evaluation_check(context: dg.AssetCheckExecutionContext, generator_evaluation: Any) -> dg.AssetCheckResult:
+        with user_errors():
+            passed, reason = judge(pick(generator_evaluation, str(context.partition_key), "partition"))
+        return dg.AssetCheckResult(passed=passed, description=reason, severity=severity)
+
+    return evaluation_check
+
+
+evaluation_checks = [
+    _evaluation_check("scores_in_range", "Mean D(x) on training and held-out images and mean D(G(z)), scored as D "
+                      "was trained, are finite and strictly between 0 and 1.",
+                      lambda evaluation: scores_in_range(evaluation.metrics), dg.AssetCheckSeverity.ERROR),
+    _evaluation_check("quality_gate", "FID (when measured), fd_flowers (when limited), recall, colour coverage and "
+                      "near-copy share within the configured limits; a version that fails is registered but never "
+                      "promoted to champion.", lambda evaluation: (evaluation.gate_passed, evaluation.gate_reason),
+                      dg.AssetCheckSeverity.WARN),
+]
+
+
+@dg.asset(partitions_def=training_partitions, group_name="registry", kinds={"mlflow"}, owners=OWNERS,
+          code_version=__version__,
+          # A champion older than a week and a day (one missed weekly retraining) shows as late in the UI.
+          freshness_policy=dg.FreshnessPolicy.time_window(fail_window=timedelta(days=8), warn_window=timedelta(days=7)))
+def registered_generator(context: dg.AssetExecutionContext, generator_evaluation: Evaluation,
+                         mlflow: MlflowTracking) -> RegisteredVersion:
+    """The evaluated generator as a version of `<variant>-<arch>`; `champion` moves only to a better one."""
+    tracker = mlflow.tracker
+    with user_errors(tracker):
+        registered = register(tracker, generator_evaluation, log=context.log.info)
+    context.add_output_metadata({
+        "model": registered.model, "version": registered.version, "promotion": registered.promotion,
+        "reason": registered.reason, "champion_version": registered.champion_version,
+        "model_version": mlflow_link(tracker, model=registered.model, version=registered.version),
+        "mlflow_run": mlflow_link(tracker, registered.run_id), "tracking_uri": tracker.uri,
+    })
+    return registered

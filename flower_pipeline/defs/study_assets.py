@@ -1,0 +1,99 @@
+"""The study assets: each study run a partition (train + evaluate, in the gpu pool), and a report per study × profile.
+
+Partition keys: `study_run` is `<study>:<profile>:<label>` (e.g. `source:quick:arch2-batch8`) and
+`study_report` is `<study>:<profile>`. A run whose key (settings, data and code version) matches a finished
+one is reused; an interrupted run resumes from its checkpoint. The work is `flower_pipeline.study`'s.
+"""
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from pydantic import Field
+
+from flower_pipeline import __version__
+from flower_pipeline.scaleout import GPU_STEP
+from flower_pipeline.study import Study, StudyReport, StudyRunResult, build_report, load_study, run_one
+from flower_pipeline.training import DEFAULT_DEVICE
+
+from .config import DEVICE_HELP
+from .data_assets import OWNERS
+from .generator_assets import dagster_tags
+from .resources import FlowerStorage, MlflowTracking, pick
+from .support import image_markdown, mlflow_link, user_errors
+
+study_run_partitions = dg.DynamicPartitionsDefinition(name="study_runs")
+study_partitions = dg.DynamicPartitionsDefinition(name="studies")
+SHOWN = ("d_real_train_mean", "d_real_holdout_mean", "d_fake_mean", "fd_flowers", "precision", "recall",
+         "colour_coverage", "high_frequency_ratio")
+
+
+class StudyConfig(dg.Config):
+    study_file: str | None = Field(None, description="The study file, where the study is not one of the project's "
+                                                     "own (flower_pipeline/studies/<name>.yaml).")
+    parent_run_id: str | None = Field(None, description="The MLflow run of this study invocation; its runs nest "
+                                                        "under it (the CLI sets it).")
+    device: str = Field(DEFAULT_DEVICE, description=DEVICE_HELP)
+
+
+def _study(config: StudyConfig, name: str) -> Study:
+    return load_study(config.study_file or name)
+
+
+@dg.asset(partitions_def=study_run_partitions, pool="gpu", group_name="study", kinds={"pytorch", "mlflow"},
+          owners=OWNERS, code_version=__version__, op_tags=GPU_STEP,
+          ins={"tensor_cache": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
+               "feature_network": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cache: Any, feature_network: Any,
+              storage: FlowerStorage, mlflow: MlflowTracking) -> StudyRunResult:
+    """One run of a study: trained, evaluated on its variant, logged as a nested MLflow run; reused when done."""
+    name, profile, label = context.partition_key.split(":")
+    tracker = mlflow.tracker
+    with user_errors(tracker):
+        study = _study(config, name)
+        variant = study.plan(profile, (label,))[0].variant
+        result, reused = run_one(
+            tracker, storage.layout, study, profile, label, pick(tensor_cache, variant, "variant"),
+            pick(feature_network, variant, "variant"), device=config.device, log=context.log.info,
+            tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
+    if reused:
+        context.log.info(f"{label}: reused the finished run {result.run_key}")
+    shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SHOWN if k in result.metrics}
+    grid = Path(result.path) / "final_grid.png"
+    if grid.is_file():
+        shown["samples"] = image_markdown(grid.read_bytes(), result.label)
+    context.add_output_metadata({"reused": reused, "run_key": result.run_key, **shown,
+                                 "mlflow_run": mlflow_link(tracker, result.mlflow_run_id),
+                                 "it_per_s": round(result.it_per_s, 1)})
+    return result
+
+
+@dg.asset(partitions_def=study_partitions, group_name="study", kinds={"html", "mlflow"}, owners=OWNERS,
+          code_version=__version__, ins={"study_run": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
+def study_report(context: dg.AssetExecutionContext, config: StudyConfig, study_run: Any, storage: FlowerStorage,
+                 mlflow: MlflowTracking) -> StudyReport:
+    """The study's report: every run in a table, sample grids side by side, each claim with its numbers and a
+    verdict. One self-contained HTML page, also logged to MLflow."""
+    name, profile = context.partition_key.split(":")
+    tracker = mlflow.tracker
+    with user_errors(tracker):
+        study = _study(config, name)
+        records = study_run if isinstance(study_run, dict) else {study_run.partition: study_run}
+        path, verdicts, finished = build_report(storage.layout, study, profile, records)
+        run_id = config.parent_run_id or tracker.start_run(f"{name}:{profile} report", {"study": name,
+                                                                                        "profile": profile})
+        tracker.log_artifact(run_id, path)
+        if not config.parent_run_id:
+            tracker.end_run(run_id)
+    claims = "| claim | verdict | numbers |\n|---|---|---|\n" + "\n".join(
+        f"| {c.text} | **{verdicts[c.id].status}** | {verdicts[c.id].evidence} |" for c in study.claims)
+    context.add_output_metadata({"claims": dg.MetadataValue.md(claims), "runs_finished": finished,
+                                 "runs": len(study.runs), "report": dg.MetadataValue.path(str(path)),
+                                 "mlflow_run_id": run_id})
+    return StudyReport(name, profile, str(path), {k: v.status for k, v in verdicts.items()})
+
+
+study_job = dg.define_asset_job("study_runs", selection=[study_run],
+                                description="Train and evaluate one run of a study (a partition per run).")
+study_report_job = dg.define_asset_job("study_reports", selection=[study_report],
+                                       description="Build a study's report from its finished runs.")

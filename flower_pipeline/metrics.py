@@ -1,0 +1,111 @@
+"""Every evaluation metric, declared once: its name, title, direction and where it is shown.
+
+The MLflow keys, the Dagster metadata, the registry's version tags and
+description, the `models` table and the study report all read this table, so a
+metric added here (and computed in `evaluation.py`) appears wherever its peers do.
+
+- `headline`: shown in the Dagster UI and carried as a version tag (the champion's
+  numbers are read back from those tags);
+- `summary`: one of the few columns of the `models` table, the version description
+  and the study report's runs table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+LOWER, HIGHER, HALF = "lower", "higher", "0.5"  # what is better: less, more, or 0.5 (D cannot tell)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    title: str
+    better: str | None  # LOWER, HIGHER, HALF, or None where neither direction is better
+    headline: bool = False
+    summary: bool = False
+    digits: int = 4  # significant digits where shown
+
+
+METRICS: tuple[Metric, ...] = (
+    # The source's measure: D's scores, scored as D was trained.
+    Metric("d_real_train_mean", "D(x) train", HALF, headline=True, summary=True, digits=3),
+    Metric("d_real_holdout_mean", "D(x) held-out", HALF, headline=True, summary=True, digits=3),
+    Metric("d_real_gap", "D(x) gap", LOWER, headline=True),
+    Metric("d_fake_mean", "D(G(z))", HALF, headline=True, summary=True, digits=3),
+    Metric("d_real_holdout_std", "D(x) held-out sd", None, headline=True),
+    Metric("d_real_train_std", "D(x) train sd", None),
+    Metric("d_fake_std", "D(G(z)) sd", None, headline=True),
+    # The project's offline measure, in the variant's feature network's space.
+    Metric("fd_flowers", "fd_flowers", LOWER, headline=True, summary=True),
+    Metric("kd_flowers", "kd_flowers", LOWER, headline=True),
+    Metric("precision", "precision", HIGHER, headline=True, summary=True),
+    Metric("recall", "recall", HIGHER, headline=True, summary=True),
+    # FID and KID, where Inception weights exist.
+    Metric("fid", "FID", LOWER, headline=True, summary=True, digits=4),
+    Metric("kid_mean", "KID", LOWER, headline=True, summary=True),
+    Metric("kid_std", "KID sd", None, headline=True),
+    Metric("kid_subset_size", "KID subset size", None),
+    # Mode collapse and colour.
+    Metric("colour_distance", "colour distance", LOWER, headline=True, summary=True, digits=3),
+    Metric("colour_coverage", "colour coverage", HIGHER, headline=True, summary=True, digits=2),
+    Metric("generated_colour_clusters", "generated colour clusters", HIGHER, headline=True),
+    Metric("colour_clusters", "real colour clusters", None, headline=True),
+    Metric("high_frequency_ratio", "high-freq. ratio", None, summary=True),
+    # Memorization, in pixels and (with Inception weights) in feature space.
+    Metric("near_copy_share_pixels", "near-copies", LOWER, headline=True, summary=True),
+    Metric("memorization_ratio_pixels", "memorization ratio (pixels)", HIGHER, headline=True),
+    Metric("nearest_train_distance_pixels", "nearest training distance (pixels)", None),
+    Metric("holdout_nearest_train_distance_pixels", "held-out nearest training distance (pixels)", None),
+    Metric("near_copy_share_inception", "near-copies (Inception)", LOWER, headline=True),
+    Metric("memorization_ratio_inception", "memorization ratio (Inception)", HIGHER, headline=True),
+    Metric("nearest_train_distance_inception", "nearest training distance (Inception)", None),
+    Metric("holdout_nearest_train_distance_inception", "held-out nearest training distance (Inception)", None),
+)
+# The named colour families: each image's centre colour joins the nearest (evaluation.COLOUR_FAMILIES).
+COLOUR_FAMILY_PREFIXES = ("share_", "real_share_")
+
+BY_NAME = {m.name: m for m in METRICS}
+HEADLINE = tuple(m.name for m in METRICS if m.headline)
+SUMMARY = tuple(m.name for m in METRICS if m.summary)
+# Measured together: one reason says why all of a group is unavailable.
+FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
+INCEPTION_MEASURES = ("fid", "kid_mean", "near_copy_share_inception")
+
+RUN_METRIC_PREFIX = "eval_"  # an evaluation metric on an MLflow run: eval_fid
+VERSION_TAG_PREFIX = "eval."  # the same metric as a registered version's tag: eval.fid
+
+
+def known(name: str) -> bool:
+    """Whether `name` is a declared metric (colour family shares are declared by prefix)."""
+    return name in BY_NAME or name.startswith(COLOUR_FAMILY_PREFIXES)
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """The headline metrics present, in declaration order."""
+    return {name: metrics[name] for name in HEADLINE if name in metrics}
+
+
+def run_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Every finite metric under its MLflow run key."""
+    return {RUN_METRIC_PREFIX + k: float(v) for k, v in metrics.items() if math.isfinite(v)}
+
+
+def version_tags(metrics: dict[str, float]) -> dict[str, str]:
+    """The headline metrics as registered version tags (read back by `from_version_tags`)."""
+    return {VERSION_TAG_PREFIX + k: repr(float(v)) for k, v in headline(metrics).items()}
+
+
+def from_version_tags(tags: dict[str, str]) -> dict[str, float]:
+    return {k.removeprefix(VERSION_TAG_PREFIX): float(v) for k, v in tags.items() if k.startswith(VERSION_TAG_PREFIX)}
+
+
+def shown(name: str, value: float) -> str:
+    """A metric's value as people read it: its declared significant digits."""
+    return f"{value:.{BY_NAME[name].digits if name in BY_NAME else 4}g}"
+
+
+def summary_line(metrics: dict[str, float]) -> str:
+    """The summary metrics present, "fid 41.2, recall 0.31, …" (the version description)."""
+    return ", ".join(f"{k} {metrics[k]:.4g}" for k in SUMMARY if k in metrics)

@@ -1,0 +1,171 @@
+"""The one path from a tensor cache to a registered generator: train → evaluate → register, and its records.
+
+The Dagster assets (`trained_generator`, `generator_evaluation`,
+`registered_generator`), every study run and `study run --register` call these
+three functions, so a training logs, an evaluation measures and a version is
+tagged the same way whoever started it. Each step returns a small frozen record
+(paths, hashes, numbers) that the next step takes.
+
+    trained = train_and_log(tracker, cache_ref, settings, out_dir, name="flowers17-color-64-arch1", tags={...})
+    evaluation = evaluate_and_log(tracker, trained, network_ref, EvalSettings(), partition="arch1|…")
+    registered = register(tracker, evaluation)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from flower_pipeline import source_version
+from flower_pipeline.evaluation import EvalResult, EvalSettings, evaluate, inception_for, quality_gate
+from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, load_feature_network
+from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.metrics import run_metrics, summary_line, version_tags
+from flower_pipeline.registry import FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
+from flower_pipeline.tensor_cache import TensorCache
+from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
+from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, pick_device, train
+
+LogFn = Callable[[str], None]
+PICTURES = ("samples", "timeline", "nearest_pairs", "colours")  # an evaluation's images, shown in MLflow's viewer
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    variant: str
+    arch: str
+    path: str  # generator.pt, final_state.pt, samples/ …
+    mlflow_run_id: str
+    cache: TensorCacheRef  # the cache it was trained on: evaluation judges against exactly this one
+    config: dict[str, Any]
+    device: str
+    iterations: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    partition: str  # the training partition, arch1|flowers17-color-64
+    training: TrainedRun
+    feature_network: str  # the id of the feature network fd_flowers etc. were measured with
+    metrics: dict[str, float]
+    unavailable: dict[str, str]  # metric → why it was not measured
+    gate_passed: bool
+    gate_reason: str
+    files: dict[str, str]
+
+
+def training_fingerprint(cache_hash: str, settings: TrainConfig) -> str:
+    """A training's identity: cache content and settings, so a retry resumes its own checkpoint."""
+    return hashlib.sha256(json.dumps([cache_hash, asdict(settings)], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def progress_line(record: dict[str, float], iterations: int) -> str:
+    return (f"iter {int(record['iteration'])}/{iterations} {record['it_per_s']:.1f} it/s loss D {record['loss_d']:.3f} "
+            f"G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} D(G(z)) {record['d_fake']:.3f} "
+            f"ETA {record['eta_s']:.0f} s")
+
+
+def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainConfig, out_dir: Path, *, name: str,
+                  tags: dict[str, str], params: dict[str, Any] | None = None, device: str = DEFAULT_DEVICE,
+                  snapshots: tuple[int, ...] = (), log: LogFn = print) -> tuple[TrainedRun, TrainResult]:
+    """Train on the cache into out_dir (resuming its checkpoint) as one tracked run with params, metrics, sample
+    grids and artifacts. A failed training's run is marked FAILED, except when the tracker itself failed."""
+    settings = settings.resolved()
+    cache = TensorCache.load(cache_ref.path)
+    run_id = tracker.start_run(name, {**tags, "variant": cache_ref.variant, "arch": settings.arch,
+                                      "cache_hash": cache_ref.content_hash})
+    try:
+        tracker.log_dataset(run_id, cache_ref.variant, cache_ref.content_hash, cache_ref.path)
+        tracker.log_params(run_id, {**asdict(settings), "variant": cache_ref.variant, "device": device,
+                                    "cache_hash": cache_ref.content_hash, "train_images": int((~cache.holdout).sum()),
+                                    **(params or {})})
+
+        def on_log(record: dict[str, float]) -> None:
+            log(progress_line(record, settings.iterations))
+            tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "iteration"}, int(record["iteration"]))
+
+        result = train(settings, cache, out_dir, device=device, snapshots=snapshots, on_log=on_log,
+                       on_sample=lambda it, png: tracker.log_image(run_id, png, "samples", it),
+                       on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"))
+        for file in ("final_grid", "curves", "history", "generator"):
+            if file in result.files:
+                tracker.log_artifact(run_id, result.files[file])
+        tracker.log_artifact(run_id, out_dir / "samples", "samples")
+        tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
+    except BaseException as err:
+        if not isinstance(err, MLFLOW_FAILURES):  # with the tracker down, the next training marks this run KILLED
+            tracker.end_run(run_id, "FAILED")
+        raise
+    tracker.end_run(run_id)
+    trained = TrainedRun(cache_ref.variant, settings.arch, str(out_dir), run_id, cache_ref, asdict(settings),
+                         result.device, result.iterations, result.seconds)
+    return trained, result
+
+
+def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *, device: str = DEFAULT_DEVICE,
+            iteration: int | None = None, log: LogFn = print) -> EvalResult:
+    """The trained generator (or its snapshot at `iteration`) judged against the cache it was trained on."""
+    cache = TensorCache.load(trained.cache.path)  # the images it was trained on, not a newer cache
+    torch_device = pick_device(device)
+    inception, no_inception = inception_for(settings, torch_device)
+    if inception is None:
+        log(f"FID and KID unavailable: {no_inception}")
+    same_cache = network.network_id.startswith(trained.cache.content_hash[:16])
+    if network.path is not None and same_cache:
+        net = load_feature_network(Path(network.path), torch_device)
+        flowers, no_flowers = partial(flower_features, net, device=torch_device), ""
+    else:
+        flowers, no_flowers = None, network.unavailable or (
+            f"the feature network was trained on another cache ({network.network_id}); prepare "
+            f"{trained.variant} again")
+    return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
+                    no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
+                    iteration=iteration)
+
+
+def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
+                     partition: str, device: str = DEFAULT_DEVICE, log: LogFn = print) -> Evaluation:
+    """Measure the trained generator, apply the quality gate and log everything to its training's run. The
+    tracker comes before the record: an evaluation whose logging failed is never registered."""
+    result = measure(trained, network, settings, device=device, log=log)
+    gate_passed, gate_reason = quality_gate(result.metrics, settings)
+    log(f"quality gate {gate_reason}")
+    run_id, step = trained.mlflow_run_id, trained.iterations
+    tracker.log_metrics(run_id, run_metrics(result.metrics), step)
+    tracker.log_artifact(run_id, result.files["metrics"].parent, "evaluation")
+    for picture in PICTURES:
+        if picture in result.files:
+            tracker.log_image(run_id, result.files[picture], f"evaluation_{picture}", step)
+    tracker.set_tags(run_id, {"quality_gate": gate_reason,
+                              **{f"unavailable_{k}": v for k, v in result.unavailable.items()}})
+    return Evaluation(partition, trained, network.network_id, result.metrics, result.unavailable, gate_passed,
+                      gate_reason, {k: str(v) for k, v in result.files.items()})
+
+
+def register(tracker: MlflowTracker, evaluation: Evaluation, *, tags: dict[str, str] | None = None,
+             log: LogFn = print) -> RegisteredVersion:
+    """The evaluated generator as a new version of `<variant>-<arch>` (once per run, however often retried);
+    `champion` moves to it only when it passed the gate and beats the champion."""
+    training, metrics = evaluation.training, evaluation.metrics
+    code = source_version()
+    version_info = {
+        "variant": training.variant, "arch": training.arch, "cache_hash": training.cache.content_hash,
+        "config": json.dumps(training.config, sort_keys=True), "code_version": code,
+        "iterations": str(training.iterations), "quality_gate": evaluation.gate_reason,
+        FEATURE_NETWORK: evaluation.feature_network, **version_tags(metrics), **(tags or {}),
+    }
+    missing = sorted({f"{'FID and KID' if k in ('fid', 'kid_mean') else 'fd_flowers and the rest'} unavailable: "
+                      f"{why}" for k, why in evaluation.unavailable.items() if k in ("fid", "fd_flowers")})
+    description = (f"{training.arch} generator trained {training.iterations} iterations on {training.variant} "
+                   f"(cache {training.cache.content_hash[:12]}, code {code}). {summary_line(metrics)}."
+                   + "".join(f" {m}." for m in missing))  # each reason once
+    return register_generator(
+        tracker, model_name(training.variant, training.arch), training.mlflow_run_id, Path(training.path),
+        gate=(evaluation.gate_passed, evaluation.gate_reason), metrics=metrics,
+        feature_network=evaluation.feature_network, tags=version_info, description=description, log=log)

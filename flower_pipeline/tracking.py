@@ -1,0 +1,313 @@
+"""MLflow in one place: `MlflowTracker`, the one class through which the pipeline reaches MLflow.
+
+`Tracker` is the interface the run path (`flower_pipeline.runs`) needs from an
+experiment tracker; `MlflowTracker` implements it on an MLflow tracking store
+and model registry. It never changes MLflow's global tracking URI: the fluent
+calls that model logging and loading need run inside a scope that restores it.
+The Dagster layer wraps it as a resource (`defs/resources.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import requests
+import torch
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service import utils as tracking_utils
+
+import flower_pipeline
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import DataLayout
+from flower_pipeline.models import FlowerGenerator, sample_latent
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+EXPERIMENT = "flower-pipeline"
+CHAMPION = "champion"  # the alias of the best version that passed the quality gate
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it
+MLFLOW_FAILURES = (MlflowException, requests.RequestException)  # what MLflow's client raises when its store fails
+UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted")
+
+
+class Tracker(ABC):
+    """What a training, its evaluation and its registration record: runs with params, metrics, tags and
+    files, and registered model versions with aliases."""
+
+    @abstractmethod
+    def start_run(self, name: str, tags: dict[str, str]) -> str: ...
+
+    @abstractmethod
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None: ...
+
+    @abstractmethod
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None: ...
+
+    @abstractmethod
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None: ...
+
+    @abstractmethod
+    def log_image(self, run_id: str, png: Path, key: str, step: int) -> None: ...
+
+    @abstractmethod
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str) -> None: ...
+
+    @abstractmethod
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
+
+    @abstractmethod
+    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str: ...
+
+
+class MlflowTracker(Tracker):
+    """Tracking and registry in one MLflow store. Default store: SQLite under the data folder (MLflow 3
+    rejects plain files)."""
+
+    def __init__(self, layout: DataLayout, tracking_uri: str | None = None, experiment: str = EXPERIMENT):
+        self.layout, self.tracking_uri, self.experiment = layout, tracking_uri, experiment
+
+    @property
+    def uri(self) -> str:
+        """The store: the one given, else $MLFLOW_TRACKING_URI, else sqlite:///<data folder>/mlflow.db."""
+        uri = self.tracking_uri or os.environ.get(TRACKING_ENV)
+        if uri:
+            return uri
+        try:
+            self.layout.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise PipelineError(f"cannot create the data folder {self.layout.root}: {err.strerror}") from None
+        return f"sqlite:///{self.layout.mlflow_db}"
+
+    def client(self) -> MlflowClient:
+        uri = self.uri
+        return MlflowClient(tracking_uri=uri, registry_uri=uri)  # the registry lives in the same store
+
+    @contextlib.contextmanager
+    def _fluent(self) -> Iterator[None]:
+        """MLflow's fluent API pointed at this store for the block only; the global URI and
+        $MLFLOW_TRACKING_URI (which `mlflow.set_tracking_uri` also rewrites) are restored after it."""
+        uri, saved, saved_env = self.uri, tracking_utils._tracking_uri, os.environ.get(TRACKING_ENV)
+        mlflow.set_tracking_uri(uri)
+        try:
+            yield
+        finally:
+            mlflow.set_tracking_uri(saved)
+            if saved_env is not None:
+                os.environ[TRACKING_ENV] = saved_env
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):  # a local store keeps its artifacts inside the data folder
+            location = self.layout.mlflow_artifacts.as_uri()
+        return client.create_experiment(self.experiment, artifact_location=location, tags={
+            "mlflow.experimentKind": "custom_model_development"})  # MLflow's UI opens on the runs table
+
+    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str:
+        """A run or model version as a URL into the MLflow UI when the store is a server, else its id."""
+        base = self.uri.rstrip("/")
+        if not base.startswith(("http://", "https://")):
+            return run_id or "" if model is None else f"models:/{model}/{version}"
+        if model is not None:
+            return f"{base}/#/models/{model}/versions/{version}"
+        return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
+
+    # --- runs -----------------------------------------------------------------------------------------
+
+    def start_run(self, name: str, tags: dict[str, str]) -> str:
+        return self.client().create_run(self.experiment_id(), run_name=name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        self.client().log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client().log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        self.client().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        client = self.client()
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), artifact_path)
+        else:
+            client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_image(self, run_id: str, png: Path, key: str, step: int) -> None:
+        """A picture with its step, so MLflow's UI shows a slider over training."""
+        import cv2
+
+        image = cv2.imdecode(np.fromfile(png, np.uint8), cv2.IMREAD_UNCHANGED)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+        self.client().log_image(run_id, image, key=key, step=step)
+
+    def log_dataset(self, run_id: str, name: str, digest: str, source: str) -> None:
+        """The training input as an MLflow dataset: the tensor cache's variant, content hash and folder."""
+        self.client().log_inputs(run_id, [DatasetInput(Dataset(name, digest[:36], "local", source),
+                                                       [InputTag("mlflow.data.context", "training")])])
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client().set_terminated(run_id, status)
+
+    # --- the model registry ---------------------------------------------------------------------------
+
+    def version_of_run(self, name: str, run_id: str) -> ModelVersion | None:
+        """The version already registered from this run, so a retried registration makes no second one."""
+        if not self._model_exists(name):
+            return None
+        found = self.client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        return found[0] if found else None
+
+    def log_generator(self, run_id: str, name: str, generator: FlowerGenerator) -> Any:
+        """Log the generator to the run as an MLflow PyTorch model named after its registered model."""
+        from mlflow.models import infer_signature
+
+        z = sample_latent(2, generator.latent_dim, generator.latent_noise, "cpu", torch.Generator().manual_seed(0))
+        generator = generator.cpu().eval()
+        with torch.no_grad():
+            signature = infer_signature(z.numpy(), generator(z).numpy())
+        with self._fluent(), mlflow.start_run(run_id=run_id):
+            return mlflow.pytorch.log_model(
+                generator, name=name, signature=signature, input_example=z.numpy(),
+                serialization_format="pickle",  # keeps FlowerGenerator.generate(); pt2 would export forward only
+                code_paths=[str(Path(flower_pipeline.__file__).parent)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+            )
+
+    def register(self, name: str, run_id: str, model: Any, tags: dict[str, str], description: str) -> ModelVersion:
+        """A new version of `name` (created if needed) from a model logged by `log_generator`."""
+        client = self.client()
+        if not self._model_exists(name):
+            client.create_registered_model(name, description=f"DCGAN flower generator {name}")
+        with self._fluent():  # the registry looks the logged model up through the global tracking URI
+            version = client.create_model_version(name, source=model.model_uri, run_id=run_id, tags=tags,
+                                                  description=description, model_id=model.model_id)
+        # As mlflow.register_model does: the logged model lists its versions ("Registered models" in the UI).
+        entry = {"name": name, "version": int(version.version)}
+        listed = json.loads(client.get_logged_model(model.model_id).tags.get(MODEL_VERSIONS_TAG, "[]"))
+        if entry not in listed:
+            client.set_logged_model_tags(model.model_id, {MODEL_VERSIONS_TAG: json.dumps([*listed, entry])})
+        return version
+
+    def fail_runs_of(self, dagster_run_id: str) -> None:
+        """The MLflow runs a failed Dagster run left RUNNING, marked FAILED."""
+        client = self.client()
+        found = client.search_runs([self.experiment_id()],
+                                   f"tags.dagster_run_id = '{dagster_run_id}' and attributes.status = 'RUNNING'")
+        for run in found:
+            client.set_terminated(run.info.run_id, "FAILED")
+
+    def end_orphaned_runs(self, partition: str, running: Callable[[str], bool]) -> int:
+        """MLflow runs of this partition still RUNNING although their Dagster run is not (the process was
+        killed, the machine went down), marked KILLED. Returns how many."""
+        client = self.client()
+        found = client.search_runs([self.experiment_id()],
+                                   f"tags.dagster_partition = '{partition}' and attributes.status = 'RUNNING'")
+        orphans = [run for run in found if not running(run.data.tags.get("dagster_run_id", ""))]
+        for run in orphans:
+            client.set_terminated(run.info.run_id, "KILLED")
+        return len(orphans)
+
+    def tag_model(self, name: str, key: str, value: str) -> None:
+        """A tag on a registered model, if it exists (a first training that failed has none yet)."""
+        if self._model_exists(name):
+            self.client().set_registered_model_tag(name, key, value)
+
+    def set_version_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
+        client = self.client()
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, str(value))
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client().set_registered_model_alias(name, alias, version)
+
+    def version_by_alias(self, name: str, alias: str) -> ModelVersion | None:
+        try:
+            return self.client().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def registered_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """The versions of every registered model (or of `name`), newest first, with aliases and tags.
+
+        MLflow reserves the alias `latest` for the newest version (models:/NAME/latest),
+        so it always moves by itself; it is listed here with the set aliases.
+        """
+        client, rows = self.client(), []
+        only = f"name='{name}'" if name is not None else None
+        for model in client.search_registered_models(filter_string=only, order_by=["name ASC"]):
+            versions = client.search_model_versions(f"name='{model.name}'", order_by=["version_number DESC"])
+            aliases: dict[str, list[str]] = {str(versions[0].version): ["latest"]} if versions else {}
+            for alias, version in (model.aliases or {}).items():
+                aliases.setdefault(str(version), []).append(alias)
+            for version in versions:
+                rows.append({"name": model.name, "version": str(version.version), "created": version.creation_timestamp,
+                             "aliases": sorted(aliases.get(str(version.version), [])), "tags": dict(version.tags)})
+        return rows
+
+    def load_generator(self, name: str, *, alias: str | None = None, version: str | int | None = None,
+                       device: str = "cpu") -> FlowerGenerator:
+        """A registered generator by alias (default champion) or version; a clear error lists what exists."""
+        if alias is not None and version is not None:
+            raise PipelineError("give an alias or a version, not both")
+        rows = self.registered_models(name)
+        if not rows:
+            names = sorted(m.name for m in self.client().search_registered_models())
+            raise PipelineError(f"no registered model {name!r}; registered: {', '.join(names) or 'none'}")
+        if version is not None:
+            if str(version) not in {r["version"] for r in rows}:
+                listed = ", ".join(r["version"] for r in reversed(rows))
+                raise PipelineError(f"{name} has no version {version}; versions: {listed}")
+            uri = f"models:/{name}/{version}"
+        else:
+            alias = alias or CHAMPION
+            known = {a: r["version"] for r in rows for a in r["aliases"]}
+            if alias not in known:
+                listed = ", ".join(f"{a} (v{v})" for a, v in sorted(known.items())) or "none"
+                raise PipelineError(f"{name} has no alias {alias!r}; aliases: {listed}")
+            uri = f"models:/{name}/latest" if alias == "latest" else f"models:/{name}@{alias}"
+        try:
+            with self._fluent():
+                model = mlflow.pytorch.load_model(uri, map_location=device)
+        except (MlflowException, OSError) as err:  # artifacts deleted or moved, store unreachable
+            raise PipelineError(f"cannot load {uri} from {self.uri}: {str(err).splitlines()[0][:200]}") from None
+        return model.eval()
+
+    def _model_exists(self, name: str) -> bool:
+        try:
+            self.client().get_registered_model(name)
+        except MlflowException:
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def mlflow_errors(store: MlflowTracker) -> Iterator[None]:
+    """MLflow's own failures (server down, store broken) as one line naming the store."""
+    try:
+        yield
+    except MLFLOW_FAILURES as err:
+        text = str(err)
+        reason = next((f"unreachable ({marker.lower()})" for marker in UNREACHABLE if marker in text),
+                      text.splitlines()[0][:300] if text else type(err).__name__)
+        raise PipelineError(f"MLflow at {store.uri} failed: {reason}") from None
