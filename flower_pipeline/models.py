@@ -21,7 +21,7 @@ from flower_pipeline.errors import PipelineError
 NOISES = ("gaussian", "uniform")
 # How a trained generator's batch norm normalizes when it makes images: "batch" uses each batch's own
 # statistics, as in training; "eval" uses the running averages. Batch statistics won on real Flowers-17
-# (README, "The generator's batch norm"), so grids, evaluation and registered models use them.
+# (docs/design.md, "The generator's batch norm"), so grids, evaluation and registered models use them.
 BN_MODES = ("batch", "eval")
 SAMPLE_BN_MODE = "batch"
 

@@ -8,7 +8,7 @@ the code location (UI, daemon, schedules, the CLI) uses dagster-celery's
 executor: training and evaluation steps go to the `gpu` queue, one worker per
 GPU consumes it one step at a time; ingest and registration go to dagster-celery's
 default queue. The workers run `celery -A flower_pipeline.worker worker`
-(`flower-pipeline stack` starts them; README "Scaling out").
+(`flower-pipeline stack` starts them; docs/operations.md "Scaling out").
 """
 
 import os
@@ -62,7 +62,7 @@ def worker_app() -> Any:
 
     missing = [name for name in (BROKER_ENV, BACKEND_ENV) if not os.environ.get(name)]
     if missing:
-        raise PipelineError(f"a worker needs {' and '.join(missing)} (README, Scaling out)")
+        raise PipelineError(f"a worker needs {' and '.join(missing)} (docs/operations.md, Scaling out)")
     app = make_app(CeleryExecutor.for_cli(broker=os.environ[BROKER_ENV], backend=os.environ[BACKEND_ENV],
                                           config_source=CELERY_SETTINGS).app_args())
     create_task(app)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from flower_pipeline.download import redact
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import DataLayout
 from flower_pipeline.scaleout import BACKEND_ENV, BROKER_ENV, DEFAULT_QUEUE, GPU_QUEUE, worker_app
 
 POSTGRES_ENV = "DAGSTER_POSTGRES_URL"
@@ -58,7 +59,7 @@ def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path
 
     return [
         Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", os.environ[MLFLOW_BACKEND_ENV],
-                         "--serve-artifacts", "--artifacts-destination", str(data_dir / "mlflow-artifacts"),
+                         "--serve-artifacts", "--artifacts-destination", str(DataLayout(data_dir).server_artifacts),
                          "--host", tracking.hostname or "127.0.0.1", "--port", str(tracking.port or 5000),
                          "--workers", "1"], f"{os.environ[TRACKING_ENV].rstrip('/')}/health",
               # MLflow's GenAI job runner (seven more processes) serves nothing this project uses
@@ -79,7 +80,7 @@ def check_environment() -> None:
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
         raise PipelineError(f"the stack needs {', '.join(missing)}: `source deploy/stack.env` sets them for this "
-                            "machine (README, Scaling out)")
+                            "machine (docs/operations.md, Scaling out)")
 
 
 def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, say: Callable[[str], None]) -> None:

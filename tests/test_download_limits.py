@@ -16,6 +16,7 @@ from flower_pipeline.catalog import get_dataset
 from flower_pipeline.download import DownloadLimits, fetch, record_path
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.ingest import extract_images, fetch_raw_archive
+from flower_pipeline.layout import DataLayout
 
 LIMITS = DownloadLimits(deadline_s=4, stall_s=1, stall_bytes=1000, max_bytes=1_000_000)
 
@@ -95,24 +96,24 @@ def test_each_limit_ends_a_download_in_seconds_with_one_line(hostile, tmp_path, 
 
 
 def test_an_error_page_is_never_reused_and_the_server_is_asked_again(hostile, tmp_path):
-    spec = get_dataset("mine")
+    spec, layout = get_dataset("mine"), DataLayout(tmp_path)
     Hostile.page = b"<!DOCTYPE html><html>Service unavailable</html>"
-    raw = fetch_raw_archive(tmp_path, spec, source=f"{hostile}/mine.tgz")
+    raw = fetch_raw_archive(layout, spec, source=f"{hostile}/mine.tgz")
     with pytest.raises(PipelineError):
-        extract_images(raw, tmp_path)
+        extract_images(raw, layout)
     assert not (tmp_path / "mine" / "downloads" / "mine.tgz").exists()  # forgotten with its record
 
     Hostile.page = make_tgz(flowers_like(3))
-    raw = fetch_raw_archive(tmp_path, spec, source=f"{hostile}/mine.tgz")
-    assert raw.downloaded and len(extract_images(raw, tmp_path).images) == 3
+    raw = fetch_raw_archive(layout, spec, source=f"{hostile}/mine.tgz")
+    assert raw.downloaded and len(extract_images(raw, layout).images) == 3
     assert Hostile.gets.count("/mine.tgz") == 2
     record = json.loads(record_path(tmp_path / "mine" / "downloads" / "mine.tgz").read_text())
     assert record["etag"] == '"v1"' and record["size"] == len(Hostile.page)  # kept beside the file
 
-    again = fetch_raw_archive(tmp_path, spec, source=f"{hostile}/mine.tgz")
+    again = fetch_raw_archive(layout, spec, source=f"{hostile}/mine.tgz")
     assert not again.downloaded and Hostile.gets.count("/mine.tgz") == 2  # matches its record: reused
     (tmp_path / "mine" / "downloads" / "mine.tgz").write_bytes(b"changed on disk")
-    assert fetch_raw_archive(tmp_path, spec, source=f"{hostile}/mine.tgz").downloaded  # no longer matches
+    assert fetch_raw_archive(layout, spec, source=f"{hostile}/mine.tgz").downloaded  # no longer matches
 
 
 class NeedsLogin(BaseHTTPRequestHandler):

@@ -7,11 +7,10 @@ import dagster as dg
 import pytest
 import yaml
 from conftest import prepare, run_job
-from flower_pipeline.study import study_run_key
 
 from flower_pipeline import source_version
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.study import judge, load_study, run_key
+from flower_pipeline.study import judge, load_study, run_key, study_run_key
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 

@@ -54,7 +54,7 @@ def definitions() -> Any:
 
 def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> Any:
     """Run one of the project's jobs for one partition in the project's instance, as the UI would: in this
-    process, or with its steps on Celery workers when a broker is configured (README, Scaling out)."""
+    process, or with its steps on Celery workers when a broker is configured (docs/operations.md, Scaling out)."""
     from flower_pipeline.scaleout import celery_enabled
 
     storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}

@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=sample)
 
     p = with_data_dir(commands.add_parser(
-        "stack", help="start, stop or list the scale-out pieces on this machine (README, Scaling out)"))
+        "stack", help="start, stop or list the scale-out pieces on this machine (docs/operations.md, Scaling out)"))
     p.add_argument("action", choices=("up", "down", "status"))
     p.add_argument("--workers", type=int, default=None,
                    help="GPU workers, one per GPU (default: this machine's GPU count, at least 1)")

@@ -1,4 +1,4 @@
-"""The executor: in-process on one machine, dagster-celery's when a broker is configured (README, Scaling out)."""
+"""The executor: in-process on one machine, dagster-celery's when a broker is set (docs/operations.md, Scaling out)."""
 
 import dagster as dg
 
