@@ -1,10 +1,10 @@
 import pytest
 import torch
 
-from flower_pipeline.models import MinibatchDiscrimination, build_models
+from flower_pipeline.models import ARCHITECTURES, MinibatchDiscrimination, build_models
 
 
-@pytest.mark.parametrize("arch", ["arch1", "arch2"])
+@pytest.mark.parametrize("arch", list(ARCHITECTURES))
 @pytest.mark.parametrize("size", [32, 64, 128])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_shapes(arch, size, channels):
