@@ -34,9 +34,6 @@ from flower_pipeline.layout import DataLayout
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.training import DEFAULT_DEVICE
 
-# The registry table's metric columns (those no version has are left out); titles from flower_pipeline.metrics.
-MODEL_COLUMNS = ("fid", "fd_flowers", "recall", "colour_distance", "colour_coverage", "d_real_holdout_mean",
-                 "d_fake_mean")
 MAX_SAMPLES = 10_000  # images `sample` makes in one call (64 px colour: 120 MB)
 # A lookup against a tracking server that does not answer fails in seconds, not after MLflow's default
 # seven retries with backoff (minutes); a user's own settings of these win.
@@ -172,7 +169,7 @@ def models(args: argparse.Namespace) -> None:
         return
 
     values = [metrics.from_version_tags(r["tags"]) for r in rows]
-    columns = [name for name in MODEL_COLUMNS if any(name in v for v in values)]
+    columns = [name for name in metrics.SUMMARY if any(name in v for v in values)]  # those some version has
     header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", *(metrics.BY_NAME[c].title for c in columns),
               "CREATED (UTC)")
     table = [header] + [(
