@@ -61,9 +61,9 @@ def _study_file(study: Any) -> str | None:
 
 def run_study(args: argparse.Namespace) -> None:
     """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
-    from flower_pipeline.defs.study_assets import study_partitions, study_run_key, study_run_partitions
+    from flower_pipeline.defs.study_assets import study_partitions, study_run_partitions
     from flower_pipeline.registry import tracking
-    from flower_pipeline.study import load_study
+    from flower_pipeline.study import load_study, study_run_key
     from flower_pipeline.training import pick_device
 
     study = load_study(args.study)
