@@ -240,6 +240,40 @@ def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
     return share(fake) / max(share(real), 1e-12)
 
 
+def _grey(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float64).mean(axis=1)
+
+
+def checkerboard_share(images: np.ndarray) -> float:
+    """The share of spectral energy on the Nyquist lines (a period of two pixels, either axis): where the
+    checkerboard of strided transposed convolutions lives."""
+    grey = _grey(images)
+    grey -= grey.mean(axis=(1, 2), keepdims=True)
+    power = np.abs(np.fft.fft2(grey)) ** 2
+    half = grey.shape[-1] // 2
+    nyquist = power[:, half, :].sum() + power[:, :, half].sum() - power[:, half, half].sum()
+    return float(nyquist / max(power.sum(), 1e-12))
+
+
+def blockiness(images: np.ndarray) -> float:
+    """How much more the pixels change across the edges of 2- and 4-pixel blocks than inside them (1: no blocks;
+    pixelated images are far above). The larger of the two block sizes' ratios; one grey level is added to both
+    sides, so flat blocks give a large finite number."""
+    grey = _grey(images)
+    steps = np.abs(np.diff(grey, axis=2)).mean(axis=(0, 1)) + np.abs(np.diff(grey, axis=1)).mean(axis=(0, 2))
+    ratios = []
+    for block in (2, 4):
+        across = (np.arange(len(steps)) % block) == block - 1  # the step from a block's last pixel to the next's
+        ratios.append(float((steps[across].mean() + 1) / (steps[~across].mean() + 1)))
+    return max(ratios)
+
+
+def artefact_ratios(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """Checkerboard and blockiness of the samples over the photos' own (1: like the photos)."""
+    return {"checkerboard_ratio": checkerboard_share(fake) / max(checkerboard_share(real), 1e-12),
+            "blockiness_ratio": blockiness(fake) / blockiness(real)}
+
+
 # --- memorization -------------------------------------------------------------------------------------------------
 
 
@@ -344,6 +378,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
     colours, clusters = colour_report(real, samples, settings)
     metrics.update(colours)
     metrics["high_frequency_ratio"] = high_frequency_ratio(real, samples)
+    metrics.update(artefact_ratios(real, samples))
     for family, share in colour_family_shares(samples).items():
         metrics[f"share_{family}"] = share
     for family, share in colour_family_shares(real).items():

@@ -273,7 +273,10 @@ def known_answer_sets(train: np.ndarray, holdout: np.ndarray, seed: int = 0) -> 
     - `blur σ=…`: the same photos blurred ever more (the distance must rise with σ);
     - `two colours only`: a generator collapsed as the source saw, making over and over the 20 training
       photos closest to the two colour clusters nearest yellow and purple (precision stays high, recall falls);
-    - `noise`: uniform noise images (precision near 0).
+    - `noise`: uniform noise images (precision near 0);
+    - `pixelated 4 px`: the photos as 4×4-pixel blocks; `shuffled 8 px tiles`: the photos cut into 8×8 tiles
+      in a random order (no flower shape left); `checkerboard`: the photos under a ±12 period-2 pattern, as
+      strided transposed convolutions draw it. The eye rejects all three; a measure that does not is blind there.
     """
     import cv2
 
@@ -298,4 +301,19 @@ def known_answer_sets(train: np.ndarray, holdout: np.ndarray, seed: int = 0) -> 
     modes = [np.flatnonzero(cluster == c)[np.argsort(distance[cluster == c])[:10]] for c in (yellow, purple)]
     sets["two colours only"] = train[rng.choice(np.concatenate(modes), n)]
     sets["noise"] = rng.integers(0, 256, holdout.shape, dtype=np.uint8)
+    sets["pixelated 4 px"] = holdout[:, :, ::4, ::4].repeat(4, axis=2).repeat(4, axis=3)
+    sets["shuffled 8 px tiles"] = shuffled_tiles(holdout, 8, rng)
+    side = holdout.shape[-1]
+    pattern = (np.indices((side, side)).sum(axis=0) % 2 * 2 - 1) * 12
+    sets["checkerboard"] = np.clip(holdout.astype(np.int16) + pattern, 0, 255).astype(np.uint8)
     return sets
+
+
+def shuffled_tiles(images: np.ndarray, tile: int, rng: np.random.Generator) -> np.ndarray:
+    """Each image cut into tile×tile squares put back in a random order."""
+    n, channels, side, _ = images.shape
+    k = side // tile
+    tiles = images.reshape(n, channels, k, tile, k, tile).transpose(0, 2, 4, 1, 3, 5).reshape(n, k * k, channels,
+                                                                                                tile, tile)
+    shuffled = np.stack([t[rng.permutation(k * k)] for t in tiles])
+    return shuffled.reshape(n, k, k, channels, tile, tile).transpose(0, 3, 1, 4, 2, 5).reshape(images.shape)

@@ -53,6 +53,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("generated_colour_clusters", "generated colour clusters", HIGHER, headline=True),
     Metric("colour_clusters", "real colour clusters", None, headline=True),
     Metric("high_frequency_ratio", "high-freq. ratio", None, summary=True),
+    Metric("checkerboard_ratio", "checkerboard", LOWER, headline=True, summary=True),
+    Metric("blockiness_ratio", "blockiness", LOWER, headline=True, summary=True),
     # Memorization, in pixels and (with Inception weights) in feature space.
     Metric("near_copy_share_pixels", "near-copies", LOWER, headline=True, summary=True),
     Metric("memorization_ratio_pixels", "memorization ratio (pixels)", HIGHER, headline=True),
@@ -63,7 +65,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("nearest_train_distance_inception", "nearest training distance (Inception)", None),
     Metric("holdout_nearest_train_distance_inception", "held-out nearest training distance (Inception)", None),
 )
-# The named colour families: each image's centre colour joins the nearest (evaluation.COLOUR_FAMILIES).
+# The named colour families (colours.FAMILIES): the share of samples, and of the photos, in each.
 COLOUR_FAMILY_PREFIXES = ("share_", "real_share_")
 
 BY_NAME = {m.name: m for m in METRICS}

@@ -2,7 +2,7 @@
 
     study = load_study("source")                       # flower_pipeline/studies/source.yaml, or a path
     plan = study.plan("quick")                         # every run, resolved: variant, settings, snapshots
-    verdicts = judge(study, results)                   # each claim: supported, not supported or not measured
+    verdicts = judge(study, results, "quick")          # each claim: supported, not supported, inconclusive, …
     html = report_html(study, "quick", results, verdicts)
 
 A run's key hashes everything that shapes its result (variant, architecture,
@@ -17,7 +17,6 @@ import hashlib
 import html
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,6 +35,17 @@ from flower_pipeline.runs import Evaluation, evaluate_and_log, measure, train_an
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, decode_record, encode_record
 from flower_pipeline.tracking import Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig
+from flower_pipeline.verdicts import (
+    NOT_MEASURED,
+    RULES,
+    SEED_MARK,
+    SNAPSHOT_MARK,
+    Evidence,
+    Metrics,
+    NotMeasured,
+    Verdict,
+    base_label,
+)
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -49,6 +59,8 @@ class Profile:
     evaluation: dict[str, Any] = field(default_factory=dict)
     stand_ins: dict[str, str] = field(default_factory=dict)  # dataset → the dataset that stands in for it
     note: str = ""
+    seeds: int = 1  # every run trained with this many seeds (seed, seed + 1, …): verdicts need their spread
+    machinery_check: bool = False  # its verdicts prove the machinery, they are no findings (a short CPU profile)
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,7 @@ class RunSpec:
     settings: dict[str, Any]
     snapshots: tuple[int, ...]
     claim: str
+    note: str = ""  # e.g. a setting that is the project's choice where the source gave none
 
 
 @dataclass(frozen=True)
@@ -66,13 +79,18 @@ class Claim:
     id: str
     text: str
     runs: tuple[str, ...]  # labels it reads, its own and those it uses
+    own: bool = False  # the project's own claim, not the source's
+
+    def labels(self, planned: dict[str, PlannedRun]) -> list[str]:
+        """Every seed's label of the runs it reads."""
+        return [label for label, run in planned.items() if run.base in self.runs]
 
 
 @dataclass(frozen=True)
 class PlannedRun:
     """A run resolved for a profile: what to train, on which variant, what to evaluate."""
 
-    label: str
+    label: str  # the run's label, with +s<k> for its seed k > 0 (arch1-sgd+s2)
     variant: str  # e.g. flowers17-color-32
     stands_in_for: str | None  # e.g. flowers102-color-32 when synthetic data stands in
     arch: str
@@ -80,6 +98,9 @@ class PlannedRun:
     evaluation: dict[str, Any]  # EvalSettings fields
     snapshots: tuple[int, ...]
     changes: dict[str, Any]  # what the study file changes, for the table
+    base: str = ""  # the run's label without its seed mark
+    seed: int = 0
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -95,23 +116,27 @@ class Study:
         if profile not in self.profiles:
             raise PipelineError(f"study {self.name} has no profile {profile!r}; profiles: "
                                 f"{', '.join(self.profiles)}")
-        unknown = [label for label in only if label not in self.runs]
+        chosen = self.profiles[profile]
+        planned = [_resolve(spec, chosen, k) for spec in self.runs.values() for k in range(chosen.seeds)]
+        unknown = [label for label in only if label not in self.runs and label not in {p.label for p in planned}]
         if unknown:
             raise PipelineError(f"study {self.name} has no run {unknown[0]!r}; runs: {', '.join(self.runs)}")
-        chosen = self.profiles[profile]
-        return [_resolve(spec, chosen) for label, spec in self.runs.items() if not only or label in only]
+        return [run for run in planned if not only or run.base in only or run.label in only]
 
 
-def _resolve(spec: RunSpec, profile: Profile) -> PlannedRun:
+def _resolve(spec: RunSpec, profile: Profile, seed_index: int = 0) -> PlannedRun:
     dataset, mode = spec.variant.rsplit("-", 1)
     stand_in = profile.stand_ins.get(dataset)
     variant = Variant(stand_in or dataset, mode, profile.size).name
     scale = profile.iterations / FULL_ITERATIONS
     iterations = max(1, round(spec.settings.get("iterations", FULL_ITERATIONS) * scale))
     config = {**profile.settings, **spec.settings, "arch": spec.arch, "iterations": iterations}
+    config["seed"] = config.get("seed", 0) + seed_index
     snapshots = tuple(max(1, round(s * scale)) for s in spec.snapshots)
-    return PlannedRun(spec.label, variant, f"{dataset}-{mode}-{profile.size}" if stand_in else None, spec.arch,
-                      config, dict(profile.evaluation), snapshots, dict(spec.settings))
+    label = spec.label + (f"{SEED_MARK}{seed_index}" if seed_index else "")
+    return PlannedRun(label, variant, f"{dataset}-{mode}-{profile.size}" if stand_in else None, spec.arch,
+                      config, dict(profile.evaluation), snapshots, dict(spec.settings), spec.label, seed_index,
+                      spec.note)
 
 
 def run_key(run: PlannedRun, cache_hash: str, code: str) -> str:
@@ -164,7 +189,8 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
                 raise PipelineError(f"{where}: the label {run.label!r} is used twice")
             runs[run.label] = run
             own.append(run.label)
-        claims.append(Claim(claim_id, str(claim.get("text", "")), (*own, *map(str, claim.get("uses") or []))))
+        claims.append(Claim(claim_id, str(claim.get("text", "")), (*own, *map(str, claim.get("uses") or [])),
+                            bool(claim.get("own", False))))
     for claim in claims:
         missing = [label for label in claim.runs if label not in runs]
         if missing:
@@ -182,7 +208,10 @@ def _profile(name: str, spec: dict[str, Any], where: str) -> Profile:
     _known(settings, TRAIN_SETTINGS, f"{where}, profile {name}")
     _known(evaluation, EVAL_SETTINGS, f"{where}, profile {name}, evaluation")
     profile = Profile(name, int(spec.get("size", 64)), int(spec.get("iterations", FULL_ITERATIONS)), settings,
-                      evaluation, dict(spec.get("stand_ins") or {}), str(spec.get("note", "")))
+                      evaluation, dict(spec.get("stand_ins") or {}), str(spec.get("note", "")),
+                      int(spec.get("seeds", 1)), bool(spec.get("machinery_check", False)))
+    if not 1 <= profile.seeds <= 16:
+        raise PipelineError(f"{where}, profile {name}: seeds must be between 1 and 16, got {profile.seeds}")
     Variant("synthetic", "color", profile.size)  # checks the size
     return profile
 
@@ -191,6 +220,9 @@ def _run(spec: dict[str, Any], claim: str, where: str) -> RunSpec:
     label = str(spec.get("label", ""))
     if not label:
         raise PipelineError(f"{where}: a run of claim {claim!r} has no label")
+    if SEED_MARK in label or SNAPSHOT_MARK in label:
+        raise PipelineError(f"{where}, run {label}: a label may not contain {SEED_MARK!r} or {SNAPSHOT_MARK!r} "
+                            "(they mark seeds and snapshots)")
     settings = dict(spec.get("settings") or {})
     _known(settings, TRAIN_SETTINGS, f"{where}, run {label}")
     variant, arch = str(spec.get("variant", "")), str(spec.get("arch", ""))
@@ -207,7 +239,8 @@ def _run(spec: dict[str, Any], claim: str, where: str) -> RunSpec:
         TrainConfig(**{k: v for k, v in settings.items()}, arch=arch).resolved()
     except (TypeError, PipelineError) as err:
         raise PipelineError(f"{where}, run {label}: {err}") from None
-    return RunSpec(label, variant, arch, settings, tuple(int(s) for s in spec.get("snapshots") or ()), claim)
+    return RunSpec(label, variant, arch, settings, tuple(int(s) for s in spec.get("snapshots") or ()), claim,
+                   str(spec.get("note", "")))
 
 
 def _known(settings: dict[str, Any], known: set[str], where: str) -> None:
@@ -218,149 +251,29 @@ def _known(settings: dict[str, Any], known: set[str], where: str) -> None:
 
 # --- verdicts ---------------------------------------------------------------------------------------------------
 
-Metrics = dict[str, dict[str, float]]  # label (or label@iteration for a snapshot) → evaluation metrics
 
-
-@dataclass(frozen=True)
-class Verdict:
-    status: str  # supported, not supported, not measured
-    evidence: str
-
-
-def judge(study: Study, results: Metrics, stand_ins: dict[str, str] | None = None) -> dict[str, Verdict]:
-    """Each claim's verdict from the runs' metrics; a claim whose runs are missing is not measured."""
+def judge(study: Study, results: Metrics, profile: str) -> dict[str, Verdict]:
+    """Each claim's verdict from its runs' metrics over seeds (see flower_pipeline.verdicts). A claim is not
+    measured when a run is missing, a number is unavailable, or a run's dataset is stood in for."""
+    planned = {run.label: run for run in study.plan(profile)}
     verdicts = {}
     for claim in study.claims:
         rule = RULES.get(claim.id)
-        missing = [label for label in claim.runs if label not in results]
+        missing = sorted({base_label(label) for label in claim.labels(planned) if label not in results})
+        stand_ins = sorted({planned[label].stands_in_for or "" for label in claim.runs} - {""})
         if rule is None:
-            verdicts[claim.id] = Verdict("not measured", "no rule computes this claim's verdict")
+            verdicts[claim.id] = Verdict(NOT_MEASURED, "no rule computes this claim's verdict")
+        elif stand_ins:
+            verdicts[claim.id] = Verdict(NOT_MEASURED, f"{', '.join(stand_ins)} not available here: a stand-in "
+                                                       "dataset was trained instead, which is no evidence")
         elif missing:
-            verdicts[claim.id] = Verdict("not measured", f"runs not finished: {', '.join(missing)}")
-        elif claim.id == "flowers102" and stand_ins and "flowers102" in stand_ins:
-            verdicts[claim.id] = Verdict("not measured", f"Flowers-102 is not available here; "
-                                         f"{stand_ins['flowers102']} data stood in for it")
+            verdicts[claim.id] = Verdict(NOT_MEASURED, f"runs not finished: {', '.join(missing)}")
         else:
             try:
-                verdicts[claim.id] = rule(results)
+                verdicts[claim.id] = rule(Evidence(results))
             except NotMeasured as missing_number:
-                verdicts[claim.id] = Verdict("not measured", str(missing_number))
+                verdicts[claim.id] = Verdict(NOT_MEASURED, str(missing_number))
     return verdicts
-
-
-def _verdict(supported: bool, evidence: str) -> Verdict:
-    return Verdict("supported" if supported else "not supported", evidence)
-
-
-class NotMeasured(Exception):
-    """A rule's number is missing (e.g. fd_flowers unavailable): the claim is not measured, not refuted."""
-
-
-def _get(r: Metrics, label: str, key: str) -> float:
-    value = r.get(label, {}).get(key)
-    if value is None or not math.isfinite(value):
-        raise NotMeasured(f"{label} has no {key}")
-    return float(value)
-
-
-def _collapse(r: Metrics) -> Verdict:
-    arch2 = "f17-color-arch2"
-    yellow_purple = _get(r, arch2, "share_yellow") + _get(r, arch2, "share_purple")
-    real = _get(r, arch2, "real_share_yellow") + _get(r, arch2, "real_share_purple")
-    return _verdict(yellow_purple > 0.5 and yellow_purple > 1.25 * real,
-                    f"arch2's samples: {yellow_purple:.0%} yellow or purple (real photos {real:.0%}); colour "
-                    f"coverage {_get(r, arch2, 'colour_coverage'):.2f}")
-
-
-def _batch(r: Metrics) -> Verdict:
-    b16 = "f17-color-arch2@snapshot" if "f17-color-arch2@snapshot" in r else "f17-color-arch2"
-    fd16, fd8, fd32 = (_get(r, label, "fd_flowers") for label in (b16, "arch2-batch8", "arch2-batch32"))
-    return _verdict(fd8 > fd16 and fd32 > fd16, f"fd_flowers at the same iterations: batch 8 {fd8:.2f}, "
-                                               f"16 {fd16:.2f}, 32 {fd32:.2f} (lower is better)")
-
-
-def _mixing(r: Metrics) -> Verdict:
-    shares = {label: _get(r, label, "near_copy_share_pixels") for label in ("f17-color-arch1", "f17-color-arch2")}
-    return _verdict(max(shares.values()) < 0.05,
-                    "near-copies of training photos: " + ", ".join(f"{k} {v:.1%}" for k, v in shares.items()))
-
-
-def _arch1_diversity(r: Metrics) -> Verdict:
-    a1, a2 = "f17-color-arch1", "f17-color-arch2"
-    white = _get(r, a1, "share_white")
-    yellow_purple = _get(r, a1, "share_yellow") + _get(r, a1, "share_purple")
-    recall1, recall2 = _get(r, a1, "recall"), _get(r, a2, "recall")
-    return _verdict(recall1 > recall2 and white >= yellow_purple / 4,
-                    f"recall arch1 {recall1:.2f} vs arch2 {recall2:.2f}; arch1's samples white {white:.0%}, "
-                    f"yellow or purple {yellow_purple:.0%}")
-
-
-def _smoothness(r: Metrics) -> Verdict:
-    a1, a2 = (_get(r, label, "high_frequency_ratio") for label in ("f17-color-arch1", "f17-color-arch2"))
-    return _verdict(a1 < a2, f"high-frequency energy over the photos' (1 = like photos, above = pixelated): "
-                             f"arch1 {a1:.2f}, arch2 {a2:.2f}")
-
-
-def _dropout(r: Metrics) -> Verdict:
-    base, dropped = _get(r, "f17-color-arch1", "fd_flowers"), _get(r, "arch1-dropout", "fd_flowers")
-    return _verdict(dropped > 1.2 * base, f"fd_flowers without dropout {base:.2f}, with dropout 0.3 {dropped:.2f}")
-
-
-NOMINAL_LABELS = ("arch1-labels-0.9-0.1", "arch1-labels-0.8-0.2", "arch1-mbd-doubled", "arch1-mbd-off",
-                  "arch1-rmsprop", "arch1-sgd", "arch1-uniform-noise")
-
-
-def _nominal(r: Metrics) -> Verdict:
-    base = _get(r, "f17-color-arch1", "fd_flowers")
-    changes = {label: _get(r, label, "fd_flowers") / base - 1 for label in NOMINAL_LABELS}
-    large = [label for label, change in changes.items() if abs(change) > 0.25]
-    listed = ", ".join(f"{label} {change:+.0%}" for label, change in changes.items())
-    return _verdict(not large, f"fd_flowers against arch1's {base:.2f} (nominal: within ±25%): {listed}")
-
-
-def _iterations(r: Metrics) -> Verdict:
-    final, early = _get(r, "f17-color-arch1", "fd_flowers"), _get(r, "f17-color-arch1@snapshot", "fd_flowers")
-    return _verdict(abs(early / final - 1) <= 0.15,
-                    f"fd_flowers of the same run at 3/4 of its iterations {early:.2f}, at the end {final:.2f}")
-
-
-def _d_scores(r: Metrics) -> Verdict:
-    a1, a2 = "f17-color-arch1", "f17-color-arch2"
-    real1, fake1, real2 = (_get(r, a1, "d_real_train_mean"), _get(r, a1, "d_fake_mean"),
-                           _get(r, a2, "d_real_train_mean"))
-    return _verdict(0.1 < real1 < 0.9 and 0.1 < fake1 < 0.9 and real2 > 0.9,
-                    f"arch1 D(x) {real1:.2f}, D(G(z)) {fake1:.2f}; arch2 D(x) {real2:.2f}, D(G(z)) "
-                    f"{_get(r, a2, 'd_fake_mean'):.2f} (training images, scored as trained); held-out D(x) arch1 "
-                    f"{_get(r, a1, 'd_real_holdout_mean'):.2f}, arch2 {_get(r, a2, 'd_real_holdout_mean'):.2f}")
-
-
-def _sharpening(r: Metrics) -> Verdict:
-    on, off = "f17-color-arch1", "arch1-no-sharpening"
-    hf_on, hf_off = _get(r, on, "high_frequency_ratio"), _get(r, off, "high_frequency_ratio")
-    fd_on, fd_off = _get(r, on, "fd_flowers"), _get(r, off, "fd_flowers")
-    return _verdict(hf_on > hf_off and fd_on <= fd_off,
-                    f"high-frequency energy ratio with decaying noise {hf_on:.2f}, without {hf_off:.2f}; "
-                    f"fd_flowers {fd_on:.2f} vs {fd_off:.2f}")
-
-
-def _flowers102(r: Metrics) -> Verdict:
-    f17 = _get(r, "f17-color-arch1", "fd_flowers") < _get(r, "f17-color-arch2", "fd_flowers")
-    f102 = _get(r, "f102-color-arch1", "fd_flowers") < _get(r, "f102-color-arch2", "fd_flowers")
-    return _verdict(f17 != f102, f"arch1 better than arch2 by fd_flowers: Flowers-17 {f17}, Flowers-102 {f102}")
-
-
-def _black_and_white(r: Metrics) -> Verdict:
-    recall = {label: _get(r, label, "recall") for label in ("f17-gray-arch1", "f17-gray-arch2", "f102-gray-arch1",
-                                                            "f102-gray-arch2")}
-    return _verdict(all(v > 0.1 for v in recall.values()),
-                    "recall of the black-and-white runs: " + ", ".join(f"{k} {v:.2f}" for k, v in recall.items()))
-
-
-RULES: dict[str, Callable[[Metrics], Verdict]] = {
-    "collapse": _collapse, "batch-size": _batch, "mixing": _mixing, "arch1-diversity": _arch1_diversity,
-    "smoothness": _smoothness, "dropout": _dropout, "nominal": _nominal, "iterations": _iterations,
-    "d-scores": _d_scores, "sharpening": _sharpening, "flowers102": _flowers102, "black-and-white": _black_and_white,
-}
 
 
 # --- running one study run -------------------------------------------------------------------------------------
@@ -430,8 +343,8 @@ def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, la
     return record, False
 
 
-def build_report(layout: DataLayout, study: Study, profile: str,
-                 records: dict[str, StudyRunResult]) -> tuple[Path, dict[str, Verdict], int]:
+def build_report(layout: DataLayout, study: Study, profile: str, records: dict[str, StudyRunResult],
+                 link: Callable[[str], str] = str) -> tuple[Path, dict[str, Verdict], int]:
     """The study's HTML report from its finished runs' records (by partition key): path, verdicts, runs shown."""
     reports, metrics = [], {}
     for run in study.plan(profile):
@@ -442,11 +355,12 @@ def build_report(layout: DataLayout, study: Study, profile: str,
         timeline = folder / "evaluation" / "timeline.png"
         reports.append(RunReport(run, record.metrics, record.unavailable, str(folder / "final_grid.png"),
                                  str(timeline) if timeline.is_file() else None,
-                                 json.loads((folder / "history.json").read_text()), record.it_per_s, record.seconds))
+                                 json.loads((folder / "history.json").read_text()), record.it_per_s, record.seconds,
+                                 link(record.mlflow_run_id)))
         metrics[run.label] = record.metrics
         if record.snapshot_metrics:
-            metrics[f"{run.label}@snapshot"] = record.snapshot_metrics
-    verdicts = judge(study, metrics, study.profiles[profile].stand_ins)
+            metrics[f"{run.label}{SNAPSHOT_MARK}"] = record.snapshot_metrics
+    verdicts = judge(study, metrics, profile)
     page = report_html(study, profile, reports, verdicts)
     return atomic_write_bytes(layout.study_report(study.name, profile), page.encode()), verdicts, len(reports)
 
@@ -455,7 +369,7 @@ def build_report(layout: DataLayout, study: Study, profile: str,
 
 @dataclass(frozen=True)
 class RunReport:
-    """What the report shows of a finished run."""
+    """What the report shows of a finished run (one seed)."""
 
     run: PlannedRun
     metrics: dict[str, float]
@@ -465,25 +379,42 @@ class RunReport:
     history: list[dict[str, float]]
     it_per_s: float
     seconds: float
+    link: str = ""  # the MLflow run (a URL where the store is a server)
 
 
 TABLE_COLUMNS = {name: BY_NAME[name].title for name in SUMMARY}
 
 
+def _grouped(reports: list[RunReport]) -> dict[str, list[RunReport]]:
+    """The reports by run (base label), seeds in order."""
+    groups: dict[str, list[RunReport]] = {}
+    for report in sorted(reports, key=lambda r: (r.run.base, r.run.seed)):
+        groups.setdefault(report.run.base, []).append(report)
+    return groups
+
+
+def _mean_sd(values: list[float]) -> str:
+    import numpy as np
+
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
+
+
 def runs_table(reports: list[RunReport]) -> Any:
-    """Every run as a row of a pandas DataFrame: label, variant, architecture, changes, metrics, speed."""
+    """One row per run: label, variant, architecture, changes, seeds, each metric as mean ± sd over seeds."""
     import pandas as pd
 
     rows = []
-    for report in reports:
-        row: dict[str, Any] = {"label": report.run.label, "variant": report.run.variant, "arch": report.run.arch,
-                               "changes": ", ".join(f"{k}={v}" for k, v in report.run.changes.items()) or "-"}
+    for label, seeds in _grouped(reports).items():
+        first = seeds[0].run
+        row: dict[str, Any] = {"label": label, "variant": first.variant, "arch": first.arch, "seeds": len(seeds),
+                               "changes": ", ".join(f"{k}={v}" for k, v in first.changes.items()) or "-"}
         for key, title in TABLE_COLUMNS.items():
-            if key in report.metrics:
-                row[title] = round(report.metrics[key], 4)
-            else:
-                row[title] = "n/a"  # why: listed once under the table (`unavailable_reasons`)
-        row["it/s"], row["wall s"] = round(report.it_per_s, 1), round(report.seconds, 1)
+            values = [r.metrics[key] for r in seeds if key in r.metrics]
+            row[title] = _mean_sd(values) if len(values) == len(seeds) else "n/a"  # why: under the table
+        row["it/s"] = _mean_sd([r.it_per_s for r in seeds])
+        row["wall s"] = round(sum(r.seconds for r in seeds), 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -517,13 +448,23 @@ def _figure(plot: Callable[[Any], None], width: float = 9, height: float = 3) ->
     return _png(buffer.getvalue())
 
 
-def _curves(reports: list[RunReport]) -> str:
+def _curves(groups: dict[str, list[RunReport]]) -> str:
+    """D(x) (solid) and D(G(z)) (dashed) over training, the mean over seeds with a band from the lowest to the
+    highest seed."""
+    import numpy as np
+
     def plot(axes: Any) -> None:
-        for report in reports:
-            steps = [h["iteration"] for h in report.history]
-            line, = axes.plot(steps, [h["d_real"] for h in report.history], label=f"{report.run.label} D(x)")
-            axes.plot(steps, [h["d_fake"] for h in report.history], linestyle="--", color=line.get_color(),
-                      label=f"{report.run.label} D(G(z))")
+        for label, seeds in groups.items():
+            length = min(len(r.history) for r in seeds)
+            steps = [h["iteration"] for h in seeds[0].history[:length]]
+            colour = None
+            for key, style in (("d_real", "-"), ("d_fake", "--")):
+                values = np.array([[h[key] for h in r.history[:length]] for r in seeds])
+                line, = axes.plot(steps, values.mean(axis=0), linestyle=style, color=colour,
+                                  label=f"{label} {'D(x)' if key == 'd_real' else 'D(G(z))'}")
+                colour = line.get_color()
+                if len(seeds) > 1:
+                    axes.fill_between(steps, values.min(axis=0), values.max(axis=0), color=colour, alpha=0.15)
         axes.axhline(0.5, color="grey", linestyle=":", linewidth=1)
         axes.set_ylim(0, 1)
         axes.set_xlabel("iteration")
@@ -535,54 +476,82 @@ def _curves(reports: list[RunReport]) -> str:
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3;text-align:center}.supported{color:#11703a;font-weight:bold}.not-supported{color:#a01c1c;font-weight:bold}
-.not-measured{color:#777;font-weight:bold}.note{background:#fff6d6;border:1px solid #e5cf7a;padding:.8em}
+.inconclusive{color:#8a6d00;font-weight:bold}.not-measured{color:#777;font-weight:bold}
+.note{background:#fff6d6;border:1px solid #e5cf7a;padding:.8em}
+.check{background:#e8eefc;border:1px solid #9db3e6;padding:.8em}
+.own{font-size:11px;color:#555;font-style:italic}
 .grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}figcaption{font-size:12px;text-align:center}
 img{max-width:100%}"""
+HOW_JUDGED = ("Every run is trained with several seeds; each number is the mean ± sd over them. A claim is "
+              "<b>supported</b> or <b>not supported</b> only when its tests decide beyond the seeds' spread "
+              "(Welch's t-test at 5% between runs; a 95% t-interval against a limit; a 95% interval inside or outside "
+              "a margin for 'about the same'); otherwise it is <b>inconclusive</b>. A run missing, a number "
+              "unavailable or a stand-in dataset makes a claim <b>not measured</b>.")
 
 
 def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: dict[str, Verdict]) -> str:
     """The study's report as one self-contained HTML page (tables by pandas, plots by matplotlib)."""
     chosen = study.profiles[profile]
-    by_label = {r.run.label: r for r in reports}
+    groups = _grouped(reports)
     esc = html.escape
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(study.title)}</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{esc(study.title)}</h1><p>Study <b>{esc(study.name)}</b>, profile <b>{esc(profile)}</b>: "
-             f"{len(reports)} of {len(study.runs)} runs finished.</p>"]
+             f"{len(groups)} of {len(study.runs)} runs finished, {chosen.seeds} seed(s) each.</p>"]
+    if chosen.machinery_check:
+        parts.append("<p class='check'><b>Machinery check.</b> This profile is short and small: its verdicts show "
+                     "that every rule runs end to end, they are not findings about the source's claims.</p>")
     notes = [chosen.note] if chosen.note else []
-    notes += [f"{esc(real)} is not available here: {esc(stand)} data (synthetic drawings, not photos) stands in "
-              f"for it, and its claims are not measured." for real, stand in chosen.stand_ins.items()]
+    notes += [f"{real} is not available here: {stand} data (synthetic drawings, not photos) stands in for it, and "
+              "its claims are not measured." for real, stand in chosen.stand_ins.items()]
     parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
-    parts.append("<h2>The claims</h2><table><tr><th>claim</th><th>verdict</th><th>numbers</th></tr>")
+    parts.append(f"<h2>The claims</h2><p>{HOW_JUDGED}</p>"
+                 "<table><tr><th>claim</th><th>verdict</th><th>numbers</th></tr>")
     for claim in study.claims:
         verdict = verdicts[claim.id]
-        parts.append(f"<tr><td style='text-align:left'>{esc(claim.text)}</td><td class='"
-                     f"{verdict.status.replace(' ', '-')}'>{verdict.status}</td>"
-                     f"<td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
+        own = "<br><span class='own'>the project's own claim, not the source's</span>" if claim.own else ""
+        parts.append(f"<tr><td style='text-align:left'>{esc(claim.text)}{own}</td><td class='"
+                     f"{verdict.status.replace(' ', '-')}'>{'machinery check: ' if chosen.machinery_check else ''}"
+                     f"{verdict.status}</td><td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Every run</h2><p>D scores on training and held-out images, scored as D was trained; "
-                 "fd_flowers, kd_flowers, precision and recall in the variant's own feature network's space "
-                 "(they compare runs of this study, not published numbers); FID/KID where Inception weights "
-                 "exist.</p>")
-    parts.append(runs_table(reports).to_html(index=False, border=0, na_rep="-"))
+                 "fd_flowers, kd_flowers, precision and recall in the variant's own feature network's space, so each "
+                 "variant has a table of its own (numbers of two feature spaces never share a column); FID/KID "
+                 "where Inception weights exist.</p>")
+    for variant in sorted({r.run.variant for r in reports}):
+        chosen_reports = [r for r in reports if r.run.variant == variant]
+        parts.append(f"<h3>{esc(variant)}</h3>" + runs_table(chosen_reports).to_html(index=False, border=0,
+                                                                                      na_rep="-"))
     parts += [f"<p><b>{esc(column)} n/a</b>: {esc(reason)}</p>"
               for column, reason in unavailable_reasons(reports).items()]
-    parts.append("<h2>Samples from the same fixed noise</h2><div class='grids'>")
-    for report in reports:
-        parts.append(f"<figure>{_png(Path(report.grid).read_bytes())}<figcaption>{esc(report.run.label)}"
-                     "</figcaption></figure>")
+    noted = {label: seeds[0].run.note for label, seeds in groups.items() if seeds[0].run.note}
+    parts += [f"<p><b>{esc(label)}</b>: {esc(note)}</p>" for label, note in noted.items()]
+    parts.append("<h2>Samples from the same fixed noise, every seed</h2><div class='grids'>")
+    for seeds in groups.values():
+        for report in seeds:
+            caption = esc(report.run.label) + (f" (<a href='{esc(report.link)}'>MLflow</a>)"
+                                               if report.link.startswith("http") else "")
+            parts.append(f"<figure>{_png(Path(report.grid).read_bytes())}<figcaption>{caption}</figcaption>"
+                         "</figure>")
     parts.append("</div><h2>Each claim's runs</h2>")
     for claim in study.claims:
-        shown = [by_label[label] for label in claim.runs if label in by_label]
+        shown = {label: groups[label] for label in claim.runs if label in groups}
         if not shown:
             continue
         parts.append(f"<h3>{esc(claim.text)}</h3><p><i>{esc(verdicts[claim.id].status)}</i>: "
                      f"{esc(verdicts[claim.id].evidence)}</p>{_curves(shown)}")
-    parts.append("<h2>Training timelines</h2><p>The first fixed-noise samples of grids taken during training, "
-                 "oldest on top.</p><div class='grids'>")
-    for report in reports:
-        if report.timeline:
-            parts.append(f"<figure>{_png(Path(report.timeline).read_bytes())}<figcaption>{esc(report.run.label)}"
+    parts.append("<h2>Resolved settings</h2><table><tr><th>run</th><th>settings (architecture defaults filled "
+                 "in)</th></tr>")
+    for label, seeds in groups.items():
+        resolved = asdict(TrainConfig(**seeds[0].run.config).resolved())
+        listed = ", ".join(f"{k}={v}" for k, v in resolved.items() if k != "seed")
+        parts.append(f"<tr><td>{esc(label)}</td><td style='text-align:left'>{esc(listed)}; seeds "
+                     f"{', '.join(str(r.run.config['seed']) for r in seeds)}</td></tr>")
+    parts.append("</table><h2>Training timelines</h2><p>The first fixed-noise samples of grids taken during "
+                 "training, oldest on top (first seed).</p><div class='grids'>")
+    for label, seeds in groups.items():
+        if seeds[0].timeline:
+            parts.append(f"<figure>{_png(Path(seeds[0].timeline).read_bytes())}<figcaption>{esc(label)}"
                          "</figcaption></figure>")
     parts.append("</div></body></html>")
     return "\n".join(parts)

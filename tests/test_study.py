@@ -19,7 +19,8 @@ TINY = {
     "profiles": {"quick": {"size": 16, "iterations": 40, "evaluation": {"samples": 40, "kid_subsets": 5},
                            "settings": {"features": 8, "log_every": 10, "sample_every": 20, "checkpoint_seconds": 0}}},
     "claims": [{"id": "batch-size", "text": "Batch 8 and batch 32 are worse than 16.", "runs": [
-        {"label": "f17-color-arch2", "variant": "synthetic-color", "arch": "arch2", "snapshots": [10000]},
+        {"label": "arch2-batch16", "variant": "synthetic-color", "arch": "arch2", "snapshots": [5000],
+         "settings": {"batch_size": 16, "iterations": 10000}},
         {"label": "arch2-batch8", "variant": "synthetic-color", "arch": "arch2",
          "settings": {"batch_size": 8, "iterations": 10000}},
         {"label": "arch2-batch32", "variant": "synthetic-color", "arch": "arch2",
@@ -35,9 +36,13 @@ def _write(tmp_path: Path, study: dict) -> Path:
 
 def test_the_source_study_lists_every_run_of_the_source():
     study = load_study("source")
-    assert len(study.claims) == 12 and len(study.runs) == 19
+    assert len(study.claims) == 12 and len(study.runs) == 20
     quick = {run.label: run for run in study.plan("quick")}
+    assert len(quick) == 60  # three seeds a run
     assert quick["arch2-batch8"].config["iterations"] == 300 and quick["f17-color-arch1"].snapshots == (450,)
+    assert [quick[f"arch1-sgd{mark}"].config["seed"] for mark in ("", "+s1", "+s2")] == [0, 1, 2]
+    assert quick["arch2-batch16"].config["iterations"] == quick["arch2-batch8"].config["iterations"]
+    assert {c.id for c in study.claims if c.own} == {"flowers102", "black-and-white"}
     assert quick["f102-color-arch1"].variant == "synthetic-color-32"  # stands in, said so in the report
     full = {run.label: run for run in study.plan("full")}
     assert full["arch2-batch8"].config["iterations"] == 10_000 and full["f17-color-arch1"].variant.endswith("-64")
@@ -80,19 +85,23 @@ def test_bad_study_files_are_one_line_and_start_nothing(tmp_path, capsys, monkey
         load_study("nope")
 
 
-def test_a_verdict_is_computed_from_the_metrics(tmp_path):
-    study = load_study(str(_write(tmp_path, TINY)))
+def test_a_verdict_needs_the_difference_to_exceed_the_seeds_spread(tmp_path):
+    study = load_study(str(_write(tmp_path, {**TINY, "profiles": {"quick": {**TINY["profiles"]["quick"],
+                                                                              "seeds": 3}}})))
 
-    def verdict(fd16: float, fd8: float, fd32: float) -> str:
-        metrics = {"f17-color-arch2": {"fd_flowers": 9.0}, "f17-color-arch2@snapshot": {"fd_flowers": fd16},
-                   "arch2-batch8": {"fd_flowers": fd8}, "arch2-batch32": {"fd_flowers": fd32}}
-        return judge(study, metrics)["batch-size"].status
+    def verdict(fd16: list[float], fd8: list[float], fd32: list[float]) -> str:
+        metrics = {}
+        for label, values in (("arch2-batch16", fd16), ("arch2-batch8", fd8), ("arch2-batch32", fd32)):
+            for seed, value in enumerate(values):
+                metrics[label + (f"+s{seed}" if seed else "")] = {"fd_flowers": value}
+        return judge(study, metrics, "quick")["batch-size"].status
 
-    assert verdict(10.0, 12.0, 11.0) == "supported"  # 16 at the same iterations beats both
-    assert verdict(10.0, 9.0, 11.0) == "not supported"
-    assert judge(study, {"arch2-batch8": {}})["batch-size"].status == "not measured"
+    assert verdict([10.0, 10.5, 9.8], [14.0, 14.4, 13.9], [12.0, 12.5, 12.2]) == "supported"
+    assert verdict([10.0, 10.5, 9.8], [7.0, 7.4, 6.9], [12.0, 12.5, 12.2]) == "not supported"
+    assert verdict([10.0, 14.0, 6.0], [11.0, 15.0, 7.0], [12.0, 16.0, 8.0]) == "inconclusive"  # inside the spread
+    assert verdict([10.0, 10.5, 9.8], [14.0, 14.4], [12.0, 12.5, 12.2]) == "not measured"  # a seed missing
     nan = float("nan")
-    assert verdict(10.0, nan, 11.0) == "not measured"  # a number missing is no evidence either way
+    assert verdict([10.0, 10.5, 9.8], [14.0, nan, 13.9], [12.0, 12.5, 12.2]) == "not measured"
 
 
 def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_killed_one(tmp_path):
@@ -121,7 +130,7 @@ def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_ki
         logs = [e.message for e in instance.all_logs(results[keys[2]].run_id) if e.message]
         assert any("arch2-batch32: resumed from iteration 10" in m for m in logs)
         first = results[keys[0]].output_for_node("study_run")
-        assert first.snapshot == 20 and first.snapshot_metrics and first.metrics["fd_flowers"] > 0
+        assert first.snapshot == 10 and first.snapshot_metrics and first.metrics["fd_flowers"] > 0
 
         again = run_job(instance, "study_runs", keys[0], data, config)  # finished: reused, not trained again
         assert again.asset_materializations_for_node("study_run")[0].metadata["reused"].value is True
@@ -130,9 +139,27 @@ def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_ki
         report = run_job(instance, "study_reports", "tiny:quick", data,
                          {"study_report": {"config": {"study_file": str(path)}}}).output_for_node("study_report")
     page = Path(report.path).read_text()
-    assert report.verdicts["batch-size"] in ("supported", "not supported")
+    assert report.verdicts["batch-size"] == "inconclusive"  # one seed a run: no spread to decide by
     assert page.count("data:image/png;base64,") >= 3 and "Batch 8 and batch 32 are worse than 16." in page
     for column in ("D(x) train", "D(x) held-out", "fd_flowers", "precision", "recall", "FID", "near-copies",
-                   "high-freq. ratio", "it/s"):
+                   "high-freq. ratio", "checkerboard", "blockiness", "seeds", "it/s"):
         assert f"<th>{column}</th>" in page, column
     assert page.count("<td>arch2-batch") >= 2
+
+
+def test_a_dataset_that_cannot_be_had_is_skipped_with_its_runs(tmp_path, capsys, monkeypatch):
+    """Flowers-102 cannot be downloaded here: its runs are skipped with a warning (their claims are then reported
+    not measured), and a study left with no run at all is one error line."""
+    from flower_pipeline.cli import main
+
+    run = {"label": "f102-color-arch1", "variant": "flowers102-color", "arch": "arch1"}
+    study = {**TINY, "claims": [{"id": "flowers102", "text": "Flowers-102 changes the results.", "runs": [run]}]}
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    code = main(["study", "run", str(_write(tmp_path, study)), "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err.splitlines()
+    assert code == 1 and len(err) == 2, err
+    assert err[0].startswith("warning: skipping 1 runs on flowers102-color-16, which could not be prepared")
+    assert err[1].startswith("error: no run of tiny (quick) has its data: flowers102-color-16: could not download")

@@ -13,6 +13,7 @@ from flower_pipeline.cli import launch
 from flower_pipeline.cli.launch import run_job
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import DataLayout
+from flower_pipeline.verdicts import STATUSES
 
 
 def _ensure_variant(variant: Variant, data_dir: Path) -> None:
@@ -81,8 +82,20 @@ def run_study(args: argparse.Namespace) -> None:
         if dataset not in CATALOGUED and dataset not in prepared:
             raise PipelineError(f"run {run.label} uses the collection {dataset!r}, which is not prepared; prepare it "
                                 f"first: flower-pipeline prepare --dataset custom --name {dataset} --source …")
+    unavailable = {}
     for name in sorted({run.variant for run in plan}):
-        _ensure_variant(Variant.parse(name), args.data_dir)
+        try:
+            _ensure_variant(Variant.parse(name), args.data_dir)
+        except PipelineError as err:  # e.g. Flowers-102 with no network: its runs are not measured, the rest go on
+            unavailable[name] = str(err)
+    for name, reason in unavailable.items():
+        skipped = [run.label for run in plan if run.variant == name]
+        print(f"warning: skipping {len(skipped)} runs on {name}, which could not be prepared ({reason}); the claims "
+              "that use them are reported not measured", file=sys.stderr)
+    plan = [run for run in plan if run.variant not in unavailable]
+    if not plan:
+        raise PipelineError(f"no run of {study.name} ({args.profile}) has its data: "
+                            + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
     keys = [study_run_key(study.name, args.profile, run.label) for run in plan]
     new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
     instance.add_dynamic_partitions(study_run_partitions.name, new)
@@ -145,8 +158,7 @@ def write_report(args: argparse.Namespace) -> None:
         shutil.copyfile(report.path, args.output)
     except OSError as err:
         raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
-    counts = {status: list(report.verdicts.values()).count(status)
-              for status in ("supported", "not supported", "not measured")}
+    counts = {status: list(report.verdicts.values()).count(status) for status in STATUSES}
     print(f"{args.output}: {len(report.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
 
 

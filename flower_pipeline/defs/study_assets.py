@@ -79,7 +79,7 @@ def study_report(context: dg.AssetExecutionContext, config: StudyConfig, study_r
     with user_errors(tracker):
         study = _study(config, name)
         records = study_run if isinstance(study_run, dict) else {study_run.partition: study_run}
-        path, verdicts, finished = build_report(storage.layout, study, profile, records)
+        path, verdicts, finished = build_report(storage.layout, study, profile, records, tracker.link)
         run_id = config.parent_run_id or tracker.start_run(f"{name}:{profile} report", {"study": name,
                                                                                         "profile": profile})
         tracker.log_artifact(run_id, path)

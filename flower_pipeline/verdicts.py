@@ -1,0 +1,278 @@
+"""A study's verdicts: each claim judged over seeds, by a stated test, never by one number against another.
+
+Every run of a study is trained with several seeds. A rule reads each measure
+as the values of its seeds and decides with a test that takes their spread into
+account:
+
+- `differs(a, b)`: Welch's t-test, two-sided, at 5%: a is lower or higher than b
+  only when p < 0.05; else the difference is inside the seeds' spread;
+- `beyond(a, limit)`: the 95% t-interval of a's mean lies wholly on one side of a limit;
+- `equivalent(a, b, margin)`: the 95% Welch interval of mean(a) − mean(b) lies wholly
+  inside ±margin × mean(b) (equivalence), or wholly outside it (a real difference).
+
+A claim is **supported** or **not supported** only when its tests decide; when
+any of them is inside the spread it is **inconclusive**, and with one seed a side
+there is no spread to judge by, so it is inconclusive too. A claim with a run
+missing, a number unavailable or a stand-in dataset is **not measured**.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+ALPHA = 0.05
+SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_MEASURED = "supported", "not supported", "inconclusive", "not measured"
+STATUSES = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE, NOT_MEASURED)
+SEED_MARK = "+s"  # the label of seed k > 0 of a run: <label>+s<k>
+SNAPSHOT_MARK = "@snapshot"  # the same run's generator kept at its snapshot iteration
+
+Metrics = dict[str, dict[str, float]]  # run label (per seed, or @snapshot) → evaluation metrics
+
+
+@dataclass(frozen=True)
+class Verdict:
+    status: str  # one of STATUSES
+    evidence: str
+
+
+class NotMeasured(Exception):
+    """A rule's number is missing (e.g. fd_flowers unavailable): the claim is not measured, not refuted."""
+
+
+def base_label(label: str) -> str:
+    """The run a seed's label belongs to: `arch1-sgd+s2` → `arch1-sgd` (a snapshot keeps its mark)."""
+    snapshot = label.endswith(SNAPSHOT_MARK)
+    core = label.removesuffix(SNAPSHOT_MARK).split(SEED_MARK)[0]
+    return core + (SNAPSHOT_MARK if snapshot else "")
+
+
+class Evidence:
+    """The runs' metrics grouped by run, each measure as the values of its seeds (in seed order)."""
+
+    def __init__(self, results: Metrics):
+        self.by_run: dict[str, list[dict[str, float]]] = {}
+        for label in sorted(results, key=_seed_order):
+            self.by_run.setdefault(base_label(label), []).append(results[label])
+
+    def values(self, run: str, key: str) -> np.ndarray:
+        seeds = self.by_run.get(run, [])
+        values = [s.get(key) for s in seeds]
+        if not values or any(v is None or not math.isfinite(v) for v in values):
+            raise NotMeasured(f"{run} has no {key}")
+        return np.asarray(values, np.float64)
+
+
+def _seed_order(label: str) -> tuple[str, int]:
+    core = label.removesuffix(SNAPSHOT_MARK)
+    return (base_label(label), int(core.split(SEED_MARK)[1]) if SEED_MARK in core else 0)
+
+
+def spread(values: np.ndarray, digits: int = 2) -> str:
+    """mean ± sd (n seeds), as the report prints every number."""
+    sd = f" ± {values.std(ddof=1):.{digits}f}" if len(values) > 1 else ""
+    return f"{values.mean():.{digits}f}{sd} (n={len(values)})"
+
+
+@dataclass(frozen=True)
+class Test:
+    """One test's outcome: "yes", "no" or "inside the spread", and what it said."""
+
+    outcome: str
+    said: str
+
+
+YES, NO, UNSURE = "yes", "no", "inside the spread"
+
+
+def lower(a: np.ndarray, b: np.ndarray) -> Test:
+    """Is a's mean lower than b's? Welch's t-test, two-sided at 5%."""
+    if min(len(a), len(b)) < 2:
+        return Test(UNSURE, "one seed a side: no spread to test against")
+    if np.ptp(a) == 0 and np.ptp(b) == 0:
+        outcome = UNSURE if a[0] == b[0] else (YES if a[0] < b[0] else NO)
+        return Test(outcome, "no spread in either (identical seeds)")
+    p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    if p >= ALPHA:
+        return Test(UNSURE, f"Welch p={p:.2f}")
+    return Test(YES if a.mean() < b.mean() else NO, f"Welch p={p:.3f}")
+
+
+def higher(a: np.ndarray, b: np.ndarray) -> Test:
+    return lower(b, a)
+
+
+def interval(a: np.ndarray) -> tuple[float, float]:
+    """The 95% t-interval of a's mean."""
+    half = stats.t.ppf(1 - ALPHA / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
+    return float(a.mean() - half), float(a.mean() + half)
+
+
+def below(a: np.ndarray, limit: float) -> Test:
+    """Is a's mean below `limit`, beyond its 95% interval?"""
+    if len(a) < 2:
+        return Test(UNSURE, "one seed: no spread to test against")
+    low, high = interval(a)
+    said = f"95% interval [{low:.3g}, {high:.3g}] against {limit:g}"
+    return Test(YES if high < limit else NO if low > limit else UNSURE, said)
+
+
+def above(a: np.ndarray, limit: float) -> Test:
+    test = below(a, limit)
+    return Test({YES: NO, NO: YES}.get(test.outcome, test.outcome), test.said)
+
+
+def equivalent(a: np.ndarray, b: np.ndarray, margin: float) -> Test:
+    """Is mean(a) within ±margin × mean(b) of mean(b)? The 95% Welch interval of the difference decides."""
+    if min(len(a), len(b)) < 2:
+        return Test(UNSURE, "one seed a side: no spread to test against")
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / max(va**2 / (len(a) - 1) + vb**2 / (len(b) - 1), 1e-300) if se > 0 else 1e9
+    half = stats.t.ppf(1 - ALPHA / 2, dof) * se
+    diff, bound = float(a.mean() - b.mean()), margin * abs(float(b.mean()))
+    said = f"difference {diff / abs(b.mean()):+.0%} (95% interval ±{half / abs(b.mean()):.0%}, margin ±{margin:.0%})"
+    if abs(diff) + half <= bound:
+        return Test(YES, said)
+    if abs(diff) - half > bound:
+        return Test(NO, said)
+    return Test(UNSURE, said)
+
+
+def decide(tests: list[Test], evidence: str) -> Verdict:
+    """Supported when every test says yes; not supported when one says no; else inconclusive."""
+    said = "; ".join(t.said for t in tests)
+    if any(t.outcome == NO for t in tests):
+        return Verdict(NOT_SUPPORTED, f"{evidence} [{said}]")
+    if all(t.outcome == YES for t in tests):
+        return Verdict(SUPPORTED, f"{evidence} [{said}]")
+    return Verdict(INCONCLUSIVE, f"{evidence} [{said}]")
+
+
+Rule = Callable[[Evidence], Verdict]
+
+
+# --- the source study's rules: one per claim, each decided by tests over seeds -------------------------------------
+
+A1, A2 = "f17-color-arch1", "f17-color-arch2"
+
+
+def collapse(e: Evidence) -> Verdict:
+    """Architecture 2's samples are mostly yellow or purple, well beyond those colours' share of the photos."""
+    shares = e.values(A2, "share_yellow") + e.values(A2, "share_purple")
+    real = float((e.values(A2, "real_share_yellow") + e.values(A2, "real_share_purple")).mean())
+    return decide([above(shares, 0.5), above(shares, 1.25 * real)],
+                  f"arch2's samples yellow or purple {spread(shares)} (real photos {real:.2f})")
+
+
+def batch_size(e: Evidence) -> Verdict:
+    """Batch 8 and batch 32 reach a worse fd_flowers than batch 16 at the same iterations and schedule."""
+    fd16, fd8, fd32 = (e.values(run, "fd_flowers") for run in ("arch2-batch16", "arch2-batch8", "arch2-batch32"))
+    return decide([higher(fd8, fd16), higher(fd32, fd16)],
+                  f"fd_flowers at 10,000 iterations: batch 8 {spread(fd8)}, 16 {spread(fd16)}, 32 {spread(fd32)} "
+                  "(lower is better)")
+
+
+def no_memorization(e: Evidence) -> Verdict:
+    """Fewer than 5% of either architecture's samples are near-copies of a training photo."""
+    a1, a2 = e.values(A1, "near_copy_share_pixels"), e.values(A2, "near_copy_share_pixels")
+    return decide([below(a1, 0.05), below(a2, 0.05)],
+                  f"near-copies of training photos: arch1 {spread(a1, 3)}, arch2 {spread(a2, 3)}")
+
+
+def arch1_diversity(e: Evidence) -> Verdict:
+    """Architecture 1 covers more of the photos (recall) than architecture 2, and makes white flowers at least
+    half as often as the photos show them."""
+    recall1, recall2 = e.values(A1, "recall"), e.values(A2, "recall")
+    white, real_white = e.values(A1, "share_white"), float(e.values(A1, "real_share_white").mean())
+    return decide([higher(recall1, recall2), above(white, real_white / 2)],
+                  f"recall arch1 {spread(recall1)} vs arch2 {spread(recall2)}; arch1's samples white "
+                  f"{spread(white)} (real photos {real_white:.2f})")
+
+
+def smoothness(e: Evidence) -> Verdict:
+    """Architecture 1's samples carry less checkerboard (period-2 energy) and less blockiness (steps at 2- and
+    4-pixel block edges) than architecture 2's, each over the photos' own."""
+    c1, c2 = e.values(A1, "checkerboard_ratio"), e.values(A2, "checkerboard_ratio")
+    b1, b2 = e.values(A1, "blockiness_ratio"), e.values(A2, "blockiness_ratio")
+    return decide([lower(c1, c2), lower(b1, b2)],
+                  f"over the photos' own (1 = like photos): checkerboard arch1 {spread(c1)}, arch2 {spread(c2)}; "
+                  f"blockiness arch1 {spread(b1)}, arch2 {spread(b2)}")
+
+
+def dropout(e: Evidence) -> Verdict:
+    """Dropout in architecture 1 makes fd_flowers worse."""
+    base, dropped = e.values(A1, "fd_flowers"), e.values("arch1-dropout", "fd_flowers")
+    return decide([higher(dropped, base)], f"fd_flowers without dropout {spread(base)}, with dropout 0.3 "
+                                           f"{spread(dropped)}")
+
+
+NOMINAL_RUNS = ("arch1-labels-0.9-0.1", "arch1-labels-0.8-0.2", "arch1-mbd-doubled", "arch1-mbd-off",
+                "arch1-rmsprop", "arch1-sgd", "arch1-uniform-noise")
+
+
+def nominal(e: Evidence) -> Verdict:
+    """Each change moves fd_flowers by less than 25% of architecture 1's (an equivalence test per change)."""
+    base = e.values(A1, "fd_flowers")
+    tests = [equivalent(e.values(run, "fd_flowers"), base, 0.25) for run in NOMINAL_RUNS]
+    listed = ", ".join(f"{run} {spread(e.values(run, 'fd_flowers'))}" for run in NOMINAL_RUNS)
+    return decide(tests, f"fd_flowers against arch1's {spread(base)}: {listed}")
+
+
+def iterations(e: Evidence) -> Verdict:
+    """The same runs at 3/4 of their iterations are within 15% of their final fd_flowers."""
+    final, early = e.values(A1, "fd_flowers"), e.values(A1 + SNAPSHOT_MARK, "fd_flowers")
+    return decide([equivalent(early, final, 0.15)],
+                  f"fd_flowers at 3/4 of the iterations {spread(early)}, at the end {spread(final)}")
+
+
+def d_scores(e: Evidence) -> Verdict:
+    """Architecture 1's D(x) and D(G(z)) lie between 0.1 and 0.9, while architecture 2's D(x) sits above 0.9."""
+    real1, fake1, real2 = (e.values(A1, "d_real_train_mean"), e.values(A1, "d_fake_mean"),
+                           e.values(A2, "d_real_train_mean"))
+    return decide([above(real1, 0.1), below(real1, 0.9), above(fake1, 0.1), below(fake1, 0.9), above(real2, 0.9)],
+                  f"arch1 D(x) {spread(real1)}, D(G(z)) {spread(fake1)}; arch2 D(x) {spread(real2)} "
+                  f"(training images, scored as trained); held-out D(x) arch1 "
+                  f"{spread(e.values(A1, 'd_real_holdout_mean'))}, arch2 {spread(e.values(A2, 'd_real_holdout_mean'))}")
+
+
+def sharpening(e: Evidence) -> Verdict:
+    """Decaying instance noise gives more fine detail (high-frequency energy) and no worse fd_flowers."""
+    hf_on, hf_off = e.values(A1, "high_frequency_ratio"), e.values("arch1-no-sharpening", "high_frequency_ratio")
+    fd_on, fd_off = e.values(A1, "fd_flowers"), e.values("arch1-no-sharpening", "fd_flowers")
+    worse = higher(fd_on, fd_off)
+    return decide([higher(hf_on, hf_off), Test({YES: NO, NO: YES}.get(worse.outcome, YES), worse.said)],
+                  f"high-frequency energy ratio with decaying noise {spread(hf_on)}, without {spread(hf_off)}; "
+                  f"fd_flowers {spread(fd_on)} vs {spread(fd_off)}")
+
+
+def flowers102(e: Evidence) -> Verdict:
+    """Which architecture wins by fd_flowers differs between Flowers-17 and Flowers-102."""
+    f17 = lower(e.values(A1, "fd_flowers"), e.values(A2, "fd_flowers"))
+    f102 = lower(e.values("f102-color-arch1", "fd_flowers"), e.values("f102-color-arch2", "fd_flowers"))
+    if UNSURE in (f17.outcome, f102.outcome):
+        return Verdict(INCONCLUSIVE, f"arch1 better than arch2: Flowers-17 {f17.outcome}, Flowers-102 "
+                                     f"{f102.outcome} [{f17.said}; {f102.said}]")
+    changed = f17.outcome != f102.outcome
+    return Verdict(SUPPORTED if changed else NOT_SUPPORTED,
+                   f"arch1 better than arch2: Flowers-17 {f17.outcome}, Flowers-102 {f102.outcome} "
+                   f"[{f17.said}; {f102.said}]")
+
+
+def black_and_white(e: Evidence) -> Verdict:
+    """Every black-and-white run covers more than 10% of its photos (recall)."""
+    runs = ("f17-gray-arch1", "f17-gray-arch2", "f102-gray-arch1", "f102-gray-arch2")
+    recalls = {run: e.values(run, "recall") for run in runs}
+    return decide([above(r, 0.1) for r in recalls.values()],
+                  "recall of the black-and-white runs: " + ", ".join(f"{k} {spread(v)}" for k, v in recalls.items()))
+
+
+RULES: dict[str, Rule] = {
+    "collapse": collapse, "batch-size": batch_size, "mixing": no_memorization, "arch1-diversity": arch1_diversity,
+    "smoothness": smoothness, "dropout": dropout, "nominal": nominal, "iterations": iterations,
+    "d-scores": d_scores, "sharpening": sharpening, "flowers102": flowers102, "black-and-white": black_and_white,
+}

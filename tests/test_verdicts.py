@@ -1,0 +1,82 @@
+"""Every claim's rule has known answers: constructed seeds that must support it, others that must refute it, and
+one seed a run, which must leave it inconclusive. A rule that no input can fail (or pass) fails here."""
+
+import numpy as np
+import pytest
+
+from flower_pipeline.study import judge, load_study
+from flower_pipeline.verdicts import Evidence, base_label, equivalent, higher, lower
+
+STUDY = load_study("source")
+FULL = STUDY.plan("full")  # no stand-ins: every claim can be measured
+# A neutral study: every run alike. Each claim's overrides below make it hold or fail.
+NEUTRAL = {"fd_flowers": 30.0, "recall": 0.3, "near_copy_share_pixels": 0.0, "d_real_train_mean": 0.5,
+           "d_fake_mean": 0.5, "d_real_holdout_mean": 0.3, "checkerboard_ratio": 1.0, "blockiness_ratio": 1.0,
+           "high_frequency_ratio": 1.0, "share_yellow": 0.2, "share_purple": 0.1, "share_white": 0.2,
+           "real_share_yellow": 0.3, "real_share_purple": 0.1, "real_share_white": 0.2}
+A1, A2 = "f17-color-arch1", "f17-color-arch2"
+NOMINAL = ("arch1-labels-0.9-0.1", "arch1-labels-0.8-0.2", "arch1-mbd-doubled", "arch1-mbd-off", "arch1-rmsprop",
+           "arch1-sgd", "arch1-uniform-noise")
+
+# claim → (overrides that support it, overrides that refute it); an override is (run, metric) → mean.
+CASES = {
+    "collapse": ({(A2, "share_yellow"): 0.5, (A2, "share_purple"): 0.3}, {(A2, "share_yellow"): 0.2}),
+    "batch-size": ({("arch2-batch8", "fd_flowers"): 40.0, ("arch2-batch32", "fd_flowers"): 38.0},
+                   {("arch2-batch8", "fd_flowers"): 20.0, ("arch2-batch32", "fd_flowers"): 38.0}),
+    "mixing": ({}, {(A1, "near_copy_share_pixels"): 0.5}),
+    "arch1-diversity": ({(A1, "recall"): 0.5, (A1, "share_white"): 0.2},
+                        {(A1, "recall"): 0.5, (A1, "share_white"): 0.02}),
+    "smoothness": ({(A2, "checkerboard_ratio"): 3.0, (A2, "blockiness_ratio"): 2.0},
+                   {(A1, "checkerboard_ratio"): 3.0, (A2, "blockiness_ratio"): 2.0}),
+    "dropout": ({("arch1-dropout", "fd_flowers"): 45.0}, {("arch1-dropout", "fd_flowers"): 20.0}),
+    "nominal": ({}, {("arch1-sgd", "fd_flowers"): 60.0}),
+    "iterations": ({}, {(A1 + "@snapshot", "fd_flowers"): 45.0}),
+    "d-scores": ({(A2, "d_real_train_mean"): 0.97}, {(A2, "d_real_train_mean"): 0.6}),
+    "sharpening": ({(A1, "high_frequency_ratio"): 1.3}, {("arch1-no-sharpening", "high_frequency_ratio"): 1.3}),
+    "flowers102": ({("f102-color-arch2", "fd_flowers"): 20.0, (A2, "fd_flowers"): 40.0},
+                   {("f102-color-arch2", "fd_flowers"): 40.0, (A2, "fd_flowers"): 40.0}),
+    "black-and-white": ({}, {("f17-gray-arch2", "recall"): 0.02}),
+}
+
+
+def world(overrides: dict, seeds: int = 3) -> dict:
+    """Metrics of every planned run and seed (and arch1's snapshot): neutral values, overrides, ±1% per seed."""
+    rng = np.random.default_rng(0)
+    labels = [run.label for run in FULL if run.seed < seeds] + [f"{A1}@snapshot", f"{A1}+s1@snapshot",
+                                                                  f"{A1}+s2@snapshot"][:seeds]
+    metrics = {}
+    for label in labels:
+        base = base_label(label)
+        metrics[label] = {k: overrides.get((base, k), v) * (1 + 0.01 * rng.standard_normal()) if v else
+                          overrides.get((base, k), v) for k, v in NEUTRAL.items()}
+    return metrics
+
+
+@pytest.mark.parametrize("claim", sorted(CASES))
+def test_each_rule_can_pass_and_can_fail(claim):
+    supporting, refuting = CASES[claim]
+    assert judge(STUDY, world(supporting), "full")[claim].status == "supported"
+    assert judge(STUDY, world(refuting), "full")[claim].status == "not supported"
+    with_one_seed = judge(STUDY, world(supporting, seeds=1), "full")[claim]
+    assert with_one_seed.status in ("inconclusive", "not measured"), with_one_seed
+
+
+def test_every_claim_has_known_answers():
+    assert set(CASES) == {claim.id for claim in STUDY.claims}
+
+
+def test_a_claim_that_uses_a_stand_in_is_not_measured_whatever_its_numbers():
+    verdicts = judge(STUDY, world(CASES["flowers102"][0]), "quick")
+    assert verdicts["flowers102"].status == verdicts["black-and-white"].status == "not measured"
+    assert "stand-in" in verdicts["black-and-white"].evidence
+
+
+def test_the_tests_decide_only_beyond_the_spread():
+    a, b = np.array([10.0, 10.2, 9.9]), np.array([12.0, 12.1, 11.8])
+    assert lower(a, b).outcome == "yes" and higher(a, b).outcome == "no"
+    assert lower(np.array([10.0, 14.0, 6.0]), np.array([11.0, 15.0, 7.0])).outcome == "inside the spread"
+    assert lower(np.array([10.0]), np.array([20.0])).outcome == "inside the spread"  # one seed: no spread
+    assert equivalent(np.array([30.0, 30.5, 29.8]), np.array([30.2, 29.9, 30.1]), 0.25).outcome == "yes"
+    assert equivalent(np.array([60.0, 60.5, 59.8]), np.array([30.2, 29.9, 30.1]), 0.25).outcome == "no"
+    evidence = Evidence({"run": {"x": 1.0}, "run+s1": {"x": 2.0}, "run+s2": {"x": 3.0}})
+    assert evidence.values("run", "x").tolist() == [1.0, 2.0, 3.0]
