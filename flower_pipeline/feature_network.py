@@ -18,10 +18,11 @@ feature network; they are not FIDs and do not compare with published ones.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -136,6 +137,26 @@ def feature_network_unavailable(cache: TensorCache, settings: FeatureSettings) -
     return None
 
 
+@contextlib.contextmanager
+def deterministic(device: torch.device | str) -> Iterator[None]:
+    """The same numbers whatever the machine's thread count: on a CPU one intra-op thread (a reduction split
+    over threads adds in another order), on CUDA cuDNN's deterministic kernels."""
+    if torch.device(device).type == "cuda":
+        saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def train_feature_network(cache: TensorCache, settings: FeatureSettings, out_dir: Path, *,
                           device: torch.device | str = "cpu",
                           log: Callable[[str], None] | None = None) -> FeatureNetResult:
@@ -148,6 +169,12 @@ def train_feature_network(cache: TensorCache, settings: FeatureSettings, out_dir
     reason = feature_network_unavailable(cache, settings)
     if reason:
         raise PipelineError(reason)
+    with deterministic(device):
+        return _train(cache, settings, path, device, log)
+
+
+def _train(cache: TensorCache, settings: FeatureSettings, path: Path, device: torch.device | str,
+           log: Callable[[str], None] | None) -> FeatureNetResult:
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
     rng = torch.Generator().manual_seed(settings.seed)
@@ -208,10 +235,11 @@ def load_feature_network(path: Path, device: torch.device | str = "cpu") -> Feat
 @torch.no_grad()
 def flower_features(model: FeatureNet, images: np.ndarray, device: torch.device | str = "cpu",
                     batch_size: int = 256) -> np.ndarray:
-    """Penultimate-layer features of uint8 N×C×H×W images, float64 N×dim."""
+    """Penultimate-layer features of uint8 N×C×H×W images, float64 N×dim (the same whatever the thread count)."""
     model.eval()
-    out = [model.features(to_unit_range(torch.from_numpy(np.array(images[i : i + batch_size])))
-                          .to(device)).double().cpu() for i in range(0, len(images), batch_size)]
+    with deterministic(device):
+        out = [model.features(to_unit_range(torch.from_numpy(np.array(images[i : i + batch_size])))
+                              .to(device)).double().cpu() for i in range(0, len(images), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -255,8 +283,12 @@ def flowers_measures(real: np.ndarray, fake: np.ndarray, k: int = 3, kid_subsets
             "precision": precision, "recall": recall}
 
 
+TRAINING_METHOD = 2  # 2: trained deterministically (one CPU thread); a network trained before is trained again
+
+
 def settings_hash(settings: FeatureSettings) -> str:
-    return hashlib.sha256(json.dumps(asdict(settings), sort_keys=True).encode()).hexdigest()[:12]
+    payload = {**asdict(settings), "method": TRAINING_METHOD}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def network_id(cache: TensorCache, settings: FeatureSettings) -> str:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import FLOWERS17_TGZ, real_flowers17
 
 from flower_pipeline.catalog import Variant
@@ -65,8 +66,15 @@ def test_same_inputs_and_seed_give_the_same_numbers(tmp_path):
     path, *_ = write_cache(tmp_path / "cache", images, np.arange(60) % 3, [f"{i}.jpg" for i in range(60)],
                            class_names=["a", "b", "c"], params={"dataset": "test"}, holdout_fraction=0.2)
     cache, settings = TensorCache.load(path), FeatureSettings(epochs=2, width=4, dim=8)
-    first = train_feature_network(cache, settings, tmp_path / "a")
-    second = train_feature_network(cache, settings, tmp_path / "b")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first = train_feature_network(cache, settings, tmp_path / "a")
+        torch.set_num_threads(1)  # another machine's thread count: the same network
+        second = train_feature_network(cache, settings, tmp_path / "b")
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # left as it was
     assert first.accuracy == second.accuracy and not first.reused
     assert train_feature_network(cache, settings, tmp_path / "a").reused  # cached by its folder
     a, b = (flower_features(load_feature_network(r.path), cache.images) for r in (first, second))
