@@ -171,7 +171,7 @@ def list_studies(args: argparse.Namespace) -> None:
         study = load_study(name)
         print(f"{name}: {study.title}")
         for profile in study.profiles:
-            done = [run.label for run in study.plan(profile)
-                    if layout.finished_study_runs(name, profile, run.label)]
-            print(f"  {profile}: {len(done)} of {len(study.runs)} runs finished"
-                  + (f" ({', '.join(done)})" if 0 < len(done) < len(study.runs) else ""))
+            plan = study.plan(profile)
+            done = [run.label for run in plan if layout.finished_study_runs(name, profile, run.label)]
+            print(f"  {profile}: {len(done)} of {len(plan)} runs finished ({study.profiles[profile].seeds} seeds "
+                  f"each of {len(study.runs)})" + (f": {', '.join(done)}" if 0 < len(done) < len(plan) else ""))
