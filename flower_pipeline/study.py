@@ -511,7 +511,8 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
         verdict = verdicts[claim.id]
         own = "<br><span class='own'>the project's own claim, not the source's</span>" if claim.own else ""
         parts.append(f"<tr><td style='text-align:left'>{esc(claim.text)}{own}</td><td class='"
-                     f"{verdict.status.replace(' ', '-')}'>{'machinery check: ' if chosen.machinery_check else ''}"
+                     f"{verdict.status.replace(' ', '-')}'>"
+                     f"{'machinery check: ' if chosen.machinery_check and verdict.status != NOT_MEASURED else ''}"
                      f"{verdict.status}</td><td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Every run</h2><p>D scores on training and held-out images, scored as D was trained; "

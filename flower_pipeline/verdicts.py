@@ -117,7 +117,7 @@ def below(a: np.ndarray, limit: float) -> Test:
     if len(a) < 2:
         return Test(UNSURE, "one seed: no spread to test against")
     low, high = interval(a)
-    said = f"95% interval [{low:.3g}, {high:.3g}] against {limit:g}"
+    said = f"95% interval [{low:.3g}, {high:.3g}] against {limit:.3g}"
     return Test(YES if high < limit else NO if low > limit else UNSURE, said)
 
 
