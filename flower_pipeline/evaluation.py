@@ -229,7 +229,7 @@ def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
     frequency, over the real images'. 1 is like the photos; below 1 blurrier, above 1 noisier or pixelated
     (checkerboards)."""
     def share(images: np.ndarray) -> float:
-        grey = images.astype(np.float64).mean(axis=1)
+        grey = _grey(images)
         grey -= grey.mean(axis=(1, 2), keepdims=True)
         power = np.abs(np.fft.fftshift(np.fft.fft2(grey), axes=(1, 2))) ** 2
         size = grey.shape[-1]

@@ -32,7 +32,10 @@ from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, pick_device, train
 
 LogFn = Callable[[str], None]
-PICTURES = ("samples", "timeline", "nearest_pairs", "colours")  # an evaluation's images, shown in MLflow's viewer
+# An evaluation's pictures and what each shows: logged to MLflow's image viewer and shown in the Dagster UI.
+PICTURES = {"samples": "generated samples", "timeline": "fixed-noise samples during training",
+            "nearest_pairs": "closest samples (top) and their nearest training images",
+            "colours": "dominant colours: real (top) vs generated"}
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.feature_network import FeatureNetworkRef
 from flower_pipeline.ingest import TensorCacheRef
-from flower_pipeline.layout import DataLayout
+from flower_pipeline.layout import DataLayout, path_part
 from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.runs import Evaluation, evaluate_and_log, measure, train_and_log
@@ -195,7 +195,8 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
         missing = [label for label in claim.runs if label not in runs]
         if missing:
             raise PipelineError(f"{where}: claim {claim.id!r} uses an unknown run {missing[0]!r}")
-    return Study(str(data.get("name", path.stem)), str(data.get("title", "")), profiles, runs, tuple(claims),
+    return Study(_name(str(data.get("name", path.stem)), f"{where}: study name"), str(data.get("title", "")),
+                 profiles, runs, tuple(claims),
                  str(path))
 
 
@@ -220,9 +221,7 @@ def _run(spec: dict[str, Any], claim: str, where: str) -> RunSpec:
     label = str(spec.get("label", ""))
     if not label:
         raise PipelineError(f"{where}: a run of claim {claim!r} has no label")
-    if SEED_MARK in label or SNAPSHOT_MARK in label:
-        raise PipelineError(f"{where}, run {label}: a label may not contain {SEED_MARK!r} or {SNAPSHOT_MARK!r} "
-                            "(they mark seeds and snapshots)")
+    _name(label, f"{where}: run label")
     settings = dict(spec.get("settings") or {})
     _known(settings, TRAIN_SETTINGS, f"{where}, run {label}")
     variant, arch = str(spec.get("variant", "")), str(spec.get("arch", ""))
@@ -241,6 +240,18 @@ def _run(spec: dict[str, Any], claim: str, where: str) -> RunSpec:
         raise PipelineError(f"{where}, run {label}: {err}") from None
     return RunSpec(label, variant, arch, settings, tuple(int(s) for s in spec.get("snapshots") or ()), claim,
                    str(spec.get("note", "")))
+
+
+RESERVED = ":|@+"  # ':' and '|' separate partition keys, '+s' marks a seed, '@' a snapshot
+
+
+def _name(name: str, what: str) -> str:
+    """A study name or run label, which becomes a folder and part of a partition key: checked before any run."""
+    path_part(name, what)
+    if set(name) & set(RESERVED):
+        raise PipelineError(f"{what} {name!r} may not contain any of {RESERVED!r} (they separate partition keys and "
+                            "mark seeds and snapshots)")
+    return name
 
 
 def _known(settings: dict[str, Any], known: set[str], where: str) -> None:

@@ -121,9 +121,13 @@ def below(a: np.ndarray, limit: float) -> Test:
     return Test(YES if high < limit else NO if low > limit else UNSURE, said)
 
 
+def negated(test: Test, unsure: str = UNSURE) -> Test:
+    """The opposite question's answer: yes ↔ no; inside the spread stays `unsure`."""
+    return Test({YES: NO, NO: YES}.get(test.outcome, unsure), test.said)
+
+
 def above(a: np.ndarray, limit: float) -> Test:
-    test = below(a, limit)
-    return Test({YES: NO, NO: YES}.get(test.outcome, test.outcome), test.said)
+    return negated(below(a, limit))
 
 
 def equivalent(a: np.ndarray, b: np.ndarray, margin: float) -> Test:
@@ -244,8 +248,8 @@ def sharpening(e: Evidence) -> Verdict:
     """Decaying instance noise gives more fine detail (high-frequency energy) and no worse fd_flowers."""
     hf_on, hf_off = e.values(A1, "high_frequency_ratio"), e.values("arch1-no-sharpening", "high_frequency_ratio")
     fd_on, fd_off = e.values(A1, "fd_flowers"), e.values("arch1-no-sharpening", "fd_flowers")
-    worse = higher(fd_on, fd_off)
-    return decide([higher(hf_on, hf_off), Test({YES: NO, NO: YES}.get(worse.outcome, YES), worse.said)],
+    # "No worse" holds unless decaying noise is worse beyond the spread.
+    return decide([higher(hf_on, hf_off), negated(higher(fd_on, fd_off), unsure=YES)],
                   f"high-frequency energy ratio with decaying noise {spread(hf_on)}, without {spread(hf_off)}; "
                   f"fd_flowers {spread(fd_on)} vs {spread(fd_off)}")
 

@@ -63,6 +63,9 @@ def test_changing_a_setting_or_the_data_changes_the_run_key(tmp_path):
                                                                             "not prepared"),
     (lambda s: s["claims"][0]["runs"][2].update(label="arch2-batch8"), "the label 'arch2-batch8' is used twice"),
     (lambda s: s["claims"][0]["runs"][0].update(arch="arch3"), "unknown architecture 'arch3'"),
+    (lambda s: s["claims"][0]["runs"][0].update(label="../up"), "run label '../up' cannot name a folder"),
+    (lambda s: s["claims"][0]["runs"][0].update(label="a:b"), "run label 'a:b' may not contain"),
+    (lambda s: s.update(name="../../etc"), "study name '../../etc' cannot name a folder"),
     (lambda s: s.update(claims=["not a claim"]), "is malformed (AttributeError"),
     (lambda s: s["profiles"]["quick"].update(size="big"), "is malformed (ValueError"),
 ])

@@ -18,7 +18,15 @@ from flower_pipeline.evaluation import EvalSettings, scores_in_range
 from flower_pipeline.feature_network import FeatureNetworkRef
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.registry import RegisteredVersion
-from flower_pipeline.runs import Evaluation, TrainedRun, evaluate_and_log, register, train_and_log, training_fingerprint
+from flower_pipeline.runs import (
+    PICTURES,
+    Evaluation,
+    TrainedRun,
+    evaluate_and_log,
+    register,
+    train_and_log,
+    training_fingerprint,
+)
 from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.training import TrainConfig
 
@@ -83,11 +91,6 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     return trained
 
 
-PICTURE_ALTS = {"samples": "generated samples", "timeline": "fixed-noise samples during training",
-                "nearest_pairs": "closest samples (top) and their nearest training images",
-                "colours": "dominant colours: real (top) vs generated"}
-
-
 @dg.asset(partitions_def=training_partitions, group_name="evaluation", kinds={"pytorch", "mlflow"}, owners=OWNERS,
           code_version=asset_code_version(EvalSettings), pool="gpu", op_tags=GPU_STEP)
 def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationConfig, trained_generator: TrainedRun,
@@ -107,7 +110,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     for key, status in (("fid", "fid_status"), ("fd_flowers", "flowers_status")):
         if key in evaluation.unavailable:
             metadata[status] = f"unavailable: {evaluation.unavailable[key]}"
-    for name, alt in PICTURE_ALTS.items():
+    for name, alt in PICTURES.items():
         if name in evaluation.files:
             with open(evaluation.files[name], "rb") as picture:
                 metadata[name] = image_markdown(picture.read(), alt)

@@ -12,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from flower_pipeline import __version__
+from flower_pipeline.metrics import SUMMARY
 from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.study import Study, StudyReport, StudyRunResult, build_report, load_study, run_one
 from flower_pipeline.training import DEFAULT_DEVICE
@@ -24,8 +25,6 @@ from .support import image_markdown, mlflow_link, user_errors
 
 study_run_partitions = dg.DynamicPartitionsDefinition(name="study_runs")
 study_partitions = dg.DynamicPartitionsDefinition(name="studies")
-SHOWN = ("d_real_train_mean", "d_real_holdout_mean", "d_fake_mean", "fd_flowers", "precision", "recall",
-         "colour_coverage", "high_frequency_ratio")
 
 
 class StudyConfig(dg.Config):
@@ -58,7 +57,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     if reused:
         context.log.info(f"{label}: reused the finished run {result.run_key}")
-    shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SHOWN if k in result.metrics}
+    shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SUMMARY if k in result.metrics}
     grid = Path(result.path) / "final_grid.png"
     if grid.is_file():
         shown["samples"] = image_markdown(grid.read_bytes(), result.label)
