@@ -44,9 +44,10 @@ from flower_pipeline.colours import (
     jensen_shannon,
 )
 from flower_pipeline.download import fetch
+from flower_pipeline.effnet import Effnet, effnet_measures
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
-from flower_pipeline.metrics import FLOWERS_MEASURES, INCEPTION_MEASURES
+from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, INCEPTION_MEASURES
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.settings import setting
@@ -352,11 +353,13 @@ class EvalResult:
 def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, device: torch.device | str = "cpu",
              inception: FeatureFn | None = None, no_inception_reason: str = "no feature extractor",
              flowers: FeatureFn | None = None, no_flowers_reason: str = "no feature network",
-             iteration: int | None = None) -> EvalResult:
+             effnet: Effnet | None = None, no_effnet_reason: str = "no EfficientNet",
+             effnet_reference: Path | None = None, iteration: int | None = None) -> EvalResult:
     """Evaluate the training in `training_dir` against its cache; outputs go to training_dir/evaluation.
 
     `inception` gives Inception features (FID, KID); `flowers` the variant's own feature network's
-    (fd_flowers, kd_flowers, precision, recall). Each missing one is reported with its reason.
+    (fd_flowers, kd_flowers, precision, recall); `effnet` the standard space's (fd_effnet and the rest), with
+    the real images' features kept at `effnet_reference`. Each missing one is reported with its reason.
     `iteration` evaluates a generator snapshot kept during training instead of the final generator.
     """
     if settings.samples < 2:
@@ -396,6 +399,14 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
                                         settings.seed))
     except PipelineError as err:  # no labels, or too few images for the feature size: said, not a crash
         unavailable.update(dict.fromkeys(FLOWERS_MEASURES, str(err)))
+    try:
+        if effnet is None:
+            raise PipelineError(no_effnet_reason)
+        reference = effnet.reference(real, effnet_reference) if effnet_reference else effnet.features(real)
+        metrics.update(effnet_measures(reference, effnet.features(samples), settings.neighbours,
+                                       settings.kid_subsets, settings.seed))
+    except PipelineError as err:
+        unavailable.update(dict.fromkeys(EFFNET_MEASURES, str(err)))
     if inception is None:
         unavailable.update(dict.fromkeys(INCEPTION_MEASURES, no_inception_reason))
     else:

@@ -264,23 +264,36 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[fl
     return float(precision), float(recall)
 
 
-def flowers_measures(real: np.ndarray, fake: np.ndarray, k: int = 3, kid_subsets: int = 100,
-                     seed: int = 0) -> dict[str, float]:
-    """fd_flowers, kd_flowers (KID's unbiased estimator, subsets fitted to the smaller set), precision, recall."""
+def frechet_distance(real: np.ndarray, fake: np.ndarray, space: str) -> float:
+    """The Fréchet distance between Gaussians fitted to two feature sets (FID's formula, any feature space).
+    Refused, in one line, unless each side has more images than the features have dimensions."""
     from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
 
     dim = real.shape[1]
     if min(len(real), len(fake)) <= dim:
-        raise PipelineError(f"the Fréchet distance in the flowers feature space needs more than {dim} images on each "
-                            f"side (the feature size), got {len(real)} real and {len(fake)} generated")
+        raise PipelineError(f"the Fréchet distance in the {space} feature space needs more than {dim} images on "
+                            f"each side (the feature size), got {len(real)} real and {len(fake)} generated")
     r, f = torch.from_numpy(real).double(), torch.from_numpy(fake).double()
     fd = fid_statistics_to_metric(fid_features_to_statistics(r), fid_features_to_statistics(f), verbose=False)
-    subset = min(1000, len(real), len(fake))
-    kd = kid_features_to_metric(r, f, kid_subset_size=subset, kid_subsets=kid_subsets, rng_seed=seed, verbose=False)
+    return max(float(fd[KEY_METRIC_FID]), 0.0)
+
+
+def kernel_distance(real: np.ndarray, fake: np.ndarray, subsets: int, seed: int) -> float:
+    """KID's unbiased estimator (subsets fitted to the smaller set): about 0 for two samples of one distribution."""
+    from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, kid_features_to_metric
+
+    r, f = torch.from_numpy(real).double(), torch.from_numpy(fake).double()
+    kd = kid_features_to_metric(r, f, kid_subset_size=min(1000, len(real), len(fake)), kid_subsets=subsets,
+                                rng_seed=seed, verbose=False)
+    return float(kd[KEY_METRIC_KID_MEAN])
+
+
+def flowers_measures(real: np.ndarray, fake: np.ndarray, k: int = 3, kid_subsets: int = 100,
+                     seed: int = 0) -> dict[str, float]:
+    """fd_flowers, kd_flowers, precision, recall: all in the variant's feature network's space."""
     precision, recall = precision_recall(real, fake, k)
-    return {"fd_flowers": max(float(fd[KEY_METRIC_FID]), 0.0), "kd_flowers": float(kd[KEY_METRIC_KID_MEAN]),
-            "precision": precision, "recall": recall}
+    return {"fd_flowers": frechet_distance(real, fake, "flowers"),
+            "kd_flowers": kernel_distance(real, fake, kid_subsets, seed), "precision": precision, "recall": recall}
 
 
 TRAINING_METHOD = 2  # 2: trained deterministically (one CPU thread); a network trained before is trained again

@@ -6,6 +6,7 @@
       <dataset>/resized/<size>px-<mode>-<crop>/ images.npy, one variant's resized images
       <dataset>/cache/<hash>/                   tensor caches (content-keyed)
       <dataset>/features/<network id>/          feature networks
+      <dataset>/features/<space>-<cache>.npz    the real images' features in a pretrained space (EfficientNet)
       <dataset>/training/<variant>/<arch>/<fingerprint>/   one training (checkpoint, samples, generator)
       studies/<study>-<profile>/<label>/<key>/  a study run; report.html beside the labels
       stage_outputs/<asset>/<partition>.json    the records Dagster hands between assets
@@ -74,6 +75,12 @@ class DataLayout:
 
     def feature_network(self, dataset: str, network_id: str) -> Path:
         return self.dataset(dataset) / "features" / path_part(network_id, "feature network")
+
+    @staticmethod
+    def reference_features(cache_dir: Path | str, space: str) -> Path:
+        """A tensor cache's images in a pretrained feature space, kept beside the dataset's feature networks."""
+        cache_dir = Path(cache_dir)
+        return cache_dir.parent.parent / "features" / path_part(f"{space}-{cache_dir.name}", "feature file")
 
     def training(self, dataset: str, variant: str, arch: str, fingerprint: str) -> Path:
         return (self.dataset(dataset) / "training" / path_part(variant, "variant") / path_part(arch, "architecture")

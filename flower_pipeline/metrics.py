@@ -42,6 +42,11 @@ METRICS: tuple[Metric, ...] = (
     Metric("kd_flowers", "kd_flowers", LOWER, headline=True),
     Metric("precision", "precision", HIGHER, headline=True, summary=True),
     Metric("recall", "recall", HIGHER, headline=True, summary=True),
+    # The standard space (ImageNet EfficientNet-Lite0): one for every variant, so it compares across them.
+    Metric("fd_effnet", "fd_effnet", LOWER, headline=True, summary=True),
+    Metric("kd_effnet", "kd_effnet", LOWER, headline=True),
+    Metric("precision_effnet", "precision (effnet)", HIGHER, headline=True),
+    Metric("recall_effnet", "recall (effnet)", HIGHER, headline=True),
     # FID and KID, where Inception weights exist.
     Metric("fid", "FID", LOWER, headline=True, summary=True, digits=4),
     Metric("kid_mean", "KID", LOWER, headline=True, summary=True),
@@ -73,6 +78,7 @@ HEADLINE = tuple(m.name for m in METRICS if m.headline)
 SUMMARY = tuple(m.name for m in METRICS if m.summary)
 # Measured together: one reason says why all of a group is unavailable.
 FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
+EFFNET_MEASURES = ("fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet")
 INCEPTION_MEASURES = ("fid", "kid_mean", "near_copy_share_inception")
 
 RUN_METRIC_PREFIX = "eval_"  # an evaluation metric on an MLflow run: eval_fid

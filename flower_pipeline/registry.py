@@ -25,6 +25,8 @@ from flower_pipeline.tracking import CHAMPION, MlflowTracker, mlflow_errors
 from flower_pipeline.training import load_trained
 
 FEATURE_NETWORK = "feature_network"  # version tag: the id of the network its fd_flowers was measured with
+EFFNET_SPACE = "effnet_space"  # version tag: the EfficientNet set-up its fd_effnet was measured in
+SPACE_TAGS = (FEATURE_NETWORK, EFFNET_SPACE)
 
 
 def model_name(variant: str, arch: str) -> str:
@@ -42,10 +44,11 @@ class RegisteredVersion:
 
 
 def register_generator(store: MlflowTracker, name: str, run_id: str, training_dir: Path, *, gate: tuple[bool, str],
-                       metrics: dict[str, float], feature_network: str, tags: dict[str, str], description: str,
+                       metrics: dict[str, float], spaces: dict[str, str], tags: dict[str, str], description: str,
                        log: Callable[[str], None]) -> RegisteredVersion:
     """Register the run's generator as a new version of `name` (once per run, however often retried) and
-    move `champion` to it when it passed the quality gate and beats the champion."""
+    move `champion` to it when it passed the quality gate and beats the champion. `spaces` names the feature
+    spaces its numbers were measured in (SPACE_TAGS): only numbers from the same space are compared."""
     version = store.version_of_run(name, run_id)
     if version is None:
         model = store.log_generator(run_id, name, load_trained(training_dir).generator)
@@ -56,9 +59,9 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
     if champion is not None and champion.version == version.version:
         promoted, reason = True, "already the champion"
     else:
-        held = ({**from_version_tags(champion.tags), FEATURE_NETWORK: champion.tags.get(FEATURE_NETWORK)}
+        held = ({**from_version_tags(champion.tags), **{tag: champion.tags.get(tag) for tag in SPACE_TAGS}}
                 if champion else None)
-        promoted, reason = promotion_decision(*gate, {**metrics, FEATURE_NETWORK: feature_network}, held)
+        promoted, reason = promotion_decision(*gate, {**metrics, **spaces}, held)
         if promoted:
             store.set_alias(name, CHAMPION, version.version)
     decision = CHAMPION if promoted else "not promoted"
@@ -76,16 +79,17 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
 
 
 def ranking_metric(new: dict[str, Any], champion: dict[str, Any]) -> str:
-    """FID when both versions have it; else fd_flowers when both were measured with the same feature network;
-    else the colour distance. Lower is better for all three.
+    """FID when both versions have it; else fd_effnet, then fd_flowers, when both were measured in the same
+    feature space; else the colour distance. Lower is better for all four.
 
     D scores do not rank versions: each version is judged by its own discriminator.
     """
     if new.get("fid") is not None and champion.get("fid") is not None:
         return "fid"
-    if (new.get("fd_flowers") is not None and champion.get("fd_flowers") is not None
-            and new.get(FEATURE_NETWORK) == champion.get(FEATURE_NETWORK) is not None):
-        return "fd_flowers"
+    for metric, space in (("fd_effnet", EFFNET_SPACE), ("fd_flowers", FEATURE_NETWORK)):
+        if (new.get(metric) is not None and champion.get(metric) is not None
+                and new.get(space) == champion.get(space) is not None):
+            return metric
     return "colour_distance"
 
 

@@ -22,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from flower_pipeline import source_version
+from flower_pipeline.effnet import EFFNET_ID, Effnet
+from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalResult, EvalSettings, evaluate, inception_for, quality_gate
 from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, load_feature_network
 from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.layout import DataLayout
 from flower_pipeline.metrics import run_metrics, summary_line, version_tags
-from flower_pipeline.registry import FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
+from flower_pipeline.registry import EFFNET_SPACE, FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, pick_device, train
@@ -127,9 +130,15 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
         flowers, no_flowers = None, network.unavailable or (
             f"the feature network was trained on another cache ({network.network_id}); prepare "
             f"{trained.variant} again")
+    try:
+        effnet, no_effnet = Effnet(torch_device), ""
+    except PipelineError as err:
+        effnet, no_effnet = None, str(err)
+        log(f"fd_effnet and the rest unavailable: {err}")
     return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
                     no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
-                    iteration=iteration)
+                    effnet=effnet, no_effnet_reason=no_effnet,
+                    effnet_reference=DataLayout.reference_features(cache.path, EFFNET_ID), iteration=iteration)
 
 
 def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
@@ -157,11 +166,12 @@ def register(tracker: MlflowTracker, evaluation: Evaluation, *, tags: dict[str, 
     `champion` moves to it only when it passed the gate and beats the champion."""
     training, metrics = evaluation.training, evaluation.metrics
     code = source_version()
+    spaces = {FEATURE_NETWORK: evaluation.feature_network, EFFNET_SPACE: EFFNET_ID}
     version_info = {
         "variant": training.variant, "arch": training.arch, "cache_hash": training.cache.content_hash,
         "config": json.dumps(training.config, sort_keys=True), "code_version": code,
         "iterations": str(training.iterations), "quality_gate": evaluation.gate_reason,
-        FEATURE_NETWORK: evaluation.feature_network, **version_tags(metrics), **(tags or {}),
+        **spaces, **version_tags(metrics), **(tags or {}),
     }
     missing = sorted({f"{'FID and KID' if k in ('fid', 'kid_mean') else 'fd_flowers and the rest'} unavailable: "
                       f"{why}" for k, why in evaluation.unavailable.items() if k in ("fid", "fd_flowers")})
@@ -171,4 +181,4 @@ def register(tracker: MlflowTracker, evaluation: Evaluation, *, tags: dict[str, 
     return register_generator(
         tracker, model_name(training.variant, training.arch), training.mlflow_run_id, Path(training.path),
         gate=(evaluation.gate_passed, evaluation.gate_reason), metrics=metrics,
-        feature_network=evaluation.feature_network, tags=version_info, description=description, log=log)
+        spaces=spaces, tags=version_info, description=description, log=log)

@@ -57,10 +57,13 @@ class Profile:
     iterations: int
     settings: dict[str, Any] = field(default_factory=dict)  # training overrides for every run
     evaluation: dict[str, Any] = field(default_factory=dict)
-    stand_ins: dict[str, str] = field(default_factory=dict)  # dataset → the dataset that stands in for it
+    datasets: tuple[str, ...] = ()  # the datasets it trains on (empty: all); other runs' claims are not measured
     note: str = ""
     seeds: int = 1  # every run trained with this many seeds (seed, seed + 1, …): verdicts need their spread
     machinery_check: bool = False  # its verdicts prove the machinery, they are no findings (a short CPU profile)
+
+    def trains(self, run: RunSpec) -> bool:
+        return not self.datasets or run.dataset in self.datasets
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ class RunSpec:
     snapshots: tuple[int, ...]
     claim: str
     note: str = ""  # e.g. a setting that is the project's choice where the source gave none
+
+    @property
+    def dataset(self) -> str:
+        return self.variant.rsplit("-", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,6 @@ class PlannedRun:
 
     label: str  # the run's label, with +s<k> for its seed k > 0 (arch1-sgd+s2)
     variant: str  # e.g. flowers17-color-32
-    stands_in_for: str | None  # e.g. flowers102-color-32 when synthetic data stands in
     arch: str
     config: dict[str, Any]  # TrainConfig fields
     evaluation: dict[str, Any]  # EvalSettings fields
@@ -117,7 +123,8 @@ class Study:
             raise PipelineError(f"study {self.name} has no profile {profile!r}; profiles: "
                                 f"{', '.join(self.profiles)}")
         chosen = self.profiles[profile]
-        planned = [_resolve(spec, chosen, k) for spec in self.runs.values() for k in range(chosen.seeds)]
+        planned = [_resolve(spec, chosen, k) for spec in self.runs.values() for k in range(chosen.seeds)
+                   if chosen.trains(spec)]
         unknown = [label for label in only if label not in self.runs and label not in {p.label for p in planned}]
         if unknown:
             raise PipelineError(f"study {self.name} has no run {unknown[0]!r}; runs: {', '.join(self.runs)}")
@@ -126,17 +133,15 @@ class Study:
 
 def _resolve(spec: RunSpec, profile: Profile, seed_index: int = 0) -> PlannedRun:
     dataset, mode = spec.variant.rsplit("-", 1)
-    stand_in = profile.stand_ins.get(dataset)
-    variant = Variant(stand_in or dataset, mode, profile.size).name
+    variant = Variant(dataset, mode, profile.size).name
     scale = profile.iterations / FULL_ITERATIONS
     iterations = max(1, round(spec.settings.get("iterations", FULL_ITERATIONS) * scale))
     config = {**profile.settings, **spec.settings, "arch": spec.arch, "iterations": iterations}
     config["seed"] = config.get("seed", 0) + seed_index
     snapshots = tuple(max(1, round(s * scale)) for s in spec.snapshots)
     label = spec.label + (f"{SEED_MARK}{seed_index}" if seed_index else "")
-    return PlannedRun(label, variant, f"{dataset}-{mode}-{profile.size}" if stand_in else None, spec.arch,
-                      config, dict(profile.evaluation), snapshots, dict(spec.settings), spec.label, seed_index,
-                      spec.note)
+    return PlannedRun(label, variant, spec.arch, config, dict(profile.evaluation), snapshots, dict(spec.settings),
+                      spec.label, seed_index, spec.note)
 
 
 def run_key(run: PlannedRun, cache_hash: str, code: str) -> str:
@@ -209,7 +214,7 @@ def _profile(name: str, spec: dict[str, Any], where: str) -> Profile:
     _known(settings, TRAIN_SETTINGS, f"{where}, profile {name}")
     _known(evaluation, EVAL_SETTINGS, f"{where}, profile {name}, evaluation")
     profile = Profile(name, int(spec.get("size", 64)), int(spec.get("iterations", FULL_ITERATIONS)), settings,
-                      evaluation, dict(spec.get("stand_ins") or {}), str(spec.get("note", "")),
+                      evaluation, tuple(spec.get("datasets") or ()), str(spec.get("note", "")),
                       int(spec.get("seeds", 1)), bool(spec.get("machinery_check", False)))
     if not 1 <= profile.seeds <= 16:
         raise PipelineError(f"{where}, profile {name}: seeds must be between 1 and 16, got {profile.seeds}")
@@ -265,18 +270,19 @@ def _known(settings: dict[str, Any], known: set[str], where: str) -> None:
 
 def judge(study: Study, results: Metrics, profile: str) -> dict[str, Verdict]:
     """Each claim's verdict from its runs' metrics over seeds (see flower_pipeline.verdicts). A claim is not
-    measured when a run is missing, a number is unavailable, or a run's dataset is stood in for."""
+    measured when a run is missing, a number is unavailable, or the profile does not train a run's dataset."""
+    chosen = study.profiles[profile]
     planned = {run.label: run for run in study.plan(profile)}
     verdicts = {}
     for claim in study.claims:
         rule = RULES.get(claim.id)
         missing = sorted({base_label(label) for label in claim.labels(planned) if label not in results})
-        stand_ins = sorted({planned[label].stands_in_for or "" for label in claim.runs} - {""})
+        untrained = sorted({study.runs[label].dataset for label in claim.runs if not chosen.trains(study.runs[label])})
         if rule is None:
             verdicts[claim.id] = Verdict(NOT_MEASURED, "no rule computes this claim's verdict")
-        elif stand_ins:
-            verdicts[claim.id] = Verdict(NOT_MEASURED, f"{', '.join(stand_ins)} not available here: a stand-in "
-                                                       "dataset was trained instead, which is no evidence")
+        elif untrained:
+            verdicts[claim.id] = Verdict(NOT_MEASURED, f"the {profile} profile does not train on "
+                                                       f"{', '.join(untrained)}")
         elif missing:
             verdicts[claim.id] = Verdict(NOT_MEASURED, f"runs not finished: {', '.join(missing)}")
         else:
@@ -513,8 +519,6 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
         parts.append("<p class='check'><b>Machinery check.</b> This profile is short and small: its verdicts show "
                      "that every rule runs end to end, they are not findings about the source's claims.</p>")
     notes = [chosen.note] if chosen.note else []
-    notes += [f"{real} is not available here: {stand} data (synthetic drawings, not photos) stands in for it, and "
-              "its claims are not measured." for real, stand in chosen.stand_ins.items()]
     parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
     parts.append(f"<h2>The claims</h2><p>{HOW_JUDGED}</p>"
                  "<table><tr><th>claim</th><th>verdict</th><th>numbers</th></tr>")

@@ -267,16 +267,19 @@ def flowers102(e: Evidence) -> Verdict:
                    f"[{f17.said}; {f102.said}]")
 
 
-def black_and_white(e: Evidence) -> Verdict:
+def learns_grey(*runs: str) -> Rule:
     """Every black-and-white run covers more than 10% of its photos (recall)."""
-    runs = ("f17-gray-arch1", "f17-gray-arch2", "f102-gray-arch1", "f102-gray-arch2")
-    recalls = {run: e.values(run, "recall") for run in runs}
-    return decide([above(r, 0.1) for r in recalls.values()],
-                  "recall of the black-and-white runs: " + ", ".join(f"{k} {spread(v)}" for k, v in recalls.items()))
+    def rule(e: Evidence) -> Verdict:
+        recalls = {run: e.values(run, "recall") for run in runs}
+        return decide([above(r, 0.1) for r in recalls.values()], "recall of the black-and-white runs: "
+                      + ", ".join(f"{k} {spread(v)}" for k, v in recalls.items()))
+    return rule
 
 
 RULES: dict[str, Rule] = {
     "collapse": collapse, "batch-size": batch_size, "mixing": no_memorization, "arch1-diversity": arch1_diversity,
     "smoothness": smoothness, "dropout": dropout, "nominal": nominal, "iterations": iterations,
-    "d-scores": d_scores, "sharpening": sharpening, "flowers102": flowers102, "black-and-white": black_and_white,
+    "d-scores": d_scores, "sharpening": sharpening, "flowers102": flowers102,
+    "black-and-white": learns_grey("f17-gray-arch1", "f17-gray-arch2"),
+    "black-and-white-102": learns_grey("f102-gray-arch1", "f102-gray-arch2"),
 }

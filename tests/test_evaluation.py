@@ -9,6 +9,7 @@ import torch
 from conftest import FLOWERS17_TGZ, real_flowers17
 from torch import nn
 
+from flower_pipeline.effnet import Effnet
 from flower_pipeline.evaluation import (
     INCEPTION_FILE,
     EvalSettings,
@@ -22,6 +23,7 @@ from flower_pipeline.evaluation import (
     scores_in_range,
     timeline_png,
 )
+from flower_pipeline.metrics import EFFNET_MEASURES
 from flower_pipeline.registry import promotion_decision, ranking_metric
 from flower_pipeline.storage import png_bytes
 from flower_pipeline.tensor_cache import write_cache
@@ -132,7 +134,7 @@ def test_scores_gate_and_promotion_rules():
     assert promote and why.startswith("colour_distance")
 
 
-def test_ranking_uses_fid_then_fd_flowers_of_the_same_feature_network_then_colour_distance():
+def test_ranking_uses_fid_then_fd_effnet_then_fd_flowers_of_the_same_space_then_colour_distance():
     net_a, net_b = {"feature_network": "a"}, {"feature_network": "b"}
     both = {"fid": 40.0, "fd_flowers": 3.0, "colour_distance": 0.1}
     assert ranking_metric({**both, **net_a}, {**both, **net_b}) == "fid"
@@ -142,6 +144,11 @@ def test_ranking_uses_fid_then_fd_flowers_of_the_same_feature_network_then_colou
     assert ranking_metric({"colour_distance": 0.1, **net_a}, {**no_fid, **net_a}) == "colour_distance"
     promote, why = promotion_decision(True, "passed", {**no_fid, "fd_flowers": 2.0, **net_a}, {**no_fid, **net_a})
     assert promote and why.startswith("fd_flowers 2 beats the champion's 3")
+    effnet = {"fd_effnet": 90.0, "effnet_space": "lite0-64px"}
+    assert ranking_metric({**no_fid, **net_a, **effnet}, {**no_fid, **net_b, **effnet}) == "fd_effnet"
+    assert ranking_metric({**both, **effnet}, {**both, **effnet}) == "fid"
+    other_space = {**effnet, "effnet_space": "lite0-128px"}
+    assert ranking_metric({**no_fid, **net_a, **effnet}, {**no_fid, **net_a, **other_space}) == "fd_flowers"
 
 
 def test_inception_weights_off_missing_or_unreachable_are_reported_with_the_reason(tmp_path):
@@ -172,8 +179,8 @@ def test_timeline_stacks_the_fixed_noise_grids_oldest_first(tmp_path):
 
 
 def test_evaluate_a_finished_training(tmp_path):
-    images = flowers(HUES, 96, seed=1).transpose(0, 2, 3, 1)
-    path, *_ = write_cache(tmp_path / "cache", images, np.arange(96) % 8, [f"{i}.jpg" for i in range(96)],
+    images = flowers(HUES, 160, seed=1).transpose(0, 2, 3, 1)  # more than fd_effnet's 112 dimensions
+    path, *_ = write_cache(tmp_path / "cache", images, np.arange(160) % 8, [f"{i}.jpg" for i in range(160)],
                           class_names=[str(i) for i in range(8)], params={"dataset": "test"}, holdout_fraction=0.25)
     from flower_pipeline.tensor_cache import TensorCache
 
@@ -181,22 +188,23 @@ def test_evaluate_a_finished_training(tmp_path):
     config = TrainConfig(iterations=8, batch_size=8, features=8, minibatch_kernels=8, log_every=4, sample_every=4,
                          checkpoint_seconds=0)
     train(config, cache, tmp_path / "run", device="cpu")
-    result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), inception=StandIn(),
-                      no_inception_reason="unused", flowers=StandIn())
+    result = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=120), inception=StandIn(),
+                      no_inception_reason="unused", flowers=StandIn(), effnet=Effnet())
     metrics = result.metrics
     assert result.unavailable == {}
     for key in ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean", "d_real_gap", "fid", "kid_mean",
                 "colour_distance", "colour_coverage", "near_copy_share_pixels", "near_copy_share_inception",
-                "fd_flowers", "kd_flowers", "precision", "recall"):
+                "fd_flowers", "kd_flowers", "precision", "recall", *EFFNET_MEASURES):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["d_real_holdout_mean"] < 1
-    assert metrics["kid_subset_size"] == 40  # all 96 real images vs 40 samples
+    assert metrics["kid_subset_size"] == 120  # all 160 real images vs 120 samples
     assert {"samples", "timeline", "nearest_pairs", "colours", "metrics"} <= set(result.files)
     assert all(p.parent == tmp_path / "run" / "evaluation" for p in result.files.values())
 
-    offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=40), no_inception_reason="no weights")
+    offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=120), no_inception_reason="no weights")
     assert "fid" not in offline.metrics and offline.unavailable["fid"] == "no weights"
     assert "fd_flowers" not in offline.metrics and offline.unavailable["recall"] == "no feature network"
+    assert offline.unavailable["fd_effnet"] == "no EfficientNet"
     for key in ("d_real_holdout_mean", "d_fake_mean", "colour_coverage", "near_copy_share_pixels"):
         assert offline.metrics[key] == pytest.approx(metrics[key]), key  # same seed, same samples
 

@@ -8,7 +8,7 @@ from flower_pipeline.study import judge, load_study
 from flower_pipeline.verdicts import Evidence, base_label, equivalent, higher, lower
 
 STUDY = load_study("source")
-FULL = STUDY.plan("full")  # no stand-ins: every claim can be measured
+FULL = STUDY.plan("full")  # every dataset: every claim can be measured
 # A neutral study: every run alike. Each claim's overrides below make it hold or fail.
 NEUTRAL = {"fd_flowers": 30.0, "recall": 0.3, "near_copy_share_pixels": 0.0, "d_real_train_mean": 0.5,
            "d_fake_mean": 0.5, "d_real_holdout_mean": 0.3, "checkerboard_ratio": 1.0, "blockiness_ratio": 1.0,
@@ -36,6 +36,7 @@ CASES = {
     "flowers102": ({("f102-color-arch2", "fd_flowers"): 20.0, (A2, "fd_flowers"): 40.0},
                    {("f102-color-arch2", "fd_flowers"): 40.0, (A2, "fd_flowers"): 40.0}),
     "black-and-white": ({}, {("f17-gray-arch2", "recall"): 0.02}),
+    "black-and-white-102": ({}, {("f102-gray-arch1", "recall"): 0.02}),
 }
 
 
@@ -65,10 +66,11 @@ def test_every_claim_has_known_answers():
     assert set(CASES) == {claim.id for claim in STUDY.claims}
 
 
-def test_a_claim_that_uses_a_stand_in_is_not_measured_whatever_its_numbers():
-    verdicts = judge(STUDY, world(CASES["flowers102"][0]), "quick")
-    assert verdicts["flowers102"].status == verdicts["black-and-white"].status == "not measured"
-    assert "stand-in" in verdicts["black-and-white"].evidence
+def test_a_claim_on_a_dataset_the_profile_does_not_train_is_not_measured_whatever_its_numbers():
+    verdicts = judge(STUDY, world(CASES["flowers102"][0]), "quick")  # quick trains Flowers-17 only
+    assert verdicts["flowers102"].status == verdicts["black-and-white-102"].status == "not measured"
+    assert verdicts["flowers102"].evidence == "the quick profile does not train on flowers102"
+    assert verdicts["black-and-white"].status == "supported"
 
 
 def test_the_tests_decide_only_beyond_the_spread():
