@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.feature_network import deterministic, frechet_distance, kernel_distance, precision_recall
+from flower_pipeline.feature_network import frechet_distance, kernel_distance, precision_recall
 from flower_pipeline.storage import atomic_write
+from flower_pipeline.training import deterministic
 
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 SIDE = 64

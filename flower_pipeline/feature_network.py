@@ -18,11 +18,10 @@ feature network; they are not FIDs and do not compare with published ones.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from flower_pipeline.models import to_unit_range
 from flower_pipeline.settings import setting
 from flower_pipeline.storage import atomic_write
 from flower_pipeline.tensor_cache import TensorCache
+from flower_pipeline.training import deterministic
 
 
 @dataclass(frozen=True)
@@ -135,26 +135,6 @@ def feature_network_unavailable(cache: TensorCache, settings: FeatureSettings) -
     if cache.holdout.sum() < 2:
         return f"{cache.variant} holds out {int(cache.holdout.sum())} images; the feature network needs at least 2"
     return None
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device | str) -> Iterator[None]:
-    """The same numbers whatever the machine's thread count: on a CPU one intra-op thread (a reduction split
-    over threads adds in another order), on CUDA cuDNN's deterministic kernels."""
-    if torch.device(device).type == "cuda":
-        saved = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def train_feature_network(cache: TensorCache, settings: FeatureSettings, out_dir: Path, *,

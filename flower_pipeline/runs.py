@@ -32,7 +32,7 @@ from flower_pipeline.metrics import run_metrics, summary_line, version_tags
 from flower_pipeline.registry import EFFNET_SPACE, FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
-from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, pick_device, train
+from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train
 
 LogFn = Callable[[str], None]
 # An evaluation's pictures and what each shows: logged to MLflow's image viewer and shown in the Dagster UI.
@@ -135,10 +135,11 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
     except PipelineError as err:
         effnet, no_effnet = None, str(err)
         log(f"fd_effnet and the rest unavailable: {err}")
-    return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
-                    no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
-                    effnet=effnet, no_effnet_reason=no_effnet,
-                    effnet_reference=DataLayout.reference_features(cache.path, EFFNET_ID), iteration=iteration)
+    with deterministic(torch_device):  # a measure that does not depend on the machine's thread count
+        return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
+                        no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
+                        effnet=effnet, no_effnet_reason=no_effnet,
+                        effnet_reference=DataLayout.reference_features(cache.path, EFFNET_ID), iteration=iteration)
 
 
 def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,

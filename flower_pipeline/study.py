@@ -87,6 +87,7 @@ class Claim:
     text: str
     runs: tuple[str, ...]  # labels it reads, its own and those it uses
     own: bool = False  # the project's own claim, not the source's
+    source: str = ""  # the source's finding in the project brief's words, where the brief states it
 
     def labels(self, planned: dict[str, PlannedRun]) -> list[str]:
         """Every seed's label of the runs it reads."""
@@ -195,7 +196,7 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
             runs[run.label] = run
             own.append(run.label)
         claims.append(Claim(claim_id, str(claim.get("text", "")), (*own, *map(str, claim.get("uses") or [])),
-                            bool(claim.get("own", False))))
+                            bool(claim.get("own", False)), str(claim.get("source", ""))))
     for claim in claims:
         missing = [label for label in claim.runs if label not in runs]
         if missing:
@@ -370,7 +371,10 @@ def build_report(layout: DataLayout, study: Study, profile: str, records: dict[s
             continue
         folder = Path(record.path)
         timeline = folder / "evaluation" / "timeline.png"
+        pair = (folder / f"evaluation_{record.snapshot:06d}" / "samples.png", folder / "evaluation" / "samples.png") \
+            if record.snapshot else None
         reports.append(RunReport(run, record.metrics, record.unavailable, str(folder / "final_grid.png"),
+                                 (str(pair[0]), str(pair[1])) if pair and all(p.is_file() for p in pair) else None,
                                  str(timeline) if timeline.is_file() else None,
                                  json.loads((folder / "history.json").read_text()), record.it_per_s, record.seconds,
                                  link(record.mlflow_run_id)))
@@ -392,6 +396,7 @@ class RunReport:
     metrics: dict[str, float]
     unavailable: dict[str, str]
     grid: str  # the final fixed-noise grid (PNG path)
+    snapshot_grids: tuple[str, str] | None  # the snapshot's and the final generator's samples, the same latents
     timeline: str | None
     history: list[dict[str, float]]
     it_per_s: float
@@ -498,12 +503,27 @@ th{background:#f3f3f3;text-align:center}.supported{color:#11703a;font-weight:bol
 .check{background:#e8eefc;border:1px solid #9db3e6;padding:.8em}
 .own{font-size:11px;color:#555;font-style:italic}
 .grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}figcaption{font-size:12px;text-align:center}
-img{max-width:100%}"""
+img{max-width:100%}.wide{overflow-x:auto}"""
 HOW_JUDGED = ("Every run is trained with several seeds; each number is the mean ± sd over them. A claim is "
               "<b>supported</b> or <b>not supported</b> only when its tests decide beyond the seeds' spread "
               "(Welch's t-test at 5% between runs; a 95% t-interval against a limit; a 95% interval inside or outside "
               "a margin for 'about the same'); otherwise it is <b>inconclusive</b>. A run missing, a number "
-              "unavailable or a stand-in dataset makes a claim <b>not measured</b>.")
+              "unavailable or a dataset the profile does not train makes a claim <b>not measured</b>. "
+              "<i>The source says</i> quotes the project brief's summary of the source's findings (the source "
+              "report's own text is not part of this project); blank where the brief states none.")
+
+
+def _snapshot_grids(groups: dict[str, list[RunReport]]) -> str:
+    """Each snapshot beside its final generator, from the same latent vectors (first seed): the eye's check of
+    what more iterations changed."""
+    figures = []
+    for seeds in groups.values():
+        pair, run = seeds[0].snapshot_grids, seeds[0].run
+        if pair:
+            figures += [f"<figure>{_png(Path(path).read_bytes())}<figcaption>{html.escape(run.label)} at {iteration:,}"
+                        " iterations</figcaption></figure>"
+                        for path, iteration in zip(pair, (run.snapshots[0], run.config["iterations"]), strict=True)]
+    return f"<div class='grids'>{''.join(figures)}</div>" if figures else ""
 
 
 def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: dict[str, Verdict]) -> str:
@@ -514,30 +534,34 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(study.title)}</title>"
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{esc(study.title)}</h1><p>Study <b>{esc(study.name)}</b>, profile <b>{esc(profile)}</b>: "
-             f"{len(groups)} of {len(study.runs)} runs finished, {chosen.seeds} seed(s) each.</p>"]
+             f"{len(groups)} of the {len({run.base for run in study.plan(profile)})} runs it trains finished "
+             f"({len(study.runs)} in the study), {chosen.seeds} seed(s) each.</p>"]
     if chosen.machinery_check:
         parts.append("<p class='check'><b>Machinery check.</b> This profile is short and small: its verdicts show "
                      "that every rule runs end to end, they are not findings about the source's claims.</p>")
     notes = [chosen.note] if chosen.note else []
     parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
     parts.append(f"<h2>The claims</h2><p>{HOW_JUDGED}</p>"
-                 "<table><tr><th>claim</th><th>verdict</th><th>numbers</th></tr>")
+                 "<table><tr><th>the source says</th><th>claim, as tested</th><th>verdict</th><th>numbers</th></tr>")
     for claim in study.claims:
         verdict = verdicts[claim.id]
         own = "<br><span class='own'>the project's own claim, not the source's</span>" if claim.own else ""
-        parts.append(f"<tr><td style='text-align:left'>{esc(claim.text)}{own}</td><td class='"
+        said = f"“{esc(claim.source)}”" if claim.source else ""
+        parts.append(f"<tr><td style='text-align:left'><i>{said}</i></td>"
+                     f"<td style='text-align:left'>{esc(claim.text)}{own}</td><td class='"
                      f"{verdict.status.replace(' ', '-')}'>"
                      f"{'machinery check: ' if chosen.machinery_check and verdict.status != NOT_MEASURED else ''}"
                      f"{verdict.status}</td><td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Every run</h2><p>D scores on training and held-out images, scored as D was trained; "
                  "fd_flowers, kd_flowers, precision and recall in the variant's own feature network's space, so each "
-                 "variant has a table of its own (numbers of two feature spaces never share a column); FID/KID "
-                 "where Inception weights exist.</p>")
+                 "variant has a table of its own (numbers of two feature spaces never share a column); fd_effnet "
+                 "in the standard space (ImageNet EfficientNet-Lite0, the same for every variant, so it compares "
+                 "across tables); FID/KID where Inception weights exist.</p>")
     for variant in sorted({r.run.variant for r in reports}):
         chosen_reports = [r for r in reports if r.run.variant == variant]
-        parts.append(f"<h3>{esc(variant)}</h3>" + runs_table(chosen_reports).to_html(index=False, border=0,
-                                                                                      na_rep="-"))
+        parts.append(f"<h3>{esc(variant)}</h3><div class='wide'>"
+                     + runs_table(chosen_reports).to_html(index=False, border=0, na_rep="-") + "</div>")
     parts += [f"<p><b>{esc(column)} n/a</b>: {esc(reason)}</p>"
               for column, reason in unavailable_reasons(reports).items()]
     noted = {label: seeds[0].run.note for label, seeds in groups.items() if seeds[0].run.note}
@@ -556,6 +580,10 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
             continue
         parts.append(f"<h3>{esc(claim.text)}</h3><p><i>{esc(verdicts[claim.id].status)}</i>: "
                      f"{esc(verdicts[claim.id].evidence)}</p>{_curves(shown)}")
+    snapshots = _snapshot_grids(groups)
+    if snapshots:
+        parts.append("<h2>Snapshots against the final generator</h2><p>The same latent vectors at the snapshot and "
+                     f"at the end (first seed): what the last iterations changed, by eye.</p>{snapshots}")
     parts.append("<h2>Resolved settings</h2><table><tr><th>run</th><th>settings (architecture defaults filled "
                  "in)</th></tr>")
     for label, seeds in groups.items():

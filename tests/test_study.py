@@ -18,7 +18,8 @@ TINY = {
     "name": "tiny", "title": "A tiny study",
     "profiles": {"quick": {"size": 16, "iterations": 40, "evaluation": {"samples": 40, "kid_subsets": 5},
                            "settings": {"features": 8, "log_every": 10, "sample_every": 20, "checkpoint_seconds": 0}}},
-    "claims": [{"id": "batch-size", "text": "Batch 8 and batch 32 are worse than 16.", "runs": [
+    "claims": [{"id": "batch-size", "text": "Batch 8 and batch 32 are worse than 16.", "source": "batch 16 best",
+                "runs": [
         {"label": "arch2-batch16", "variant": "synthetic-color", "arch": "arch2", "snapshots": [5000],
          "settings": {"batch_size": 16, "iterations": 10000}},
         {"label": "arch2-batch8", "variant": "synthetic-color", "arch": "arch2",
@@ -144,7 +145,10 @@ def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_ki
     page = Path(report.path).read_text()
     assert report.verdicts["batch-size"] == "inconclusive"  # one seed a run: no spread to decide by
     assert page.count("data:image/png;base64,") >= 3 and "Batch 8 and batch 32 are worse than 16." in page
-    for column in ("D(x) train", "D(x) held-out", "fd_flowers", "precision", "recall", "FID", "near-copies",
+    assert "<i>“batch 16 best”</i>" in page  # the source's words beside the claim
+    assert "arch2-batch16 at 10 iterations" in page and "arch2-batch16 at 20 iterations" in page  # snapshot grids
+    for column in ("D(x) train", "D(x) held-out", "fd_flowers", "fd_effnet", "precision", "recall", "FID",
+                   "near-copies",
                    "high-freq. ratio", "checkerboard", "blockiness", "seeds", "it/s"):
         assert f"<th>{column}</th>" in page, column
     assert page.count("<td>arch2-batch") >= 2

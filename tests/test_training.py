@@ -122,3 +122,18 @@ def test_untrainable_or_broken_caches_are_refused_in_one_line(tmp_path):
         TensorCache.load(path)
     with pytest.raises(PipelineError, match="not a complete tensor cache"):
         TensorCache.load(tmp_path / "nowhere")
+
+
+def test_deterministic_training_gives_the_same_generator_whatever_the_thread_count(small_cache, tmp_path):
+    config = replace(TINY, iterations=6, batch_size=16, features=32, minibatch_kernels=16, deterministic=True)
+    threads, weights = torch.get_num_threads(), []
+    try:
+        for count in (2, 1):  # another machine's thread count
+            torch.set_num_threads(count)
+            train(config, small_cache, tmp_path / f"t{count}", device="cpu")
+            weights.append(load_trained(tmp_path / f"t{count}").generator.state_dict())
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads  # left as it was
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
