@@ -45,11 +45,14 @@ def celery_executor() -> Any:
         name="celery")
 
 
+DEFINITIONS = ("flower_pipeline.definitions", "defs")  # the module and attribute every process loads
+
+
 def code_location() -> Any:
     """The project's code location as a reconstructable repository: what a worker loads to run a step."""
     from dagster._core.definitions.reconstruct import ReconstructableRepository
 
-    return ReconstructableRepository.for_module("flower_pipeline.definitions", "defs", None)
+    return ReconstructableRepository.for_module(*DEFINITIONS, None)
 
 
 def worker_app() -> Any:

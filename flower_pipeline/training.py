@@ -312,8 +312,32 @@ def train(config: TrainConfig, cache: TensorCache, out_dir: Path, *, device: str
     shows what fewer iterations would have given (the source's 15,000 against 20,000). With `deterministic`
     the thread count cannot change a number.
     """
-    with deterministic(pick_device(device)) if config.deterministic else contextlib.nullcontext():
+    with training_lock(out_dir), deterministic(pick_device(device)) if config.deterministic \
+            else contextlib.nullcontext():
         return _train(config, cache, out_dir, device=device, **hooks)
+
+
+@contextlib.contextmanager
+def training_lock(out_dir: Path) -> Iterator[None]:
+    """One trainer per training folder: a retry never trains into a checkpoint that an orphan of its failed
+    run still writes. The kernel drops the lock when its holder dies, however it dies."""
+    import fcntl
+    import os
+    import socket
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".training.lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            raise PipelineError(f"{out_dir} is being trained by {holder}; wait for it to end (or stop it)") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        lock.flush()
+        yield
 
 
 def _train(

@@ -82,6 +82,27 @@ def real_flowers17(data_dir: Path, size: int):
     return TensorCache.load(ref.path)
 
 
+def stop_process_group(process, grace: float = 20) -> None:
+    """Stop what a test started, even when it failed: SIGTERM to the whole process group (`dg dev` has a code
+    server, a webserver and a daemon), then SIGKILL to what is left after `grace` seconds."""
+    import os
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            os.killpg(process.pid, 0)  # the leader exited; are others of its group still alive?
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            pass
+
+
 def wait_until_serving(url: str, process, seconds: float = 120) -> None:
     """Poll `url` until it answers; fail with the reason if the server died or never answered."""
     import time

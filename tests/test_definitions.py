@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import dagster as dg
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def test_gpu_steps_take_the_gpu_pool_and_the_gpu_queue_and_the_rest_neither():
 def test_a_broker_in_the_environment_makes_celery_the_executor(monkeypatch):
     from flower_pipeline.defs.executor import executor
 
-    assert executor().executor is None  # unset: Dagster's default, in-process from the CLI
+    assert executor().executor.name == "in_process"  # a step dies with its run: no orphan on the GPU
     monkeypatch.setenv("FLOWER_PIPELINE_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672//")
     assert executor().executor.name == "celery"
 
@@ -66,3 +67,21 @@ def test_the_postgres_instance_reads_its_database_from_the_environment():
     config = yaml.safe_load((ROOT / "deploy" / "dagster_home" / "dagster.yaml").read_text())
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     assert config["concurrency"]["pools"]["default_limit"] == 1
+
+
+def test_a_step_stops_once_its_run_has_ended_elsewhere():
+    from flower_pipeline.defs.support import stop_when_run_ends
+
+    @dg.asset
+    def quick() -> int:
+        return 1
+
+    with dg.instance_for_test() as instance:
+        run_id = dg.materialize([quick], instance=instance).run_id
+        lines: list[str] = []
+        log = stop_when_run_ends(instance, run_id, lines.append, every=0)
+        log("iteration 100")  # the run succeeded: going on is fine
+        instance.report_run_failed(instance.get_run_by_id(run_id), "the dead-run reaper found its driver gone")
+        with pytest.raises(dg.Failure, match="its run is failure"):
+            log("iteration 200")
+    assert lines == ["iteration 100", "iteration 200"]

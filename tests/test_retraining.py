@@ -168,9 +168,10 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_killed_run_is_marked_failed_its_gpu_slot_freed_and_the_next_training_runs(tmp_path):
+def test_a_killed_run_is_failed_an_interrupted_one_canceled_each_freeing_its_gpu_slot(tmp_path):
     """A real training process claims the gpu slot and is killed with SIGKILL; the reaper (what the daemon
-    ticks every 30 s) marks its run failed and frees the slot, and the next training gets it."""
+    ticks every 30 s) marks its run failed and frees the slot, and the next training gets it. Ctrl-C of a
+    training cancels its run, as the UI's Terminate would: CANCELED, slot freed, exit 130."""
     import os
     import shutil
     import signal
@@ -210,5 +211,19 @@ def test_a_killed_run_is_marked_failed_its_gpu_slot_freed_and_the_next_training_
         done = subprocess.run([*train, "--arch", "arch2", "--iterations", "4"], env=env, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr  # the queue moved on
+
+        finished = set(grids.glob("*/arch2/*/samples/*.png"))
+        long_run = subprocess.Popen([*train, "--arch", "arch2", "--iterations", "1000000"], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not set(grids.glob("*/arch2/*/samples/*.png")) - finished:
+            assert time.monotonic() < deadline and long_run.poll() is None, "the training never started"
+            time.sleep(0.5)
+        long_run.send_signal(signal.SIGINT)  # Ctrl-C
+        assert long_run.wait(timeout=60) == 130 and long_run.stderr.read().strip() == "error: interrupted"
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            (run,) = instance.get_runs(limit=1)
+            assert run.status == dg.DagsterRunStatus.CANCELED
+            assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
     finally:
         long_run.kill()

@@ -137,3 +137,15 @@ def test_deterministic_training_gives_the_same_generator_whatever_the_thread_cou
     assert torch.get_num_threads() == threads  # left as it was
     for name, tensor in weights[0].items():
         assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_a_training_folder_has_one_trainer_at_a_time(small_cache, tmp_path):
+    import fcntl
+
+    from flower_pipeline.training import training_lock
+
+    # An orphan of a failed run, still training, holds the folder.
+    with training_lock(tmp_path / "run"), pytest.raises(PipelineError, match=r"is being trained by pid \d+ on "):
+        train(TINY, small_cache, tmp_path / "run", device="cpu")
+    with open(tmp_path / "run" / ".training.lock") as lock:  # released when its holder ends
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -3,9 +3,12 @@ and its outputs read back."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,40 +55,10 @@ def definitions() -> Any:
     return defs()
 
 
-def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> Any:
-    """Run one of the project's jobs for one partition in the project's instance, as the UI would: in this
-    process, or with its steps on Celery workers when a broker is configured (docs/operations.md, Scaling out)."""
-    from flower_pipeline.scaleout import celery_enabled
-
-    storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
-    run_config = {**QUIET_LOGGERS, "ops": ops, "resources": storage}
-    if not celery_enabled():
-        result = definitions().resolve_job_def(name).execute_in_process(
-            partition_key=partition_key, instance=instance(), raise_on_error=False, run_config=run_config)
-        if not result.success:
-            raise PipelineError(_failure_message(result))
-        return result
-    return _run_on_workers(name, partition_key, run_config)
-
-
-def _run_on_workers(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
-    """The job through its (Celery) executor; outputs are read back from the shared data folder."""
-    import dagster as dg
-
-    from flower_pipeline.scaleout import code_location
-
-    job = code_location().get_reconstructable_job(name)
-    tags = definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)
-    result = dg.execute_job(job, instance(), run_config=run_config, tags=tags)
-    if not result.success:
-        raise PipelineError(_failure_message(result))
-    return _FinishedRun(result, str(partition_key), Path(run_config["resources"]["storage"]["config"]["data_dir"]))
-
-
 @dataclasses.dataclass(frozen=True)
 class _FinishedRun:
-    """A run executed on workers, read as execute_in_process's result is: its outputs are the stage records
-    the workers wrote to the shared data folder."""
+    """A finished run, read as execute_in_process's result is: its outputs are the stage records its steps
+    wrote to the data folder (shared with the workers when they run elsewhere)."""
 
     result: Any
     partition_key: str
@@ -101,6 +74,107 @@ class _FinishedRun:
 
     def asset_materializations_for_node(self, name: str) -> Any:
         return self.result.asset_materializations_for_node(name)
+
+
+LOCATION_NAME = "flower_pipeline"  # the code location's name in workspace.yaml and pyproject.toml
+
+
+@functools.cache
+def _code_location() -> Any:
+    """The project's code location, loaded in this process under the workspace's location name: a run made
+    from it has the origins the UI's and the daemon's runs have, so re-execution, run retries and run-status
+    sensors treat it like theirs."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.remote_representation.code_location import InProcessCodeLocation
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    from flower_pipeline.scaleout import DEFINITIONS
+
+    module, attribute = DEFINITIONS
+    target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module, attribute=attribute)
+    return InProcessCodeLocation(InProcessCodeLocationOrigin(target, location_name=LOCATION_NAME), instance())
+
+
+def create_run(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
+    """A run of job `name` for one partition, created from the code location as `dagster job launch` and the
+    UI create theirs (job and plan snapshots, remote and code origins)."""
+    from dagster._core.definitions.selector import JobSubsetSelector
+
+    location = _code_location()
+    repository = next(iter(location.get_repositories().values()))
+    job = location.get_job(JobSubsetSelector(location_name=location.name, repository_name=repository.name,
+                                             job_name=name, op_selection=None))
+    tags = {**job.tags, **definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)}
+    plan = location.get_execution_plan(job, run_config, step_keys_to_execute=None, known_state=None,
+                                       instance=instance()).execution_plan_snapshot
+    return instance().create_run(
+        job_name=name, run_id=None, run_config=run_config, resolved_op_selection=None,
+        step_keys_to_execute=plan.step_keys_to_execute, op_selection=None, status=None, root_run_id=None,
+        parent_run_id=None, tags=tags, job_snapshot=job.job_snapshot, execution_plan_snapshot=plan,
+        parent_job_snapshot=job.parent_job_snapshot, remote_job_origin=job.get_remote_origin(),
+        job_code_origin=job.get_python_origin(), asset_selection=None, asset_check_selection=None,
+        asset_graph=repository.asset_graph)
+
+
+@contextlib.contextmanager
+def _cancel_on_interrupt(run: Any) -> Iterator[None]:
+    """Ctrl-C cancels the run, as the UI's Terminate does: the run is marked CANCELING before Dagster's own
+    interrupt handling finishes it, so it ends CANCELED (not failed, not retried, not alerted). Dagster holds
+    SIGINT's handler while a run executes, so the signal is read from the wakeup fd, on a thread."""
+    import signal
+    import socket
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+    def watch() -> None:
+        while True:
+            try:
+                received = reader.recv(64)
+            except OSError:
+                return
+            if not received:
+                return
+            if signal.SIGINT in received:
+                instance().report_run_canceling(instance().get_run_by_id(run.run_id),
+                                                message="Canceled from the terminal (Ctrl-C).")
+                return
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(previous_fd)
+        writer.close()
+        watcher.join(timeout=5)
+        reader.close()
+
+
+def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> _FinishedRun:
+    """Run one of the project's jobs for one partition, as the UI would: a run created from the code location,
+    executed here while the terminal waits (steps in this process, or on Celery workers when a broker is set).
+    Ctrl-C cancels it: its status becomes CANCELED and its pool slot is freed."""
+    from dagster._core.definitions.reconstruct import ReconstructableJob
+
+    from flower_pipeline.scaleout import code_location
+
+    storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
+    run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage})
+    from dagster._core.execution.api import execute_run
+
+    with _cancel_on_interrupt(run):
+        result = execute_run(ReconstructableJob(code_location(), name), run, instance())
+    if instance().get_run_by_id(run.run_id).status.value == "CANCELED":
+        raise KeyboardInterrupt
+    if not result.success:
+        raise PipelineError(_failure_message(result))
+    return _FinishedRun(result, str(partition_key), data_dir.resolve())
 
 
 def _failure_message(result: Any) -> str:

@@ -34,7 +34,7 @@ from .config import EvaluationConfig, TrainingConfig, asset_code_version, settin
 from .data_assets import OWNERS
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, table, user_errors
+from .support import image_markdown, mlflow_link, stop_when_run_ends, table, user_errors
 
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
 
@@ -73,7 +73,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
             context.log.warning(f"marked {ended} MLflow run(s) of an earlier, crashed run KILLED")
         trained, result = train_and_log(
             tracker, tensor_cache, settings, out_dir, name=f"{variant}-{arch}", device=config.device,
-            tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)}, log=context.log.info)
+            tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)},
+            log=stop_when_run_ends(context.instance, context.run_id, context.log.info))
 
     final = result.final
     metadata: dict[str, Any] = {

@@ -21,7 +21,7 @@ from .config import DEVICE_HELP
 from .data_assets import OWNERS
 from .generator_assets import dagster_tags
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, user_errors
+from .support import image_markdown, mlflow_link, stop_when_run_ends, user_errors
 
 study_run_partitions = dg.DynamicPartitionsDefinition(name="study_runs")
 study_partitions = dg.DynamicPartitionsDefinition(name="studies")
@@ -53,7 +53,8 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         variant = study.plan(profile, (label,))[0].variant
         result, reused = run_one(
             tracker, storage.layout, study, profile, label, pick(tensor_cache, variant, "variant"),
-            pick(feature_network, variant, "variant"), device=config.device, log=context.log.info,
+            pick(feature_network, variant, "variant"), device=config.device,
+            log=stop_when_run_ends(context.instance, context.run_id, context.log.info),
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     if reused:
         context.log.info(f"{label}: reused the finished run {result.run_key}")
