@@ -89,6 +89,9 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
         assert "fid" not in evaluated and evaluated["fid_status"] == "unavailable: turned off (inception_weights: off)"
         for picture in ("samples", "timeline", "nearest_pairs", "colours"):
             assert "data:image/png;base64," in evaluated[picture], picture
+        headline = {record.data["metric"]: record.data for record in evaluated["headline"].records}
+        assert [c.name for c in evaluated["headline"].schema.columns] == ["metric", "title", "value", "better"]
+        assert headline["d_fake_mean"]["better"] == "0.5" and headline["fd_flowers"]["title"] == "fd_flowers"
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks == {"scores_in_range": True, "quality_gate": True}
         registered = first.output_for_node("registered_generator")

@@ -41,6 +41,7 @@ def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path, monk
     # Where it came from, what it trained on, and the grids with their steps (MLflow's image slider).
     assert run.data.tags["mlflow.source.name"] == "dagster:retrain_generators" and run.data.tags["mlflow.user"]
     assert run.data.tags["dagster_run_url"] == f"http://127.0.0.1:3000/runs/{result.run_id}"
+    assert f"](http://127.0.0.1:3000/runs/{result.run_id})" in run.data.tags["mlflow.note.content"]  # clickable
     (dataset,) = run.inputs.dataset_inputs
     assert (dataset.dataset.name, dataset.dataset.source) == ("synthetic-gray-32", cache.path)
     images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]

@@ -45,7 +45,9 @@ def dagster_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
     run, base = context.run, os.environ.get(WEBSERVER_ENV, "").rstrip("/")
     return {"dagster_run_id": run.run_id, "dagster_job": run.job_name, "mlflow.source.name": f"dagster:{run.job_name}",
             "mlflow.source.type": "JOB", "mlflow.user": getpass.getuser(),
-            **({"dagster_run_url": f"{base}/runs/{run.run_id}"} if base else {})}
+            **({"dagster_run_url": f"{base}/runs/{run.run_id}",  # the description is markdown: a clickable link
+                "mlflow.note.content": f"Made by Dagster run [{run.run_id[:8]}]({base}/runs/{run.run_id}) of "
+                                       f"`{run.job_name}`."} if base else {})}
 
 
 def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:

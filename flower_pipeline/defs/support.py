@@ -87,6 +87,15 @@ def mlflow_link(tracker: MlflowTracker, run_id: str | None = None, model: str | 
 
 
 def table(rows: dict[str, float]) -> dg.MetadataValue:
-    """Metric name → value as a markdown table in the metadata panel."""
-    return dg.MetadataValue.md("| metric | value |\n|---|---|\n" + "\n".join(f"| {k} | {v:.4g} |"
-                                                                        for k, v in rows.items()))
+    """Metric name → value as a Dagster table with a schema (metric, title, value, better), which the UI shows
+    sortable."""
+    from flower_pipeline.metrics import BY_NAME
+
+    schema = dg.TableSchema(columns=[
+        dg.TableColumn("metric", "string", description="the metric's name (MLflow key eval_<metric>)"),
+        dg.TableColumn("title", "string"), dg.TableColumn("value", "float"),
+        dg.TableColumn("better", "string", description="lower, higher, 0.5, or blank where neither")])
+    return dg.MetadataValue.table(
+        [dg.TableRecord({"metric": name, "title": BY_NAME[name].title if name in BY_NAME else name,
+                         "value": float(value), "better": (BY_NAME[name].better or "") if name in BY_NAME else ""})
+         for name, value in rows.items()], schema=schema)
