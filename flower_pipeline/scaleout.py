@@ -11,7 +11,11 @@ default queue. The workers run `celery -A flower_pipeline.worker worker`
 (`flower-pipeline stack` starts them; docs/operations.md "Scaling out").
 """
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
 BROKER_ENV = "FLOWER_PIPELINE_CELERY_BROKER"
@@ -37,12 +41,60 @@ def celery_enabled() -> bool:
 
 
 def celery_executor() -> Any:
-    """dagster-celery's executor, broker and result backend read from the environment when a run starts."""
-    from dagster_celery import celery_executor
+    """dagster-celery's executor (broker and result backend read from the environment when a run starts), which
+    also says in the run's log when a step waits for its pool."""
+    import dagster as dg
+    from dagster._core.execution.retries import RetryMode
+    from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor
 
-    return celery_executor.configured(
+    class PoolWaitVisible(CeleryExecutor):
+        """dagster-celery's loop never emits Dagster's "blocked by pool" event, so a GPU step waiting for the
+        `gpu` slot showed nothing for minutes; a watcher reports the wait as an engine event instead."""
+
+        def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+            pools = {step.pool for step in execution_plan.steps if step.pool}
+            with _report_pool_waits(plan_context.instance, plan_context.dagster_run, pools):
+                yield from super().execute(plan_context, execution_plan)
+
+    @dg.executor(name="celery", config_schema=CELERY_CONFIG)
+    def executor(init_context: Any) -> CeleryExecutor:
+        config = init_context.executor_config
+        return PoolWaitVisible(broker=config.get("broker"), backend=config.get("backend"),
+                               config_source=config.get("config_source"), include=config.get("include"),
+                               retries=RetryMode.from_config(config["retries"]))
+
+    return executor.configured(
         {"broker": {"env": BROKER_ENV}, "backend": {"env": BACKEND_ENV}, "config_source": CELERY_SETTINGS},
         name="celery")
+
+
+@contextlib.contextmanager
+def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 2.0,
+                       repeat: float = 60.0) -> Iterator[None]:
+    """While the run executes: each of its steps waiting for a slot of one of `pools` gets an engine event in
+    the run's log, naming the pool, its limit and the runs holding it (once, then every `repeat` seconds)."""
+    stop, told = threading.Event(), {}
+
+    def watch() -> None:
+        while not stop.wait(every):
+            for pool in pools:
+                info = instance.event_log_storage.get_concurrency_info(pool)
+                holders = sorted({slot.run_id[:8] for slot in info.claimed_slots if slot.run_id != run.run_id})
+                for pending in info.pending_steps:
+                    waiting = pending.run_id == run.run_id and pending.assigned_timestamp is None
+                    if waiting and time.monotonic() - told.get(pending.step_key, -repeat) >= repeat:
+                        told[pending.step_key] = time.monotonic()
+                        instance.report_engine_event(
+                            f'step "{pending.step_key}" waits for a slot of pool "{pool}" ({info.slot_count} '
+                            f"slot(s), held by run {', '.join(holders) or 'none'})", run, step_key=pending.step_key)
+
+    watcher = threading.Thread(target=watch, daemon=True, name="pool-waits")
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join(timeout=10)
 
 
 DEFINITIONS = ("flower_pipeline.definitions", "defs")  # the module and attribute every process loads

@@ -248,6 +248,9 @@ def test_two_retrainings_share_two_gpu_workers_and_one_gpu_slot(chain: Stack):
     assert {worker for worker, step, *_ in steps if step == "registered_generator"} == {"ingest"}
     spans = sorted((start, end) for _, _, start, end in gpu_steps)  # the pool's one slot: never two at once,
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))  # so neither per GPU
+    waits = [e.message for r in runs for e in instance.all_logs(r.run_id) if 'waits for a slot of pool "gpu"'
+             in (e.message or "")]  # the UI shows why a GPU step waits
+    assert waits and "(1 slot(s), held by run " in waits[0], waits
     versions = chain.mlflow().search_model_versions("")
     assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
 
