@@ -49,11 +49,15 @@ def celery_executor() -> Any:
 
     class PoolWaitVisible(CeleryExecutor):
         """dagster-celery's loop never emits Dagster's "blocked by pool" event, so a GPU step waiting for the
-        `gpu` slot showed nothing for minutes; a watcher reports the wait as an engine event instead."""
+        `gpu` slot showed nothing for minutes; a watcher reports the wait as an engine event instead. Its runs
+        beat while they execute, like the in-process executor's (defs/heartbeat.py)."""
 
         def execute(self, plan_context: Any, execution_plan: Any) -> Any:
+            from flower_pipeline.defs.heartbeat import heartbeat
+
             pools = {step.pool for step in execution_plan.steps if step.pool}
-            with _report_pool_waits(plan_context.instance, plan_context.dagster_run, pools):
+            with heartbeat(plan_context.instance, plan_context.run_id), \
+                    _report_pool_waits(plan_context.instance, plan_context.dagster_run, pools):
                 yield from super().execute(plan_context, execution_plan)
 
     @dg.executor(name="celery", config_schema=CELERY_CONFIG)

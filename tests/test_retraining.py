@@ -169,8 +169,9 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
 
 @pytest.mark.slow
 def test_a_killed_run_is_failed_an_interrupted_one_canceled_each_freeing_its_gpu_slot(tmp_path):
-    """A real training process claims the gpu slot and is killed with SIGKILL; the reaper (what the daemon
-    ticks every 30 s) marks its run failed and frees the slot, and the next training gets it. Ctrl-C of a
+    """A real training process claims the gpu slot and is killed with SIGKILL; its heartbeat goes silent, the
+    reaper (what the daemon ticks every 30 s) marks its run failed and frees the slot, and the next training
+    gets it. Ctrl-C of a
     training cancels its run, as the UI's Terminate would: CANCELED, slot freed, exit 130."""
     import os
     import shutil
@@ -201,10 +202,15 @@ def test_a_killed_run_is_failed_an_interrupted_one_canceled_each_freeing_its_gpu
                 assert time.monotonic() < deadline and long_run.poll() is None, "the training never started"
                 time.sleep(0.5)
             assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 1
+            assert reap_dead_runs(instance, dead_after=15) == []  # alive: it beats every 10 s
             long_run.send_signal(signal.SIGKILL)
             long_run.wait(timeout=30)
             (run,) = instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
-            assert reap_dead_runs(instance) == [run.run_id]
+            deadline = time.monotonic() + 60
+            while not (reaped := reap_dead_runs(instance, dead_after=15)):  # its heartbeat went silent
+                assert time.monotonic() < deadline, "the killed run was never reaped"
+                time.sleep(1)
+            assert reaped == [run.run_id]
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
             assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
             assert reap_dead_runs(instance) == []

@@ -334,6 +334,28 @@ def test_a_worker_killed_mid_training_hands_the_step_over_and_it_resumes(chain: 
     chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
 
 
+def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_freed(chain: Stack):
+    """The command line drives a Celery run on the PostgreSQL instance; SIGKILL it. Nothing on the daemon's
+    machine knows its pid: the run's heartbeat stops, and the daemon's reaper fails it and frees its slot."""
+    import dagster as dg
+
+    training = chain.start("train", "--variant", "synthetic-color-32", "--arch", "arch1",
+                           *train_flags(400, "--checkpoint-seconds", "0", "--seed", "7"))
+    _wait_for_checkpoint(chain, "synthetic-color-32", "arch1", training)
+    run = chain.instance.get_runs(limit=1)[0]
+    assert run.status == dg.DagsterRunStatus.STARTED
+    training.kill()
+    training.wait(timeout=30)
+    deadline = time.monotonic() + 150  # heartbeat silent 60 s + the reaper's 30 s tick + slack
+    while chain.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
+        assert time.monotonic() < deadline, "the killed driver's run was not failed within 150 s"
+        time.sleep(2)
+    failure = [e.message for e in chain.instance.all_logs(run.run_id) if "no heartbeat" in (e.message or "")]
+    assert failure and "the process driving it was killed" in failure[0]
+    assert not [s for s in chain.instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
+                if s.run_id == run.run_id]
+
+
 def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(chain: Stack):
     args = ["train", "--variant", "synthetic-color-32", "--arch", "arch2", *LONG_TRAIN]
     training = chain.start(*args)

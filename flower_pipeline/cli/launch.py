@@ -79,11 +79,15 @@ class _FinishedRun:
 LOCATION_NAME = "flower_pipeline"  # the code location's name in workspace.yaml and pyproject.toml
 
 
-@functools.cache
 def _code_location() -> Any:
     """The project's code location, loaded in this process under the workspace's location name: a run made
     from it has the origins the UI's and the daemon's runs have, so re-execution, run retries and run-status
     sensors treat it like theirs."""
+    return _code_location_for(dagster_home())
+
+
+@functools.cache
+def _code_location_for(home: str) -> Any:
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.remote_representation.code_location import InProcessCodeLocation
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin

@@ -13,6 +13,7 @@ the daemon running (`dg dev` or `dagster dev` runs it).
 import datetime
 import json
 import os
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from flower_pipeline.registry import model_name
 from .config import EvaluationConfig, TrainingConfig
 from .data_assets import tensor_cache
 from .generator_assets import generator_evaluation, registered_generator, trained_generator
+from .heartbeat import DEAD_AFTER, silent_for
 from .partitions import known_variants, training_key, variant_and_arch
 from .resources import MlflowTracking
 
@@ -149,47 +151,29 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
     return dg.SensorResult(run_requests=requests)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
-        return True
-    return True
-
-
-def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Runs still STARTED whose worker process is gone (killed, its machine restarted), marked failed, their
-    pool slots freed. Dagster's run monitoring cannot ask the local run launcher whether a worker lives, so the
-    pid each run worker recorded in its RUN_START event is checked on this machine. Returns the run ids."""
-    from dagster._core.events import DagsterEventType
-
-    reaped = []
+def reap_dead_runs(instance: dg.DagsterInstance, dead_after: float = DEAD_AFTER) -> list[str]:
+    """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
+    ran), marked failed and their pool slots freed. Dagster's run monitoring cannot ask the local run launcher
+    whether a worker lives; every run of this code location beats (defs/heartbeat.py). Returns the run ids."""
+    reaped, now = [], time.time()
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        run = record.dagster_run
-        started = instance.all_logs(run.run_id, of_type=DagsterEventType.RUN_START)
-        pid = started[-1].dagster_event.pid if started and started[-1].dagster_event else None
-        if pid is None or _alive(pid):
+        silent = silent_for(instance, record, now)
+        if silent < dead_after:
             continue
-        instance.report_run_failed(run, f"the run worker (pid {pid}) is gone: it was killed or its machine "
-                                        "restarted")
+        run = record.dagster_run
+        instance.report_run_failed(run, f"no heartbeat from the run for {silent:.0f} s: the process driving it "
+                                        "was killed or its machine lost")
         instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
         reaped.append(run.run_id)
     return reaped
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Marks runs failed whose worker process died (killed, machine restarted) and frees the gpu "
-                       "slot they held, so the queue moves on.")
+           description="Marks runs failed whose heartbeat stopped (their driver killed, their machine lost, on any "
+                       "machine) and frees the gpu slot they held, so the queue moves on.")
 def dead_run_reaper(context: dg.SensorEvaluationContext) -> dg.SkipReason:
-    from dagster_postgres import PostgresRunStorage
-
-    if isinstance(context.instance.run_storage, PostgresRunStorage):
-        return dg.SkipReason("the instance is shared (PostgreSQL): runs start on other machines too, where a pid "
-                             "checked on this one says nothing")
     reaped = reap_dead_runs(context.instance)
-    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "every started run has a live worker")
+    return dg.SkipReason(f"marked failed: {', '.join(reaped)}" if reaped else "every started run is beating")
 
 
 @dg.run_failure_sensor(monitored_jobs=[retrain_job], default_status=dg.DefaultSensorStatus.RUNNING,
