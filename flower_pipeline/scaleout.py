@@ -73,7 +73,7 @@ def celery_executor() -> Any:
 
 
 @contextlib.contextmanager
-def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 2.0,
+def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 1.0,
                        repeat: float = 60.0) -> Iterator[None]:
     """While the run executes: each of its steps waiting for a slot of one of `pools` gets an engine event in
     the run's log, naming the pool, its limit and the runs holding it (once, then every `repeat` seconds)."""

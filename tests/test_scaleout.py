@@ -248,9 +248,6 @@ def test_two_retrainings_share_two_gpu_workers_and_one_gpu_slot(chain: Stack):
     assert {worker for worker, step, *_ in steps if step == "registered_generator"} == {"ingest"}
     spans = sorted((start, end) for _, _, start, end in gpu_steps)  # the pool's one slot: never two at once,
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))  # so neither per GPU
-    waits = [e.message for r in runs for e in instance.all_logs(r.run_id) if 'waits for a slot of pool "gpu"'
-             in (e.message or "")]  # the UI shows why a GPU step waits
-    assert waits and "(1 slot(s), held by run " in waits[0], waits
     versions = chain.mlflow().search_model_versions("")
     assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
 
@@ -332,6 +329,28 @@ def test_a_worker_killed_mid_training_hands_the_step_over_and_it_resumes(chain: 
         "tags.dagster_partition = 'arch1|synthetic-gray-32'"))
     assert statuses == ["FINISHED", "KILLED"]  # the killed attempt's MLflow run is closed, not left RUNNING
     chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+
+
+def test_a_gpu_step_waiting_for_the_pool_says_so_in_its_run_log(chain: Stack):
+    storage = chain.instance.event_log_storage
+    storage.set_concurrency_slots("gpu", 1)
+    storage.claim_concurrency_slot("gpu", "another-run", "its-step")  # the one GPU is busy
+    try:
+        training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2", *train_flags(20))
+        deadline, waits = time.monotonic() + 120, []
+        while not waits:
+            assert time.monotonic() < deadline and training.poll() is None, "no wait event within 120 s"
+            time.sleep(1)
+            run = chain.instance.get_runs(limit=1)[0]
+            waits = [e.message for e in chain.instance.all_logs(run.run_id) if "waits for a slot" in (e.message or "")]
+        assert waits[0] == ('step "trained_generator" waits for a slot of pool "gpu" (1 slot(s), held by run '
+                            'another-)')
+        storage.free_concurrency_slots_for_run("another-run")
+        _, err = training.communicate(timeout=300)
+        assert training.returncode == 0, err[-3000:]  # and it went on once the slot was free
+    finally:
+        storage.free_concurrency_slots_for_run("another-run")
+        storage.set_concurrency_slots("gpu", 2)
 
 
 def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_freed(chain: Stack):
