@@ -29,7 +29,8 @@ from flower_pipeline.feature_network import (
     train_feature_network,
 )
 
-MEASURES = ("fd_flowers", "precision", "recall", "fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet")
+MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall", "fd_effnet", "kd_effnet", "precision_effnet",
+            "recall_effnet")
 
 
 def main() -> None:

@@ -35,12 +35,15 @@ def _measure_known_answers(cache: TensorCache, settings: FeatureSettings, out: P
 
 
 def _assert_known_answers(table: dict) -> None:
+    # Bounds that hold for every network seed measured (benchmarks/known_answers.py: seeds 0-2 at 1 and 2
+    # threads on real Flowers-17), not for one run: noise's precision, for one, ranges 0.01-0.37 over seeds.
     fd = {name: row["fd_flowers"] for name, row in table.items()}
-    assert min(fd, key=fd.get) == "held-out photos", fd
-    assert fd["held-out photos"] < fd["blur σ=1"] < fd["blur σ=2"] < fd["blur σ=3"], fd
+    assert min(fd, key=fd.get) in ("held-out photos", "checkerboard"), fd  # blind to a ±12 checkerboard: see
+    assert fd["checkerboard"] < fd["blur σ=1"], fd  # checkerboard_ratio, which is not (test_evaluation.py)
+    assert fd["held-out photos"] < fd["blur σ=1"] < fd["blur σ=2"] < fd["blur σ=3"] < fd["noise"] / 2, fd
     collapsed, varied = table["two colours only"], table["held-out photos"]
     assert collapsed["precision"] > 0.8 and collapsed["recall"] < varied["recall"] / 2, (collapsed, varied)
-    assert table["noise"]["precision"] < 0.05, table["noise"]
+    assert table["noise"]["precision"] < 0.45 and table["noise"]["recall"] < 0.05, table["noise"]
 
 
 def test_known_answers_on_synthetic_flowers(tmp_path):
