@@ -13,7 +13,6 @@ default queue. The workers run `celery -A flower_pipeline.worker worker`
 
 import contextlib
 import os
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -77,28 +76,24 @@ def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 
                        repeat: float = 60.0) -> Iterator[None]:
     """While the run executes: each of its steps waiting for a slot of one of `pools` gets an engine event in
     the run's log, naming the pool, its limit and the runs holding it (once, then every `repeat` seconds)."""
-    stop, told = threading.Event(), {}
+    from flower_pipeline.defs.heartbeat import repeating
 
-    def watch() -> None:
-        while not stop.wait(every):
-            for pool in pools:
-                info = instance.event_log_storage.get_concurrency_info(pool)
-                holders = sorted({slot.run_id[:8] for slot in info.claimed_slots if slot.run_id != run.run_id})
-                for pending in info.pending_steps:
-                    waiting = pending.run_id == run.run_id and pending.assigned_timestamp is None
-                    if waiting and time.monotonic() - told.get(pending.step_key, -repeat) >= repeat:
-                        told[pending.step_key] = time.monotonic()
-                        instance.report_engine_event(
-                            f'step "{pending.step_key}" waits for a slot of pool "{pool}" ({info.slot_count} '
-                            f"slot(s), held by run {', '.join(holders) or 'none'})", run, step_key=pending.step_key)
+    told: dict[str, float] = {}
 
-    watcher = threading.Thread(target=watch, daemon=True, name="pool-waits")
-    watcher.start()
-    try:
+    def report_waits() -> None:
+        for pool in pools:
+            info = instance.event_log_storage.get_concurrency_info(pool)
+            holders = sorted({slot.run_id[:8] for slot in info.claimed_slots if slot.run_id != run.run_id})
+            for pending in info.pending_steps:
+                waiting = pending.run_id == run.run_id and pending.assigned_timestamp is None
+                if waiting and time.monotonic() - told.get(pending.step_key, -repeat) >= repeat:
+                    told[pending.step_key] = time.monotonic()
+                    instance.report_engine_event(
+                        f'step "{pending.step_key}" waits for a slot of pool "{pool}" ({info.slot_count} '
+                        f"slot(s), held by run {', '.join(holders) or 'none'})", run, step_key=pending.step_key)
+
+    with repeating(report_waits, every):
         yield
-    finally:
-        stop.set()
-        watcher.join(timeout=10)
 
 
 DEFINITIONS = ("flower_pipeline.definitions", "defs")  # the module and attribute every process loads

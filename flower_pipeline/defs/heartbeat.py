@@ -6,7 +6,7 @@ says nothing about a run driven from another; a heartbeat in the shared instance
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import dagster as dg
 
@@ -19,26 +19,35 @@ def _key(run_id: str) -> str:
 
 
 @contextlib.contextmanager
-def heartbeat(instance: dg.DagsterInstance, run_id: str, every: float = BEAT_EVERY) -> Iterator[None]:
-    """Beat for `run_id` from a thread while the block runs (the executor's loop: the run's driver)."""
+def repeating(action: Callable[[], None], every: float) -> Iterator[None]:
+    """`action` every `every` seconds on a daemon thread while the block runs; a failed call (a storage hiccup)
+    is skipped, the next one tries again."""
     stop = threading.Event()
 
-    def beat() -> None:
-        instance.run_storage.set_cursor_values({_key(run_id): repr(time.time())})
-
-    def beat_on() -> None:
+    def loop() -> None:
         while not stop.wait(every):
-            with contextlib.suppress(Exception):  # a storage hiccup: the next beat tries again
-                beat()
+            with contextlib.suppress(Exception):
+                action()
 
-    beat()
-    beating = threading.Thread(target=beat_on, daemon=True, name="heartbeat")
-    beating.start()
+    thread = threading.Thread(target=loop, daemon=True, name=getattr(action, "__name__", "repeating"))
+    thread.start()
     try:
         yield
     finally:
         stop.set()
-        beating.join(timeout=10)
+        thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def heartbeat(instance: dg.DagsterInstance, run_id: str, every: float = BEAT_EVERY) -> Iterator[None]:
+    """Beat for `run_id` while the block runs (the executor's loop: the run's driver)."""
+
+    def beat() -> None:
+        instance.run_storage.set_cursor_values({_key(run_id): repr(time.time())})
+
+    beat()
+    with repeating(beat, every):
+        yield
 
 
 def silent_for(instance: dg.DagsterInstance, record: dg.RunRecord, now: float) -> float:
