@@ -94,6 +94,7 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
         assert headline["d_fake_mean"]["better"] == "0.5" and headline["fd_flowers"]["title"] == "fd_flowers"
         checks = {e.check_name: e.passed for e in first.get_asset_check_evaluations()}
         assert checks == {"scores_in_range": True, "quality_gate": True}
+        assert {e.partition for e in first.get_asset_check_evaluations()} == {str(KEY)}  # shown in the UI
         registered = first.output_for_node("registered_generator")
         assert (registered.model, registered.version, registered.promotion) == (MODEL, 1, "champion")
         link = first.asset_materializations_for_node("registered_generator")[0].metadata["model_version"]

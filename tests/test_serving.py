@@ -2,7 +2,6 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-from conftest import prepare, run_job, wait_until_serving
+from conftest import prepare, run_job, stop_process_group, wait_until_serving
 
 from flower_pipeline.defs.partitions import training_key
 
@@ -45,6 +44,5 @@ def test_the_champion_serves_images_for_latent_vectors(tmp_path, monkeypatch):
                                          .encode(), {"Content-Type": "application/json"})
         images = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_process_group(server)
     assert images.shape == (3, 1, 16, 16) and images.min() >= -1 and images.max() <= 1

@@ -131,7 +131,8 @@ def tensor_cache(context: dg.AssetExecutionContext, config: TensorCacheConfig, r
 def _cache_check(check: Callable[[ingest.TensorCacheRef], ingest.CheckOutcome], description: str,
                  severity: dg.AssetCheckSeverity) -> dg.AssetChecksDefinition:
     @dg.asset_check(asset=tensor_cache, name=check.__name__.removeprefix("check_"), description=description,
-                    blocking=severity == dg.AssetCheckSeverity.ERROR)
+                    blocking=severity == dg.AssetCheckSeverity.ERROR,
+                    partitions_def=tensor_cache.partitions_def)  # the UI shows which partition it judged
     def cache_check(context: dg.AssetCheckExecutionContext, tensor_cache: Any) -> dg.AssetCheckResult:
         with user_errors():
             outcome = check(pick(tensor_cache, context.partition_key, "variant"))

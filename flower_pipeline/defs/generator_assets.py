@@ -76,7 +76,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         trained, result = train_and_log(
             tracker, tensor_cache, settings, out_dir, name=f"{variant}-{arch}", device=config.device,
             tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)},
-            log=stop_when_run_ends(context.instance, context.run_id, context.log.info))
+            log=stop_when_run_ends(context.instance, context.run.run_id, context.log.info))
 
     final = result.final
     metadata: dict[str, Any] = {
@@ -123,7 +123,8 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
 
 def _evaluation_check(name: str, description: str, judge: Callable[[Evaluation], tuple[bool, str]],
                       severity: dg.AssetCheckSeverity) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=generator_evaluation, name=name, description=description)
+    @dg.asset_check(asset=generator_evaluation, name=name, description=description,
+                    partitions_def=generator_evaluation.partitions_def)  # the UI shows which partition it judged
     def evaluation_check(context: dg.AssetCheckExecutionContext, generator_evaluation: Any) -> dg.AssetCheckResult:
         with user_errors():
             passed, reason = judge(pick(generator_evaluation, str(context.partition_key), "partition"))

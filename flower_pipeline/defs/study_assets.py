@@ -54,7 +54,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         result, reused = run_one(
             tracker, storage.layout, study, profile, label, pick(tensor_cache, variant, "variant"),
             pick(feature_network, variant, "variant"), device=config.device,
-            log=stop_when_run_ends(context.instance, context.run_id, context.log.info),
+            log=stop_when_run_ends(context.instance, context.run.run_id, context.log.info),
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     if reused:
         context.log.info(f"{label}: reused the finished run {result.run_key}")
