@@ -82,6 +82,36 @@ def real_flowers17(data_dir: Path, size: int):
     return TensorCache.load(ref.path)
 
 
+REEXECUTE = ("mutation($parent: String!) { launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: "
+             "ALL_STEPS}) { __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }")
+RUN_STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }"
+
+
+def graphql(webserver: str, query: str, variables: dict | None = None) -> dict:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{webserver}/graphql", json.dumps(
+        {"query": query, "variables": variables or {}}).encode(), {"Content-Type": "application/json"})
+    return json.load(urllib.request.urlopen(request, timeout=60))["data"]
+
+
+def reexecute(webserver: str, parent_run_id: str, seconds: float = 300) -> tuple[str, dict]:
+    """Re-execute a run as the UI's "Re-execute all" does (GraphQL launchRunReexecution); wait until it ends:
+    its status and the run as GraphQL reads it."""
+    import time
+
+    launched = graphql(webserver, REEXECUTE, {"parent": parent_run_id})["launchRunReexecution"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    deadline, status, run = time.monotonic() + seconds, None, {}
+    while status not in ("SUCCESS", "FAILURE", "CANCELED"):  # queued, then run by the daemon's launcher
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+        run = graphql(webserver, RUN_STATUS, {"id": launched["run"]["runId"]})["runOrError"]
+        status = run["status"]
+    return status, run
+
+
 def stop_process_group(process, grace: float = 20) -> None:
     """Stop what a test started, even when it failed: SIGTERM to the whole process group (`dg dev` has a code
     server, a webserver and a daemon), then SIGKILL to what is left after `grace` seconds."""

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import reexecute
 
 pytestmark = pytest.mark.slow
 
@@ -250,6 +251,14 @@ def test_two_retrainings_share_two_gpu_workers_and_one_gpu_slot(chain: Stack):
     assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(spans))  # so neither per GPU
     versions = chain.mlflow().search_model_versions("")
     assert sorted(v.name for v in versions) == ["synthetic-color-32-arch1", "synthetic-gray-32-arch2"]
+
+
+def test_a_cli_run_reexecutes_from_the_ui_on_the_postgresql_instance(chain: Stack):
+    cli_run = [r for r in chain.instance.get_runs() if r.job_name == "prepare_dataset"][-1]  # `prepare`'s first
+    assert cli_run.remote_job_origin.location_name == "flower_pipeline"
+    status, run = reexecute(chain.webserver, cli_run.run_id)
+    assert status == "SUCCESS", run
+    assert {t["key"]: t["value"] for t in run["tags"]}["dagster/parent_run_id"] == cli_run.run_id
 
 
 def test_each_gpu_worker_sees_its_own_gpu_and_takes_one_step_at_a_time(stack: Stack):

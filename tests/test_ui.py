@@ -1,30 +1,19 @@
 """The Dagster UI as the README starts it (`dg dev`): it serves every asset under one code location name, logs
 no warning about that name, and re-executes a run the command line started, as it would one of its own."""
 
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import stop_process_group
+from conftest import graphql, reexecute, stop_process_group
 
 ROOT = Path(__file__).resolve().parents[1]
 QUERY = ("{ assetNodes { assetKey { path } } workspaceOrError { ... on Workspace { locationEntries { name } } } }")
-REEXECUTE = ("mutation($parent: String!) { launchRunReexecution(reexecutionParams: {parentRunId: $parent, strategy: "
-             "ALL_STEPS}) { __typename ... on LaunchRunSuccess { run { runId } } ... on PythonError { message } } }")
-STATUS = "query($id: ID!) { runOrError(runId: $id) { ... on Run { status tags { key value } } } }"
-
-
-def _graphql(port: int, query: str, variables: dict | None = None) -> dict:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", json.dumps(
-        {"query": query, "variables": variables or {}}).encode(), {"Content-Type": "application/json"})
-    return json.load(urllib.request.urlopen(request, timeout=30))["data"]
 
 
 @pytest.mark.slow
@@ -52,7 +41,7 @@ def test_dg_dev_serves_the_assets_under_one_code_location_name_and_reexecutes_a_
         while answer is None:
             assert time.monotonic() < deadline and server.poll() is None, log.read_text()[-2000:]
             try:
-                answer = _graphql(port, QUERY)
+                answer = graphql(f"http://127.0.0.1:{port}", QUERY)
                 if not answer["assetNodes"]:
                     answer = None  # the code location is still loading
             except OSError:
@@ -62,15 +51,7 @@ def test_dg_dev_serves_the_assets_under_one_code_location_name_and_reexecutes_a_
                 "feature_network", "study_run", "study_report"} <= assets
         assert [e["name"] for e in answer["workspaceOrError"]["locationEntries"]] == ["flower_pipeline"]
 
-        launched = _graphql(port, REEXECUTE, {"parent": cli_run.run_id})["launchRunReexecution"]
-        assert launched["__typename"] == "LaunchRunSuccess", launched
-        run_id, status = launched["run"]["runId"], None
-        deadline = time.monotonic() + 300  # queued, then run by the daemon's launcher
-        while status not in ("SUCCESS", "FAILURE", "CANCELED"):
-            assert time.monotonic() < deadline, (status, log.read_text()[-2000:])
-            time.sleep(2)
-            run = _graphql(port, STATUS, {"id": run_id})["runOrError"]
-            status = run["status"]
+        status, run = reexecute(f"http://127.0.0.1:{port}", cli_run.run_id)
         assert status == "SUCCESS"
         tags = {t["key"]: t["value"] for t in run["tags"]}
         assert tags["dagster/parent_run_id"] == cli_run.run_id and tags["dagster/partition"] == "synthetic-color-16"
