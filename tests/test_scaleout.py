@@ -402,7 +402,9 @@ def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(c
     statuses = sorted(r.info.status for r in client.search_runs(
         [client.get_experiment_by_name("flower-pipeline").experiment_id],
         "tags.dagster_partition = 'arch2|synthetic-color-32'"))
-    assert statuses == ["FINISHED", "KILLED"]
+    # The failed attempt's MLflow run is closed, never left RUNNING: FAILED by the failure sensor (a CLI run is
+    # a run like the UI's, so run-status sensors see it) once MLflow is back, or KILLED by the retry, if first.
+    assert statuses in (["FAILED", "FINISHED"], ["FINISHED", "KILLED"]), statuses
     instance = chain.instance
     resumed = [e.message for e in instance.all_logs(instance.get_runs(limit=1)[0].run_id)
                if "resumed from iteration" in (e.message or "")]
