@@ -106,6 +106,7 @@ def train(args: argparse.Namespace) -> None:
     fid = f"FID {metrics['fid']:.1f}" if "fid" in metrics else "FID n/a"
     flowers = (f"fd_flowers {metrics['fd_flowers']:.2f}, precision {metrics['precision']:.2f}, recall "
                f"{metrics['recall']:.2f}" if "fd_flowers" in metrics else "fd_flowers n/a")
+    flowers += f"; fd_effnet {metrics['fd_effnet']:.1f}" if "fd_effnet" in metrics else "; fd_effnet n/a"
     print(f"  D(x) train {metrics['d_real_train_mean']:.3f}, held-out {metrics['d_real_holdout_mean']:.3f}, "
           f"D(G(z)) {metrics['d_fake_mean']:.3f}; {flowers}; {fid}, colour coverage "
           f"{metrics['colour_coverage']:.2f}, near-copies {metrics['near_copy_share_pixels']:.0%}")
