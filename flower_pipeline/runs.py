@@ -106,7 +106,8 @@ def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainCo
         tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
     except BaseException as err:
         if not isinstance(err, MLFLOW_FAILURES):  # with the tracker down, the next training marks this run KILLED
-            tracker.end_run(run_id, "FAILED")
+            # An error fails the run; an interruption (Ctrl-C, a terminated run: not an Exception) kills it.
+            tracker.end_run(run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
         raise
     tracker.end_run(run_id)
     trained = TrainedRun(cache_ref.variant, settings.arch, str(out_dir), run_id, cache_ref, asdict(settings),

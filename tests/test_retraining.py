@@ -231,5 +231,10 @@ def test_a_killed_run_is_failed_an_interrupted_one_canceled_each_freeing_its_gpu
             (run,) = instance.get_runs(limit=1)
             assert run.status == dg.DagsterRunStatus.CANCELED
             assert instance.event_log_storage.get_concurrency_info("gpu").active_slot_count == 0
+        from flower_pipeline.registry import tracking
+
+        store = tracking(data_dir=tmp_path / "data")
+        (cancelled,) = store.client().search_runs([store.experiment_id()], f"tags.dagster_run_id = '{run.run_id}'")
+        assert cancelled.info.status == "KILLED"  # interrupted, not failed
     finally:
         long_run.kill()
