@@ -18,6 +18,7 @@ Flowers-17 photos (`tests/test_effnet.py`, docs/design.md):
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,11 @@ class Effnet:
     def reference(self, images: np.ndarray, path: Path) -> EffnetFeatures:
         """The real images' features, kept at `path` (keyed by cache and EFFNET_ID) and read back without pickle."""
         if path.is_file():
-            with np.load(path, allow_pickle=False) as saved:
-                kept = EffnetFeatures(saved["stage5"], saved["head"])
+            try:
+                with np.load(path, allow_pickle=False) as saved:
+                    kept = EffnetFeatures(saved["stage5"], saved["head"])
+            except (OSError, ValueError, KeyError, zipfile.BadZipFile):  # truncated or foreign: computed again
+                kept = EffnetFeatures(np.empty((0, 112)), np.empty((0, 1280)))
             if len(kept) == len(images) and kept.stage5.shape[1:] == (112,) and kept.head.shape[1:] == (1280,):
                 return kept
         computed = self.features(images)

@@ -148,3 +148,12 @@ def test_too_few_images_or_no_labels_give_one_reason(tmp_path):
                            class_names=["all"], params={"dataset": "roses"})
     reason = feature_network_unavailable(TensorCache.load(path), FeatureSettings())
     assert reason is not None and "needs labels" in reason and "\n" not in reason
+
+
+def test_a_truncated_or_foreign_effnet_reference_file_is_computed_again(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
+    effnet, path = Effnet(), tmp_path / "reference.npz"
+    for junk in (b"PK\x03\x04 truncated", b"not an archive at all"):
+        path.write_bytes(junk)
+        assert effnet.reference(images, path).head.shape == (4, 1280)
+        assert effnet.reference(images, path).head.shape == (4, 1280)  # and kept, readable, the next time
