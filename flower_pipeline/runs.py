@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -79,9 +80,11 @@ def progress_line(record: dict[str, float], iterations: int) -> str:
 
 def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainConfig, out_dir: Path, *, name: str,
                   tags: dict[str, str], params: dict[str, Any] | None = None, device: str = DEFAULT_DEVICE,
-                  snapshots: tuple[int, ...] = (), log: LogFn = print) -> tuple[TrainedRun, TrainResult]:
+                  snapshots: tuple[int, ...] = (), log: LogFn = print,
+                  stop: threading.Event | None = None) -> tuple[TrainedRun, TrainResult]:
     """Train on the cache into out_dir (resuming its checkpoint) as one tracked run with params, metrics, sample
-    grids and artifacts. A failed training's run is marked FAILED, except when the tracker itself failed."""
+    grids and artifacts. A failed training's run is marked FAILED, except when the tracker itself failed. Setting
+    `stop` ends the training (its run ended elsewhere)."""
     settings = settings.resolved()
     cache = TensorCache.load(cache_ref.path)
     run_id = tracker.start_run(name, {**tags, "variant": cache_ref.variant, "arch": settings.arch,
@@ -98,7 +101,7 @@ def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainCo
 
         result = train(settings, cache, out_dir, device=device, snapshots=snapshots, on_log=on_log,
                        on_sample=lambda it, png: tracker.log_image(run_id, png, "samples", it),
-                       on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"))
+                       on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"), stop=stop)
         for file in ("final_grid", "curves", "history", "generator"):
             if file in result.files:
                 tracker.log_artifact(run_id, result.files[file])

@@ -17,6 +17,7 @@ import hashlib
 import html
 import io
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -332,7 +333,7 @@ class StudyReport:
 
 def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, label: str, cache_ref: TensorCacheRef,
             network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE, tags: dict[str, str] | None = None,
-            log: Callable[[str], None] = print) -> tuple[StudyRunResult, bool]:
+            log: Callable[[str], None] = print, stop: threading.Event | None = None) -> tuple[StudyRunResult, bool]:
     """One study run through the pipeline's run path (train, evaluate, logged as a nested MLflow run), or the
     finished result of the same settings, data and code. Returns the result and whether it was reused."""
     run = study.plan(profile, (label,))[0]
@@ -344,7 +345,7 @@ def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, la
     partition = study_run_key(study.name, profile, label)
     trained, result = train_and_log(
         tracker, cache_ref, TrainConfig(**run.config), out_dir, name=partition, device=device,
-        snapshots=run.snapshots, log=lambda line: log(f"{label}: {line}"),
+        snapshots=run.snapshots, log=lambda line: log(f"{label}: {line}"), stop=stop,
         tags={**(tags or {}), "study": study.name, "profile": profile, "label": label, "run_key": key},
         params={f"changes.{k}": v for k, v in run.changes.items()})
     settings = EvalSettings(**run.evaluation)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -310,7 +311,7 @@ def train(config: TrainConfig, cache: TensorCache, out_dir: Path, *, device: str
 
     `snapshots` are iterations at which the generator is also kept (generator_<iteration>.pt), so one run
     shows what fewer iterations would have given (the source's 15,000 against 20,000). With `deterministic`
-    the thread count cannot change a number.
+    the thread count cannot change a number. Setting `stop` ends the training before its next step.
     """
     with training_lock(out_dir), deterministic(pick_device(device)) if config.deterministic \
             else contextlib.nullcontext():
@@ -351,6 +352,7 @@ def _train(
     on_sample: SampleFn | None = None,
     snapshots: tuple[int, ...] = (),
     on_resume: Callable[[int], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> TrainResult:
     config = config.resolved()
     torch_device = pick_device(device)
@@ -381,6 +383,8 @@ def _train(
     captured = trainer.iteration < config.iterations and trainer.try_capture()
     pending += trainer.iteration - window_iter  # warm-up steps taken while capturing
     while trainer.iteration < config.iterations:
+        if stop is not None and stop.is_set():  # a flag read, no host sync: the checkpoint stays for a retry
+            raise PipelineError(f"training stopped at iteration {trainer.iteration}: its run has ended")
         trainer.run_step()
         pending += 1
         it = trainer.iteration

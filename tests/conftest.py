@@ -112,6 +112,25 @@ def reexecute(webserver: str, parent_run_id: str, seconds: float = 300) -> tuple
     return status, run
 
 
+LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
+  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
+
+
+def launch_retraining(webserver: str, partition: str, data_dir: Path, training: dict, evaluation: dict) -> str:
+    """A retraining run launched as the UI's launchpad does: a GraphQL mutation to the webserver (the daemon
+    dequeues it and launches its run worker). Returns its run id."""
+    arch, variant = partition.split("|")
+    tags = {"dagster/partition": partition, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
+    config = {"ops": {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
+              "resources": {"storage": {"config": {"data_dir": str(data_dir)}}}}
+    params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
+                           "jobName": "retrain_generators"},
+              "runConfigData": config, "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
+    launched = graphql(webserver, LAUNCH_RUN, {"params": params})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    return launched["run"]["runId"]
+
+
 def stop_process_group(process, grace: float = 20) -> None:
     """Stop what a test started, even when it failed: SIGTERM to the whole process group (`dg dev` has a code
     server, a webserver and a daemon), then SIGKILL to what is left after `grace` seconds."""

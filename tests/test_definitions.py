@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import dagster as dg
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +68,13 @@ def test_the_postgres_instance_reads_its_database_from_the_environment():
     assert config["concurrency"]["pools"]["default_limit"] == 1
 
 
-def test_a_step_stops_once_its_run_has_ended_elsewhere():
-    from flower_pipeline.defs.support import stop_when_run_ends
+def test_a_step_sees_its_run_end_and_its_gpu_slot_is_freed_only_after_the_step_stops():
+    """A Celery step outlives its dead driver: it must stop once the reaper fails its run, and the slot must
+    not go to another run while it still computes."""
+    import time
+
+    from flower_pipeline.defs.automation import free_slots_of_ended_runs
+    from flower_pipeline.defs.heartbeat import step_watch
 
     @dg.asset
     def quick() -> int:
@@ -78,10 +82,16 @@ def test_a_step_stops_once_its_run_has_ended_elsewhere():
 
     with dg.instance_for_test() as instance:
         run_id = dg.materialize([quick], instance=instance).run_id
-        lines: list[str] = []
-        log = stop_when_run_ends(instance, run_id, lines.append, every=0)
-        log("iteration 100")  # the run succeeded: going on is fine
-        instance.report_run_failed(instance.get_run_by_id(run_id), "the dead-run reaper found its driver gone")
-        with pytest.raises(dg.Failure, match="its run is failure"):
-            log("iteration 200")
-    assert lines == ["iteration 100", "iteration 200"]
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("gpu", 2)
+        for step in ("trained_generator", "generator_evaluation"):  # as steps of a run whose driver died hold them
+            storage.claim_concurrency_slot("gpu", run_id, step)
+        with step_watch(instance, run_id, "trained_generator", every=0.05) as run_ended:
+            time.sleep(0.2)
+            assert not run_ended.is_set() and free_slots_of_ended_runs(instance) == []  # a step still beats
+            instance.report_run_failed(instance.get_run_by_id(run_id), "the dead-run reaper found its driver gone")
+            assert run_ended.wait(timeout=5)
+            assert storage.get_concurrency_info("gpu").active_slot_count == 2  # still computing
+        assert storage.get_concurrency_info("gpu").active_slot_count == 1  # the stopped step freed its own
+        assert free_slots_of_ended_runs(instance) == [run_id]  # and the reaper the rest, no step beating
+        assert storage.get_concurrency_info("gpu").active_slot_count == 0

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import reexecute
+from conftest import launch_retraining, reexecute
 
 pytestmark = pytest.mark.slow
 
@@ -169,32 +169,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             _sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
-LAUNCH_RUN = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) {
-  __typename ... on LaunchRunSuccess { run { runId } } ... on Error { message } } }"""
-
-
-def _launch_from_the_ui(stack: Stack, variant: str, arch: str) -> str:
-    """A retraining run launched as the UI's launchpad does: a GraphQL mutation to the webserver (the daemon
-    dequeues it and launches its run worker)."""
-    import urllib.request
-
-    key = f"{arch}|{variant}"
-    tags = {"dagster/partition": key, "dagster/partition/arch": arch, "dagster/partition/variant": variant}
-    config = {"ops": {"trained_generator": {"config": {"iterations": 150, "features": 8, "log_every": 20,
-                                                       "sample_every": 150, "checkpoint_seconds": 0}},
-                      "generator_evaluation": {"config": {"samples": 64, "min_recall": 0.0}}},
-              "resources": {"storage": {"config": {"data_dir": str(stack.data)}}}}
-    params = {"selector": {"repositoryLocationName": "flower_pipeline", "repositoryName": "__repository__",
-                           "jobName": "retrain_generators"},
-              "runConfigData": config, "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in tags.items()]}}
-    request = urllib.request.Request(f"{stack.webserver}/graphql", json.dumps(
-        {"query": LAUNCH_RUN, "variables": {"params": params}}).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        launched = json.load(response)["data"]["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    return launched["run"]["runId"]
-
-
 @pytest.fixture(scope="module")
 def chain(stack: Stack) -> Stack:
     """Both synthetic variants prepared, then two retrainings at once, each trained, evaluated and registered
@@ -204,7 +178,9 @@ def chain(stack: Stack) -> Stack:
         stack.cli("prepare", *PREPARE, "--mode", mode)
     stack.instance.event_log_storage.set_concurrency_slots("gpu", 1)
     try:
-        from_ui = _launch_from_the_ui(stack, "synthetic-gray-32", "arch2")
+        from_ui = launch_retraining(stack.webserver, "arch2|synthetic-gray-32", stack.data, {
+            "iterations": 150, "features": 8, "log_every": 20, "sample_every": 150, "checkpoint_seconds": 0},
+            {"samples": 64, "min_recall": 0.0})
         from_cli = stack.start("train", "--variant", "synthetic-color-32", "--arch", "arch1", *LONG_TRAIN)
         _, err = from_cli.communicate(timeout=300)
         assert from_cli.returncode == 0, err[-3000:]
@@ -364,24 +340,33 @@ def test_a_gpu_step_waiting_for_the_pool_says_so_in_its_run_log(chain: Stack):
 
 def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_freed(chain: Stack):
     """The command line drives a Celery run on the PostgreSQL instance; SIGKILL it. Nothing on the daemon's
-    machine knows its pid: the run's heartbeat stops, and the daemon's reaper fails it and frees its slot."""
+    machine knows its pid: the run's heartbeat stops and the daemon's reaper fails it. Its step, still training
+    on its worker, sees that and stops; only then is the GPU slot free."""
     import dagster as dg
 
     training = chain.start("train", "--variant", "synthetic-color-32", "--arch", "arch1",
-                           *train_flags(400, "--checkpoint-seconds", "0", "--seed", "7"))
-    _wait_for_checkpoint(chain, "synthetic-color-32", "arch1", training)
+                           *train_flags(1_000_000, "--checkpoint-seconds", "0", "--seed", "7"))
+    checkpoint = _wait_for_checkpoint(chain, "synthetic-color-32", "arch1", training)
     run = chain.instance.get_runs(limit=1)[0]
     assert run.status == dg.DagsterRunStatus.STARTED
     training.kill()
     training.wait(timeout=30)
-    deadline = time.monotonic() + 150  # heartbeat silent 60 s + the reaper's 30 s tick + slack
-    while chain.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
-        assert time.monotonic() < deadline, "the killed driver's run was not failed within 150 s"
-        time.sleep(2)
+
+    def held() -> bool:
+        return any(s.run_id == run.run_id for s in chain.instance.event_log_storage.get_concurrency_info(
+            "gpu").claimed_slots)
+
+    deadline = time.monotonic() + 120  # heartbeat silent 60 s + the reaper's 30 s tick + the step's 5 s look
+    while held() or chain.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
+        assert time.monotonic() < deadline, "the killed driver's run was not failed and its slot freed in 2 min"
+        time.sleep(1)
+    last_write = checkpoint.stat().st_mtime_ns
+    time.sleep(3)  # the step writes a checkpoint every 20 iterations while it trains
+    assert checkpoint.stat().st_mtime_ns == last_write, "the slot was freed while the step still trained"
     failure = [e.message for e in chain.instance.all_logs(run.run_id) if "no heartbeat" in (e.message or "")]
     assert failure and "the process driving it was killed" in failure[0]
-    assert not [s for s in chain.instance.event_log_storage.get_concurrency_info("gpu").claimed_slots
-                if s.run_id == run.run_id]
+    stopped = [e for e in chain.instance.all_logs(run.run_id) if "training stopped at iteration" in str(e)]
+    assert stopped, "the worker's step did not stop when its run failed"
 
 
 def test_mlflow_down_mid_training_fails_in_one_line_and_a_retry_registers_once(chain: Stack):

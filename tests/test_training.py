@@ -83,6 +83,20 @@ def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_pa
                                  for h, o in zip(full.history, other.history, strict=True)]
 
 
+def test_a_stopped_training_ends_before_its_next_step_and_keeps_its_checkpoint(small_cache, tmp_path):
+    import threading
+
+    run_ended = threading.Event()  # set by the step's watch when its run fails elsewhere
+
+    def end_run_after_checkpoint(record):
+        if record["iteration"] == 8:
+            run_ended.set()
+
+    with pytest.raises(PipelineError, match="training stopped at iteration 8: its run has ended"):
+        train(TINY, small_cache, tmp_path, device="cpu", on_log=end_run_after_checkpoint, stop=run_ended)
+    assert (tmp_path / "checkpoint.pt").exists()  # a retry resumes from it
+
+
 def test_nan_stops_training_naming_the_iteration(small_cache, tmp_path):
     with pytest.raises(PipelineError, match=r"NaN or inf at iteration \d+"):
         train(replace(TINY, lr=1e30, optimizer="sgd"), small_cache, tmp_path, device="cpu")

@@ -28,7 +28,7 @@ from flower_pipeline.registry import model_name
 from .config import EvaluationConfig, TrainingConfig
 from .data_assets import tensor_cache
 from .generator_assets import generator_evaluation, registered_generator, trained_generator
-from .heartbeat import DEAD_AFTER, silent_for
+from .heartbeat import DEAD_AFTER, STEP_EVERY, silent_for, step_silent_for
 from .partitions import known_variants, training_key, variant_and_arch
 from .resources import MlflowTracking
 
@@ -153,19 +153,36 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
 
 def reap_dead_runs(instance: dg.DagsterInstance, dead_after: float = DEAD_AFTER) -> list[str]:
     """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
-    ran), marked failed and their pool slots freed. Dagster's run monitoring cannot ask the local run launcher
-    whether a worker lives; every run of this code location beats (defs/heartbeat.py). Returns the run ids."""
+    ran), marked failed; then the pool slots of ended runs freed once none of their steps still computes.
+    Dagster's run monitoring cannot ask the local run launcher whether a worker lives; every run of this code
+    location beats (defs/heartbeat.py). Returns the ids of the runs marked failed."""
     reaped, now = [], time.time()
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         silent = silent_for(instance, record, now)
         if silent < dead_after:
             continue
-        run = record.dagster_run
-        instance.report_run_failed(run, f"no heartbeat from the run for {silent:.0f} s: the process driving it "
-                                        "was killed or its machine lost")
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
-        reaped.append(run.run_id)
+        instance.report_run_failed(record.dagster_run, f"no heartbeat from the run for {silent:.0f} s: the "
+                                                       "process driving it was killed or its machine lost")
+        reaped.append(record.dagster_run.run_id)
+    free_slots_of_ended_runs(instance)
     return reaped
+
+
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Pool slots still held by runs that have ended, freed once their steps are silent: a Celery step outlives
+    its dead driver until it sees its run failed, and until then the GPU is still its. Returns the run ids."""
+    storage, now, freed = instance.event_log_storage, time.time(), []
+    pools = [storage.get_concurrency_info(pool) for pool in storage.get_concurrency_keys()]
+    holders = {held.run_id for info in pools for held in (*info.claimed_slots, *info.pending_steps)}
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            continue
+        if step_silent_for(instance, run_id, now) < 2 * STEP_EVERY:
+            continue  # a step still beats: it stops within a beat of seeing its run ended
+        storage.free_concurrency_slots_for_run(run_id)
+        freed.append(run_id)
+    return freed
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,

@@ -32,9 +32,10 @@ from flower_pipeline.training import TrainConfig
 
 from .config import EvaluationConfig, TrainingConfig, asset_code_version, settings_from
 from .data_assets import OWNERS
+from .heartbeat import step_watch
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, stop_when_run_ends, table, user_errors
+from .support import image_markdown, mlflow_link, table, user_errors
 
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
 
@@ -66,7 +67,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""
     variant, arch = variant_and_arch(context.partition_key)
     tracker = mlflow.tracker
-    with user_errors(tracker):
+    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))
+    with user_errors(tracker), step as run_ended:
         settings = settings_from(config, TrainConfig, arch=arch).resolved()
         out_dir = storage.layout.training(Variant.parse(variant).dataset, variant, arch,
                                           training_fingerprint(tensor_cache.content_hash, settings))
@@ -76,7 +78,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         trained, result = train_and_log(
             tracker, tensor_cache, settings, out_dir, name=f"{variant}-{arch}", device=config.device,
             tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)},
-            log=stop_when_run_ends(context.instance, context.run.run_id, context.log.info))
+            log=context.log.info, stop=run_ended)
 
     final = result.final
     metadata: dict[str, Any] = {
@@ -100,7 +102,8 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""
     tracker = mlflow.tracker
-    with user_errors(tracker):
+    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))  # the slot stays while it runs
+    with user_errors(tracker), step:
         evaluation = evaluate_and_log(tracker, trained_generator, feature_network,
                                       settings_from(config, EvalSettings), partition=str(context.partition_key),
                                       device=config.device, log=context.log.info)

@@ -1,21 +1,32 @@
 """Runs that prove they are alive, wherever they run: the process that drives a run (the command line, a run
 worker the daemon launched, on any machine) records a heartbeat in the instance every few seconds while the run
 executes, and the dead-run reaper fails the runs whose heartbeat stopped. A pid checked on the daemon's machine
-says nothing about a run driven from another; a heartbeat in the shared instance (SQLite or PostgreSQL) does."""
+says nothing about a run driven from another; a heartbeat in the shared instance (SQLite or PostgreSQL) does.
+
+A GPU step beats too, under its own key, and watches its run: a Celery step outlives its run's driver, so it
+stops once its run has ended, and the reaper frees the run's pool slots only when its steps have gone silent."""
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-BEAT_EVERY = 10.0  # seconds between beats
-DEAD_AFTER = 60.0  # a STARTED run silent this long is dead: its driver was killed or its machine lost
+BEAT_EVERY = 10.0  # seconds between a run's beats
+DEAD_AFTER = float(os.environ.get("FLOWER_PIPELINE_DEAD_AFTER", 60))  # a STARTED run silent this long is dead
+STEP_EVERY = 5.0  # seconds between a step's beats, and so between its looks at its run's status
+STEP_ENDED = "ended"
+ENDED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING)
 
 
 def _key(run_id: str) -> str:
     return f"flower_pipeline/heartbeat/{run_id}"
+
+
+def _step_key(run_id: str) -> str:
+    return f"flower_pipeline/heartbeat/{run_id}/step"
 
 
 @contextlib.contextmanager
@@ -56,3 +67,35 @@ def silent_for(instance: dg.DagsterInstance, record: dg.RunRecord, now: float) -
         _key(record.dagster_run.run_id))
     since = float(beat) if beat else (record.start_time or record.create_timestamp.timestamp())
     return now - since
+
+
+@contextlib.contextmanager
+def step_watch(instance: dg.DagsterInstance, run_id: str, step_key: str,
+               every: float = STEP_EVERY) -> Iterator[threading.Event]:
+    """While a step computes: beat under the run's step key and look at the run's status; the event is set once
+    the run has ended elsewhere (failed by the reaper, canceled), and the training then stops before its next
+    iteration. On leaving, the key says the step has ended, and a step whose run ended frees its own pool slot:
+    its dead driver never will, and only now is the GPU free."""
+    run_ended = threading.Event()
+
+    def beat() -> None:
+        instance.run_storage.set_cursor_values({_step_key(run_id): repr(time.time())})
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.status in ENDED:
+            run_ended.set()
+
+    beat()
+    try:
+        with repeating(beat, every):
+            yield run_ended
+    finally:
+        with contextlib.suppress(Exception):
+            instance.run_storage.set_cursor_values({_step_key(run_id): STEP_ENDED})
+            if run_ended.is_set():
+                instance.event_log_storage.free_concurrency_slot_for_step(run_id, step_key)
+
+
+def step_silent_for(instance: dg.DagsterInstance, run_id: str, now: float) -> float:
+    """Seconds since a step of the run last beat; infinite when none ever did or the last one has ended."""
+    beat = instance.run_storage.get_cursor_values({_step_key(run_id)}).get(_step_key(run_id))
+    return float("inf") if beat in (None, STEP_ENDED) else now - float(beat)

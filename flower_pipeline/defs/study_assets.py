@@ -20,8 +20,9 @@ from flower_pipeline.training import DEFAULT_DEVICE
 from .config import DEVICE_HELP
 from .data_assets import OWNERS
 from .generator_assets import dagster_tags
+from .heartbeat import step_watch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, stop_when_run_ends, user_errors
+from .support import image_markdown, mlflow_link, user_errors
 
 study_run_partitions = dg.DynamicPartitionsDefinition(name="study_runs")
 study_partitions = dg.DynamicPartitionsDefinition(name="studies")
@@ -48,13 +49,14 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
     """One run of a study: trained, evaluated on its variant, logged as a nested MLflow run; reused when done."""
     name, profile, label = context.partition_key.split(":")
     tracker = mlflow.tracker
-    with user_errors(tracker):
+    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))
+    with user_errors(tracker), step as run_ended:
         study = _study(config, name)
         variant = study.plan(profile, (label,))[0].variant
         result, reused = run_one(
             tracker, storage.layout, study, profile, label, pick(tensor_cache, variant, "variant"),
             pick(feature_network, variant, "variant"), device=config.device,
-            log=stop_when_run_ends(context.instance, context.run.run_id, context.log.info),
+            log=context.log.info, stop=run_ended,
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     if reused:
         context.log.info(f"{label}: reused the finished run {result.run_key}")

@@ -24,28 +24,6 @@ def user_errors(store: MlflowTracker | None = None) -> Iterator[None]:
         raise dg.Failure(description=str(err)) from None
 
 
-def stop_when_run_ends(instance: dg.DagsterInstance, run_id: str, log: Callable[[str], None],
-                       every: float = 10.0) -> Callable[[str], None]:
-    """`log`, which also stops the step (a Failure) once its run has ended while the step still computes: a run
-    failed by the dead-run reaper or canceled, whose driver is gone (a Celery worker outlives its run's
-    driver). Checked at most every `every` seconds, at the training loop's log steps."""
-    checked = {"at": time.monotonic()}
-
-    def log_and_check(line: str) -> None:
-        log(line)
-        if time.monotonic() - checked["at"] < every:
-            return
-        checked["at"] = time.monotonic()
-        run = instance.get_run_by_id(run_id)
-        if run is not None and run.status in ENDED_ELSEWHERE:
-            raise dg.Failure(description=f"stopped: its run is {run.status.value.lower()} (its driver died or it "
-                                         "was canceled), so this step must not keep the GPU")
-    return log_and_check
-
-
-ENDED_ELSEWHERE = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING)
-
-
 @contextlib.contextmanager
 def progress(context: dg.AssetExecutionContext, label: str, unit: str = "it",
              scale: float = 1.0) -> Iterator[Callable[[int, int | None], None]]:
