@@ -50,13 +50,14 @@ from flower_pipeline.feature_network import flowers_measures
 from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, INCEPTION_MEASURES
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
-from flower_pipeline.settings import setting
-from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes
+from flower_pipeline.settings import check_bounds, setting
+from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes, tensors_only_loads
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import load_trained
 
 INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"  # stands for the setting's "auto" when set
-INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's rule: a weights file's name carries its sha256's first digits
+INCEPTION_FILE = f"weights-inception-2015-12-05-{INCEPTION_SHA256_PREFIX}.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 
 FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N×D
@@ -64,26 +65,35 @@ FeatureFn = Callable[[np.ndarray], np.ndarray]  # uint8 N×C×H×W → float64 N
 
 @dataclass(frozen=True)
 class EvalSettings:
-    samples: int = setting(1000, "Generated images scored and compared with the real ones.")
-    seed: int = setting(0, "Seed of the generated images and of the scoring batches.")
+    samples: int = setting(1000, "Generated images scored and compared with the real ones.", bounds=(2, 100_000))
+    seed: int = setting(0, "Seed of the generated images and of the scoring batches.", bounds=(0, 2**31 - 1))
     inception_weights: str = setting(
         "auto", "auto (torch hub cache, else one download), off, or a local copy of "
         f"{INCEPTION_FILE}; without it FID and KID are reported unavailable ($FLOWER_PIPELINE_INCEPTION_WEIGHTS).")
-    kid_subset_size: int = setting(1000, "KID subset size; lowered to the smaller set's size where needed.")
-    kid_subsets: int = setting(100, "KID subsets averaged.")
+    kid_subset_size: int = setting(1000, "KID subset size; lowered to the smaller set's size where needed.",
+                                   bounds=(2, 100_000))
+    kid_subsets: int = setting(100, "KID subsets averaged.", bounds=(1, 10_000))
     near_copy_ratio: float = setting(0.5, "A sample is a near-copy below this share of the held-out median "
-                                          "distance to the training set.")
-    min_cluster_share: float = setting(0.02, "Real colour clusters holding less than this share are ignored.")
+                                          "distance to the training set.", bounds=(0, 10))
+    min_cluster_share: float = setting(0.02, "Real colour clusters holding less than this share are ignored.",
+                                       bounds=(0, 1))
     cover_fraction: float = setting(0.25, "A colour cluster is covered when the samples hold this share of its "
-                                          "real share.")
-    neighbours: int = setting(3, "k of the k-nearest-neighbour manifolds of precision and recall.")
-    max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).")
+                                          "real share.", bounds=(0, 1))
+    neighbours: int = setting(3, "k of the k-nearest-neighbour manifolds of precision and recall.", bounds=(1, 100))
+    max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).",
+                                    bounds=(0, 1e6))
     max_fd_flowers: float | None = setting(None, "Quality gate: highest fd_flowers a champion may have (when "
-                                                 "measured; its scale is the variant's own feature network's).")
+                                                 "measured; its scale is the variant's own feature network's).",
+                                           bounds=(0, 1e9))
     min_recall: float | None = setting(0.1, "Quality gate: least recall (share of real images the samples "
-                                            "cover in the flowers feature space) a champion must have.")
-    min_colour_coverage: float = setting(0.5, "Quality gate: least share of real colour clusters covered.")
-    max_near_copy_share: float = setting(0.5, "Quality gate: most samples that may be near-copies.")
+                                            "cover in the flowers feature space) a champion must have.",
+                                       bounds=(0, 1))
+    min_colour_coverage: float = setting(0.5, "Quality gate: least share of real colour clusters covered.",
+                                         bounds=(0, 1))
+    max_near_copy_share: float = setting(0.5, "Quality gate: most samples that may be near-copies.", bounds=(0, 1))
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 # --- the source's measure: discriminator scores ---------------------------------------------------------------
@@ -127,6 +137,18 @@ def score_summary(name: str, scores: np.ndarray) -> dict[str, float]:
 # --- FID and KID ------------------------------------------------------------------------------------------------
 
 
+def _is_inception_file(path: Path) -> bool:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX)
+
+
+def _not_inception(path: Path) -> str:
+    return f"{path} is not {INCEPTION_FILE} (its sha256 does not start with {INCEPTION_SHA256_PREFIX})"
+
+
 def resolve_inception_weights(setting: str, cache_dir: Path, url: str = INCEPTION_URL) -> tuple[Path | None, str]:
     """The Inception weights file to use, or None and the reason FID/KID are unavailable.
 
@@ -137,17 +159,20 @@ def resolve_inception_weights(setting: str, cache_dir: Path, url: str = INCEPTIO
         return None, "turned off (inception_weights: off)"
     if setting != "auto":
         path = Path(setting).expanduser()
-        return (path, "") if path.is_file() else (None, f"inception_weights file {path} does not exist")
+        if not path.is_file():
+            return None, f"inception_weights file {path} does not exist"
+        return (path, "") if _is_inception_file(path) else (None, _not_inception(path))
     cached = cache_dir / INCEPTION_FILE
     if cached.is_file():
-        return cached, ""
+        return (cached, "") if _is_inception_file(cached) else (None, f"{_not_inception(cached)}; delete it to "
+                                                                      "download it again")
     try:
         fetched = fetch(url, cache_dir, filename=INCEPTION_FILE, retries=1, timeout_s=60).path
     except PipelineError as err:
         cause = str(err).split(";")[0]  # the fetch error without its dataset-mirror advice
         return None, (f"no Inception weights in {cache_dir} and {cause}; set inception_weights to a local copy "
                       f"of {INCEPTION_FILE}")
-    if not hashlib.sha256(fetched.read_bytes()).hexdigest().startswith("6726825d"):
+    if not _is_inception_file(fetched):
         fetched.unlink()
         return None, f"the downloaded {INCEPTION_FILE} has the wrong checksum"
     return fetched, ""
@@ -167,8 +192,9 @@ def inception_features(weights: Path, device: torch.device | str = "cpu", batch_
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     try:
-        model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
-                                            feature_extractor_weights_path=str(weights)).to(device)
+        with tensors_only_loads():  # torch-fidelity unpickles with weights_only=False
+            model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                feature_extractor_weights_path=str(weights)).to(device)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated, foreign or not weights
         raise PipelineError(f"{weights} is not a usable Inception weights file ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:200]}); replace it with {INCEPTION_FILE} or set "

@@ -33,7 +33,7 @@ from torch import nn
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import to_unit_range
 from flower_pipeline.settings import setting
-from flower_pipeline.storage import atomic_write
+from flower_pipeline.storage import atomic_write, load_tensors
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import deterministic
 
@@ -143,7 +143,7 @@ def train_feature_network(cache: TensorCache, settings: FeatureSettings, out_dir
     """Train (or reuse, when out_dir already holds it) the variant's feature network on its training split."""
     path = out_dir / "model.pt"
     if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
+        saved = load_tensors(path)
         return FeatureNetResult(path, saved["accuracy"], saved["train_accuracy"], saved["seconds"], saved["classes"],
                                 True)
     reason = feature_network_unavailable(cache, settings)
@@ -203,10 +203,7 @@ def classify_accuracy(model: FeatureNet, images: np.ndarray, labels: np.ndarray,
 
 
 def load_feature_network(path: Path, device: torch.device | str = "cpu") -> FeatureNet:
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError) as err:
-        raise PipelineError(f"{path} is not a feature network ({type(err).__name__})") from None
+    saved = load_tensors(path)
     model = FeatureNet(saved["channels"], saved["classes"], saved["width"], saved["dim"])
     model.load_state_dict(saved["state_dict"])
     return model.to(device).eval()

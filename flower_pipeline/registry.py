@@ -22,7 +22,6 @@ from flower_pipeline.layout import DataLayout
 from flower_pipeline.metrics import from_version_tags
 from flower_pipeline.models import FlowerGenerator
 from flower_pipeline.tracking import CHAMPION, MlflowTracker, mlflow_errors
-from flower_pipeline.training import load_trained
 
 FEATURE_NETWORK = "feature_network"  # version tag: the id of the network its fd_flowers was measured with
 EFFNET_SPACE = "effnet_space"  # version tag: the EfficientNet set-up its fd_effnet was measured in
@@ -51,7 +50,7 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
     spaces its numbers were measured in (SPACE_TAGS): only numbers from the same space are compared."""
     version = store.version_of_run(name, run_id)
     if version is None:
-        model = store.log_generator(run_id, name, load_trained(training_dir).generator)
+        model = store.log_generator(run_id, name, training_dir / "generator.pt")
         version = store.register(name, run_id, model, tags, description)
     else:
         log(f"{name} version {version.version} was already registered from run {run_id}")

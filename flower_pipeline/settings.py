@@ -10,14 +10,31 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
+from flower_pipeline.errors import PipelineError
 
-def setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    """A dataclass field carrying its help text (and, for text settings, the allowed values)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+def setting(default: Any, help: str, choices: tuple[str, ...] | None = None,
+            bounds: tuple[float, float] | None = None) -> Any:
+    """A dataclass field carrying its help text (and, for text settings, the allowed values; for numbers, the
+    range `check_bounds` enforces)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+def check_bounds(settings: Any) -> None:
+    """Every numeric setting of a settings dataclass inside its range, else a one-line error naming it: the one
+    check behind the command line, Dagster config, studies and the retraining profile."""
+    for f in dataclasses.fields(settings):
+        bounds, value = f.metadata.get("bounds"), getattr(settings, f.name)
+        if bounds is None or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not bounds[0] <= value <= bounds[1]:
+            raise PipelineError(f"{f.name} must be a number from {bounds[0]:g} to {bounds[1]:g}, got {value!r}")
 
 
 def setting_fields(cls: type) -> list[tuple[str, type, Any, str, tuple[str, ...] | None]]:
@@ -52,3 +69,41 @@ def given_flags(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[s
     """The settings of `cls` given on the command line, by field name."""
     return {name: value for name, *_ in setting_fields(cls)
             if (value := getattr(args, prefix + name, None)) is not None}
+
+
+MAX_SETTINGS_BYTES = 1 << 20  # a study or profile is a few KiB
+MAX_ALIASES = 100  # YAML aliases: a few are handy; thousands are a "billion laughs"
+
+
+def read_settings_file(path: Path, what: str) -> Any:
+    """A YAML settings file (a study, the retraining profile, an MLflow model's MLmodel), bounded: a regular
+    file of at most 1 MiB (never a FIFO or a device, which would block or never end), safely parsed with at
+    most MAX_ALIASES aliases. Every failure is one line naming the file."""
+    import stat
+
+    import yaml
+
+    class Bounded(yaml.SafeLoader):
+        aliases = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                Bounded.aliases += 1
+                if Bounded.aliases > MAX_ALIASES:
+                    raise PipelineError(f"{what} {path} uses more than {MAX_ALIASES} YAML aliases; refused")
+            return super().compose_node(parent, index)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PipelineError(f"{what} {path} is not a regular file")
+            text = f.read(MAX_SETTINGS_BYTES + 1)
+    except OSError as err:
+        raise PipelineError(f"cannot read the {what} {path}: {err.strerror or err}") from None
+    if len(text) > MAX_SETTINGS_BYTES:
+        raise PipelineError(f"{what} {path} is larger than {MAX_SETTINGS_BYTES >> 20} MiB; refused")
+    try:
+        return yaml.load(text, Loader=Bounded)
+    except yaml.YAMLError as err:
+        raise PipelineError(f"cannot read the {what} {path}: {str(err).splitlines()[0]}") from None

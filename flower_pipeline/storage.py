@@ -1,7 +1,9 @@
-"""Atomic file writes (a temporary file beside the target, then a rename), records as JSON, PNG encoding."""
+"""Atomic file writes (a temporary file beside the target, then a rename), records as JSON, PNG encoding, and
+torch files read as tensors only."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -10,11 +12,13 @@ import tempfile
 import types
 import typing
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
+
+from flower_pipeline.errors import PipelineError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
@@ -84,3 +88,45 @@ def decode_record(cls: type, value: dict[str, Any]) -> Any:
         return decode_record(kind, item) if dataclasses.is_dataclass(kind) and item is not None else item
 
     return cls(**{k: field(hints[k], v) for k, v in value.items()})
+
+
+MAX_WEIGHTS_BYTES = 2 << 30  # no file the pipeline writes comes near it: a larger one is not ours
+
+
+def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
+    """A torch file read as tensors and plain values only (`weights_only`): a pickle that would build other
+    objects or run code is refused in one line, never run."""
+    import pickle
+
+    import torch
+
+    try:
+        if not path.is_file():
+            raise PipelineError(f"{path} does not exist or is not a file")
+        if path.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise PipelineError(f"{path} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; it is not a weights file")
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise PipelineError(f"{path} is not a tensors-only file: it holds objects whose loading could run code, "
+                            "so it is refused") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise PipelineError(f"{path} is not a readable weights file ({type(err).__name__}: "
+                            f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'empty'})") from None
+
+
+@contextlib.contextmanager
+def tensors_only_loads() -> Iterator[None]:
+    """For a library that calls `torch.load(weights_only=False)` itself (torch-fidelity's Inception): torch's
+    own switch makes every load in the block read tensors only."""
+    saved = os.environ.get(FORCE_WEIGHTS_ONLY)
+    os.environ[FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[FORCE_WEIGHTS_ONLY] = saved
+
+
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"

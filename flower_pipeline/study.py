@@ -33,6 +33,7 @@ from flower_pipeline.layout import DataLayout, path_part
 from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.runs import Evaluation, evaluate_and_log, measure, train_and_log
+from flower_pipeline.settings import read_settings_file
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, decode_record, encode_record
 from flower_pipeline.tracking import Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig
@@ -160,17 +161,13 @@ def available_studies() -> list[str]:
 
 def load_study(name_or_path: str) -> Study:
     """A study by name (flower_pipeline/studies/<name>.yaml) or path, checked: every mistake is one line."""
-    import yaml
 
     path = Path(name_or_path)
     if not path.suffix:
         path = STUDIES_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             raise PipelineError(f"unknown study {name_or_path!r}; studies: {', '.join(available_studies())}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"cannot read the study file {path}: {str(err).splitlines()[0]}") from None
+    data = read_settings_file(path, "study file")
     if not isinstance(data, dict):
         raise PipelineError(f"{path} is not a study file (a mapping with name, profiles and claims)")
     where = f"study file {path.name}"
@@ -182,6 +179,7 @@ def load_study(name_or_path: str) -> Study:
 
 
 def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
+    _known(data, STUDY_KEYS, where, "key")
     profiles = {name: _profile(name, spec or {}, where) for name, spec in (data.get("profiles") or {}).items()}
     if not profiles:
         raise PipelineError(f"{where} has no profiles")
@@ -189,6 +187,7 @@ def _parse(data: dict[str, Any], path: Path, where: str) -> Study:
     claims = []
     for claim in data.get("claims") or []:
         claim_id = str(claim.get("id", ""))
+        _known(claim, CLAIM_KEYS, f"{where}, claim {claim_id}", "key")
         own = []
         for spec in claim.get("runs") or []:
             run = _run(spec, claim_id, where)
@@ -212,12 +211,17 @@ EVAL_SETTINGS = {f.name for f in fields(EvalSettings)}
 
 
 def _profile(name: str, spec: dict[str, Any], where: str) -> Profile:
+    _known(spec, PROFILE_KEYS, f"{where}, profile {name}", "key")
     settings, evaluation = dict(spec.get("settings") or {}), dict(spec.get("evaluation") or {})
     _known(settings, TRAIN_SETTINGS, f"{where}, profile {name}")
     _known(evaluation, EVAL_SETTINGS, f"{where}, profile {name}, evaluation")
     profile = Profile(name, int(spec.get("size", 64)), int(spec.get("iterations", FULL_ITERATIONS)), settings,
                       evaluation, tuple(spec.get("datasets") or ()), str(spec.get("note", "")),
                       int(spec.get("seeds", 1)), bool(spec.get("machinery_check", False)))
+    try:
+        TrainConfig(iterations=profile.iterations)  # the range every training's iterations has
+    except PipelineError as err:
+        raise PipelineError(f"{where}, profile {name}: {err}") from None
     if not 1 <= profile.seeds <= 16:
         raise PipelineError(f"{where}, profile {name}: seeds must be between 1 and 16, got {profile.seeds}")
     Variant("synthetic", "color", profile.size)  # checks the size
@@ -225,6 +229,7 @@ def _profile(name: str, spec: dict[str, Any], where: str) -> Profile:
 
 
 def _run(spec: dict[str, Any], claim: str, where: str) -> RunSpec:
+    _known(spec, RUN_KEYS, f"{where}, a run of claim {claim}", "key")
     label = str(spec.get("label", ""))
     if not label:
         raise PipelineError(f"{where}: a run of claim {claim!r} has no label")
@@ -261,10 +266,19 @@ def _name(name: str, what: str) -> str:
     return name
 
 
-def _known(settings: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(settings) - known)
+def _known(settings: dict[str, Any], known: set[str], where: str, kind: str = "setting") -> None:
+    """A misspelt key is an error naming it and the allowed ones, never silently dropped."""
+    if not isinstance(settings, dict):
+        raise PipelineError(f"{where}: expected a mapping of {kind}s, got {type(settings).__name__}")
+    unknown = sorted(map(str, set(settings) - known))
     if unknown:
-        raise PipelineError(f"{where}: unknown setting {unknown[0]!r}; settings: {', '.join(sorted(known))}")
+        raise PipelineError(f"{where}: unknown {kind} {unknown[0]!r}; {kind}s: {', '.join(sorted(known))}")
+
+
+STUDY_KEYS = {"name", "title", "profiles", "claims"}
+PROFILE_KEYS = {"size", "iterations", "settings", "evaluation", "datasets", "note", "seeds", "machinery_check"}
+CLAIM_KEYS = {"id", "text", "runs", "uses", "own", "source"}
+RUN_KEYS = {"label", "variant", "arch", "settings", "snapshots", "note"}
 
 
 # --- verdicts ---------------------------------------------------------------------------------------------------

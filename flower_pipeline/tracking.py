@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -19,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import requests
+import sqlalchemy.exc
 import torch
 from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.entities.model_registry import ModelVersion
@@ -30,15 +32,20 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 import flower_pipeline
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.models import FlowerGenerator, sample_latent
+from flower_pipeline.settings import read_settings_file
+from flower_pipeline.training import load_generator_file
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT = "flower-pipeline"
 CHAMPION = "champion"  # the alias of the best version that passed the quality gate
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it
-MLFLOW_FAILURES = (MlflowException, requests.RequestException)  # what MLflow's client raises when its store fails
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")  # what MLflow's pyfunc loader runs: imports only
+GENERATOR_ARTIFACT = "generator"  # the logged model's weights file, read as tensors only
+# What MLflow's client raises when its store fails: its own errors, HTTP, and a database store's (SQLAlchemy).
+MLFLOW_FAILURES = (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError)
 UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted")
 
 
@@ -178,21 +185,21 @@ class MlflowTracker(Tracker):
         found = self.client().search_model_versions(f"name='{name}' and run_id='{run_id}'")
         return found[0] if found else None
 
-    def log_generator(self, run_id: str, name: str, generator: FlowerGenerator) -> Any:
-        """Log the generator to the run as an MLflow PyTorch model named after its registered model."""
+    def log_generator(self, run_id: str, name: str, generator_file: Path) -> Any:
+        """Log the generator file (weights and plain values) to the run as an MLflow model named after its
+        registered model: a pyfunc "from code" (`mlflow_model.py`, which only imports the installed package), so
+        nothing in it is a pickle and no copy of the package's code rides in the artifact store."""
         from mlflow.models import infer_signature
 
+        generator, _, _ = load_generator_file(generator_file)
         z = sample_latent(2, generator.latent_dim, generator.latent_noise, "cpu", torch.Generator().manual_seed(0))
-        generator = generator.cpu().eval()
         with torch.no_grad():
             signature = infer_signature(z.numpy(), generator(z).numpy())
         with self._fluent(), mlflow.start_run(run_id=run_id):
-            return mlflow.pytorch.log_model(
-                generator, name=name, signature=signature, input_example=z.numpy(),
-                serialization_format="pickle",  # keeps FlowerGenerator.generate(); pt2 would export forward only
-                code_paths=[str(Path(flower_pipeline.__file__).parent)],
-                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy"],
-            )
+            return mlflow.pyfunc.log_model(
+                name=name, python_model=str(MODEL_CODE), artifacts={GENERATOR_ARTIFACT: str(generator_file)},
+                signature=signature, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy",
+                                                       f"flower-pipeline=={flower_pipeline.__version__}"])
 
     def register(self, name: str, run_id: str, model: Any, tags: dict[str, str], description: str) -> ModelVersion:
         """A new version of `name` (created if needed) from a model logged by `log_generator`."""
@@ -286,12 +293,27 @@ class MlflowTracker(Tracker):
                 listed = ", ".join(f"{a} (v{v})" for a, v in sorted(known.items())) or "none"
                 raise PipelineError(f"{name} has no alias {alias!r}; aliases: {listed}")
             uri = f"models:/{name}/latest" if alias == "latest" else f"models:/{name}@{alias}"
+            version = known[alias] if alias != "latest" else rows[0]["version"]
         try:
-            with self._fluent():
-                model = mlflow.pytorch.load_model(uri, map_location=device)
+            with self._fluent(), tempfile.TemporaryDirectory() as folder:
+                where = self.client().get_model_version_download_uri(name, str(version))
+                model = read_settings_file(Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{where}/MLmodel", dst_path=folder)), "MLflow model file")
+                weights = ((model or {}).get("flavors", {}).get("python_function", {}).get("artifacts", {})
+                           .get(GENERATOR_ARTIFACT, {}).get("path"))
+                if not isinstance(weights, str) or not weights.startswith("artifacts/") or ".." in weights:
+                    variant, _, arch = name.rpartition("-")
+                    raise PipelineError(
+                        f"{uri} (v{version}) was registered by an earlier flower-pipeline as a pickled PyTorch model, "
+                        f"which could run code when loaded, so it is refused; register it again: flower-pipeline "
+                        f"train --variant {variant} --arch {arch}")
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{where}/{weights}", dst_path=folder))
+                generator, _, _ = load_generator_file(local, device)
         except (MlflowException, OSError) as err:  # artifacts deleted or moved, store unreachable
-            raise PipelineError(f"cannot load {uri} from {self.uri}: {str(err).splitlines()[0][:200]}") from None
-        return model.eval()
+            reason = redact(str(err).splitlines()[0][:200])
+            raise PipelineError(f"cannot load {uri} from {redact(self.uri)}: {reason}") from None
+        generator.info["registered"] = f"{name} v{version}"
+        return generator
 
     def _model_exists(self, name: str) -> bool:
         try:
@@ -310,4 +332,4 @@ def mlflow_errors(store: MlflowTracker) -> Iterator[None]:
         text = str(err)
         reason = next((f"unreachable ({marker.lower()})" for marker in UNREACHABLE if marker in text),
                       text.splitlines()[0][:300] if text else type(err).__name__)
-        raise PipelineError(f"MLflow at {store.uri} failed: {reason}") from None
+        raise PipelineError(f"MLflow at {redact(store.uri)} failed: {redact(reason)}") from None

@@ -44,8 +44,8 @@ from flower_pipeline.models import (
     to_unit_range,
 )
 from flower_pipeline.plots import curves_png, grid_png
-from flower_pipeline.settings import add_flags, given_flags, setting
-from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json
+from flower_pipeline.settings import add_flags, check_bounds, given_flags, setting
+from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json, load_tensors
 from flower_pipeline.tensor_cache import TensorCache
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -59,33 +59,42 @@ class TrainConfig:
 
     arch: str = setting("arch1", "Architecture: " + "; ".join(f"{name} ({a.title})" for name, a in
                                                            ARCHITECTURES.items()) + ".", tuple(ARCHITECTURES))
-    iterations: int = setting(FULL_ITERATIONS, "Training steps (the source's 'epochs' are batches).")
-    batch_size: int = setting(16, "Images per step; the source found 16 best.")
+    iterations: int = setting(FULL_ITERATIONS, "Training steps (the source's 'epochs' are batches).",
+                              bounds=(1, 10_000_000))
+    batch_size: int = setting(16, "Images per step; the source found 16 best.", bounds=(2, 4096))
     optimizer: str = setting("adam", "Optimizer of both networks.", OPTIMIZERS)
-    lr: float = setting(2e-4, "Learning rate of both networks.")
-    beta1: float = setting(0.5, "Adam's beta1 (RMSprop and SGD ignore it).")
-    beta2: float = setting(0.999, "Adam's beta2.")
-    real_label: float | None = setting(None, "Target for real images: arch1 0.9 (one-sided smoothing), arch2 1.0.")
-    fake_label: float | None = setting(None, "Target for generated images: 0.0 by default; 0.2 with 0.8.")
+    lr: float = setting(2e-4, "Learning rate of both networks.", bounds=(1e-8, 10))
+    beta1: float = setting(0.5, "Adam's beta1 (RMSprop and SGD ignore it).", bounds=(0, 1))
+    beta2: float = setting(0.999, "Adam's beta2.", bounds=(0, 1))
+    real_label: float | None = setting(None, "Target for real images: arch1 0.9 (one-sided smoothing), arch2 1.0.",
+                                       bounds=(0, 1))
+    fake_label: float | None = setting(None, "Target for generated images: 0.0 by default; 0.2 with 0.8.",
+                                       bounds=(0, 1))
     minibatch_discrimination: bool | None = setting(None, "Minibatch discrimination in D: on for arch1 only.")
-    minibatch_weight: float = setting(1.0, "Scale of the minibatch features: 2.0 doubles them.")
-    minibatch_kernels: int = setting(100, "Minibatch discrimination kernels.")
-    minibatch_kernel_dim: int = setting(5, "Size of each minibatch discrimination kernel.")
-    dropout: float | None = setting(None, "Dropout in D: arch2 0.3, arch1 0.")
-    latent_dim: int = setting(100, "Size of the latent noise vector.")
+    minibatch_weight: float = setting(1.0, "Scale of the minibatch features: 2.0 doubles them.", bounds=(0, 100))
+    minibatch_kernels: int = setting(100, "Minibatch discrimination kernels.", bounds=(1, 1024))
+    minibatch_kernel_dim: int = setting(5, "Size of each minibatch discrimination kernel.", bounds=(1, 256))
+    dropout: float | None = setting(None, "Dropout in D: arch2 0.3, arch1 0.", bounds=(0, 0.95))
+    latent_dim: int = setting(100, "Size of the latent noise vector.", bounds=(1, 4096))
     latent_noise: str = setting("gaussian", "Latent noise: Gaussian, or uniform on [-1, 1].", NOISES)
-    instance_noise: float = setting(0.1, "Initial std of Gaussian noise on D's inputs, 'sharpening' (0: off).")
-    instance_noise_decay: float = setting(0.5, "Share of training over which that noise decays linearly to 0.")
-    features: int = setting(64, "Network width.")
-    seed: int = setting(0, "Same settings and seed give the same result on the same device.")
-    log_every: int = setting(100, "Steps between progress lines and logged metrics.")
-    sample_every: int = setting(1000, "Steps between fixed-noise sample grids.")
-    checkpoint_seconds: float = setting(60.0, "Seconds between checkpoints, taken at log steps (0: at every one).")
+    instance_noise: float = setting(0.1, "Initial std of Gaussian noise on D's inputs, 'sharpening' (0: off).",
+                                    bounds=(0, 10))
+    instance_noise_decay: float = setting(0.5, "Share of training over which that noise decays linearly to 0.",
+                                          bounds=(0, 1))
+    features: int = setting(64, "Network width.", bounds=(4, 1024))
+    seed: int = setting(0, "Same settings and seed give the same result on the same device.", bounds=(0, 2**31 - 1))
+    log_every: int = setting(100, "Steps between progress lines and logged metrics.", bounds=(1, 10_000_000))
+    sample_every: int = setting(1000, "Steps between fixed-noise sample grids.", bounds=(1, 10_000_000))
+    checkpoint_seconds: float = setting(60.0, "Seconds between checkpoints, taken at log steps (0: at every one).",
+                                        bounds=(0, 86_400))
     cuda_graphs: bool = setting(True, "Replay the training step as one CUDA graph on CUDA.")
     precision: str = setting("fp32", "bf16 autocasts matrix work on CUDA (weights stay fp32).", PRECISIONS)
     channels_last: bool = setting(True, "NHWC tensors on CUDA: cuDNN then skips its layout copies (+12% at batch 16).")
     deterministic: bool = setting(False, "The same numbers whatever the machine's thread count: one CPU thread, "
                                          "cuDNN's deterministic kernels (slower on an idle many-core CPU).")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
     def resolved(self) -> TrainConfig:
         """This config with the architecture's defaults filled in, validated."""
@@ -367,7 +376,7 @@ def _train(
     history: list[dict[str, float]] = []
     pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=torch_device, weights_only=False)
+        state = load_tensors(checkpoint, torch_device)
         if state["config"] != asdict(config):
             raise PipelineError(f"{checkpoint} was written with another config; use a new output folder "
                                 "or delete the checkpoint to start over")
@@ -468,21 +477,30 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu", iteration: i
     `iteration` takes the generator of a snapshot instead (the discriminator stays the final one).
     """
     name = "generator.pt" if iteration is None else f"generator_{iteration:06d}.pt"
+    if not (out_dir / name).is_file() or not (out_dir / "final_state.pt").is_file():
+        raise PipelineError(f"{out_dir} holds no finished training (no {name} and final_state.pt)")
+    generator, config, saved = load_generator_file(out_dir / name, device)
+    _, discriminator = config.networks(saved["channels"], saved["image_size"])
+    discriminator.load_state_dict(load_tensors(out_dir / "final_state.pt", device)["discriminator"])
+    return TrainedModels(generator, discriminator.to(device).eval(), config, saved["variant"], saved["cache_hash"])
+
+
+def load_generator_file(path: Path, device: str | torch.device = "cpu") -> tuple[FlowerGenerator, TrainConfig, dict]:
+    """A generator file (what `_save_generator` writes: weights and plain values, read as tensors only), built
+    with the installed package's networks: (generator in eval mode, its config, the file's contents)."""
+    saved = load_tensors(path, device)
     try:
-        saved = torch.load(out_dir / name, map_location=device, weights_only=False)
-        state = torch.load(out_dir / "final_state.pt", map_location=device, weights_only=False)
-    except (OSError, RuntimeError) as err:
-        raise PipelineError(f"{out_dir} holds no finished training ({type(err).__name__}: {err})") from None
-    known = {f.name for f in fields(TrainConfig)}
-    config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in known})
-    net, discriminator = config.networks(saved["channels"], saved["image_size"])
-    net.load_state_dict(saved["state_dict"])
-    discriminator.load_state_dict(state["discriminator"])
+        known = {f.name for f in fields(TrainConfig)}
+        config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in known})
+        net, _ = config.networks(saved["channels"], saved["image_size"])
+        net.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        raise PipelineError(f"{path} is not a generator file of this pipeline ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0][:160]})") from None
     generator = FlowerGenerator(net, latent_dim=config.latent_dim, latent_noise=config.latent_noise,
                                 channels=saved["channels"], image_size=saved["image_size"],
                                 batch_size=config.batch_size, info={"variant": saved["variant"], "arch": config.arch})
-    return TrainedModels(generator.to(device).eval(), discriminator.to(device).eval(), config,
-                         saved["variant"], saved["cache_hash"])
+    return generator.to(device).eval(), config, saved
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:

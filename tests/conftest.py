@@ -184,6 +184,18 @@ def mlflow_global_uri_restored() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
+@pytest.fixture(scope="session")
+def small_cache(tmp_path_factory):
+    """40 random 32 px colour images in 4 classes: a tensor cache that trains in a second."""
+    from flower_pipeline.tensor_cache import TensorCache, write_cache
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    path, *_ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
+                           class_names=["a", "b", "c", "d"], params={"dataset": "test", "size": 32})
+    return TensorCache.load(path)
+
+
 @pytest.fixture
 def http_server() -> Iterator[FileServer]:
     state = FileServer()

@@ -161,8 +161,9 @@ def test_inception_weights_off_missing_or_unreachable_are_reported_with_the_reas
     weights, why = resolve_inception_weights("auto", tmp_path, url=f"http://127.0.0.1:{port}/{INCEPTION_FILE}")
     assert weights is None and "could not download" in why and "inception_weights" in why
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
-    (tmp_path / INCEPTION_FILE).write_bytes(b"cached")
-    assert resolve_inception_weights("auto", tmp_path) == (tmp_path / INCEPTION_FILE, "")
+    (tmp_path / INCEPTION_FILE).write_bytes(b"cached, but not the file")  # checked before use, like a given path
+    weights, why = resolve_inception_weights("auto", tmp_path)
+    assert weights is None and "its sha256 does not start with 6726825d" in why and "delete it" in why
 
 
 def test_timeline_stacks_the_fixed_noise_grids_oldest_first(tmp_path):

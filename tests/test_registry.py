@@ -10,7 +10,7 @@ from pathlib import Path
 
 import dagster as dg
 import mlflow
-import mlflow.pytorch
+import mlflow.pyfunc
 import numpy as np
 import pytest
 from conftest import prepare, run_job, wait_until_serving
@@ -134,16 +134,24 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
     pictures = [a.path for a in store.client().list_artifacts(version.run_id, "images")]
     assert any(p.startswith("images/evaluation_samples+step+6+") for p in pictures), pictures
 
-    # The champion is a plain MLflow PyTorch model that makes images.
+    # The champion loads through MLflow's pyfunc too (models from code: no pickle), and makes the same images.
     mlflow.set_tracking_uri(store.uri)
-    model = mlflow.pytorch.load_model(f"models:/{MODEL}@champion")
-    assert isinstance(model, FlowerGenerator) and model.generate(4, seed=7).shape == (4, 3, 32, 32)
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL}@champion")
+    stored = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(tmp_path / "model")))
+    code_or_weights = sorted(str(f.relative_to(stored)) for f in stored.rglob("*") if f.suffix in (".py", ".pt",
+                                                                                                 ".pth", ".pkl"))
+    assert code_or_weights == ["artifacts/generator.pt", "mlflow_model.py"]  # the latter: imports the package
+    assert not (stored / "code").exists()  # no copy of the package's code rides along
     by_version = load_generator(MODEL, version=1, data_dir=data)
-    np.testing.assert_array_equal(model.generate(4, seed=7), by_version.generate(4, seed=7))
+    assert isinstance(by_version, FlowerGenerator) and by_version.generate(4, seed=7).shape == (4, 3, 32, 32)
+    served = model.unwrap_python_model().generator
+    np.testing.assert_array_equal(served.generate(4, seed=7), by_version.generate(4, seed=7))
+    z = np.random.default_rng(0).standard_normal((2, served.latent_dim)).astype(np.float32)
+    assert model.predict(z).shape == (2, 3, 32, 32)
     latest = load_generator(MODEL, alias="latest", data_dir=data)
     assert not np.array_equal(latest.generate(4, seed=7), by_version.generate(4, seed=7))  # v2: another seed
-    np.testing.assert_array_equal(mlflow.pytorch.load_model(f"models:/{MODEL}@latest").generate(4, seed=7),
-                                  latest.generate(4, seed=7))  # MLflow's reserved alias: the newest version
+    np.testing.assert_array_equal(mlflow.pyfunc.load_model(f"models:/{MODEL}@latest").unwrap_python_model()
+                                  .generator.generate(4, seed=7), latest.generate(4, seed=7))  # the newest version
 
     with pytest.raises(PipelineError, match=f"no registered model 'nope'; registered: {MODEL}"):
         load_generator("nope", data_dir=data)

@@ -151,7 +151,7 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
             assert store.client().get_run(orphan).info.status == "KILLED"
 
             failed = run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": {
-                **TINY, "batch_size": 100000}}}, assets=["trained_generator"])  # refused: larger than the images
+                **TINY, "batch_size": 4096}}}, assets=["trained_generator"])  # refused: larger than the images
             assert not failed.success
             event = failed.get_run_failure_event()
             with dg.build_run_status_sensor_context(
@@ -212,3 +212,17 @@ def test_ctrl_c_cancels_a_cli_training_frees_its_gpu_slot_and_kills_its_mlflow_r
         assert cancelled.info.status == "KILLED"  # interrupted, not failed
     finally:
         long_run.kill()
+
+
+def test_a_second_training_of_a_partition_refuses_in_one_line_while_the_first_runs(tmp_path, monkeypatch):
+    """Both would write the partition's one stage record, and each command would report the other's version."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    data, key = tmp_path / "data", training_key("synthetic-gray-32", "arch1")
+    with dg.instance_for_test() as instance:
+        prepare(instance, data, "synthetic-gray-32")
+        _run(instance, str(key), dg.DagsterRunStatus.STARTED)  # the first, started moments before
+        second = run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": TINY}},
+                         assets=["trained_generator"])
+    (failure,) = second.get_step_failure_events()
+    assert failure.step_failure_data.user_failure_data.description.startswith(
+        "arch1|synthetic-gray-32 is already being trained by run ")

@@ -16,13 +16,14 @@ TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8,
                    checkpoint_seconds=0)
 
 
-@pytest.fixture(scope="module")
-def small_cache(tmp_path_factory) -> TensorCache:
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
-    path, *_ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
-                          class_names=["a", "b", "c", "d"], params={"dataset": "test", "size": 32})
-    return TensorCache.load(path)
+def test_every_numeric_setting_has_a_range_checked_wherever_it_enters():
+    from flower_pipeline.evaluation import EvalSettings
+
+    for bad in ({"iterations": 10**30}, {"features": 0}, {"batch_size": 10**8}, {"lr": -1.0}):
+        with pytest.raises(PipelineError, match=f"{next(iter(bad))} must be a number from"):
+            TrainConfig(**bad)
+    with pytest.raises(PipelineError, match="samples must be a number from 2 to 100000, got -5"):
+        EvalSettings(samples=-5)
 
 
 def test_architecture_defaults_and_overrides():
@@ -75,7 +76,7 @@ def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_pa
     resumed = train(TINY, small_cache, killed_dir, device="cpu")
 
     def weights(result):
-        return torch.load(result.files["generator"], weights_only=False)["state_dict"]
+        return torch.load(result.files["generator"], weights_only=True)["state_dict"]
 
     for other in (again, resumed):
         assert all(torch.equal(weights(full)[k], weights(other)[k]) for k in weights(full))
@@ -98,8 +99,10 @@ def test_a_stopped_training_ends_before_its_next_step_and_keeps_its_checkpoint(s
 
 
 def test_nan_stops_training_naming_the_iteration(small_cache, tmp_path):
+    diverging = replace(TINY, optimizer="sgd")
+    object.__setattr__(diverging, "lr", 1e30)  # past the lr range, to make the losses blow up within 12 steps
     with pytest.raises(PipelineError, match=r"NaN or inf at iteration \d+"):
-        train(replace(TINY, lr=1e30, optimizer="sgd"), small_cache, tmp_path, device="cpu")
+        train(diverging, small_cache, tmp_path, device="cpu")
 
 
 def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):

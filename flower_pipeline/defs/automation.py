@@ -14,16 +14,20 @@ import datetime
 import json
 import os
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-import yaml
 
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, redact
+from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.registry import model_name
+from flower_pipeline.settings import read_settings_file
+from flower_pipeline.training import TrainConfig
 
 from .config import EvaluationConfig, TrainingConfig
 from .data_assets import tensor_cache
@@ -47,22 +51,27 @@ retrain_job = dg.define_asset_job(
 
 
 def retraining_run_config() -> dict[str, Any]:
-    """The retraining profile as run config, checked against the training and evaluation settings."""
+    """The retraining profile as run config, checked as a run would check it (known settings, each in its range)
+    at every tick, so a bad value never rides on the scheduled runs."""
     path = Path(os.environ.get(PROFILE_ENV) or DEFAULT_PROFILE)
-    try:
-        profile = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise PipelineError(f"cannot read the retraining profile {path}: {str(err).splitlines()[0]}") from None
+    profile = read_settings_file(path, "retraining profile") or {}
     if not isinstance(profile, dict) or not all(isinstance(profile.get(k) or {}, dict)
                                                 for k in ("training", "evaluation")):
         raise PipelineError(f"{path} must map training: and evaluation: to settings")
+    unknown = sorted(map(str, set(profile) - {"training", "evaluation"}))
+    if unknown:
+        raise PipelineError(f"{path}: unknown section {unknown[0]!r}; sections: training, evaluation")
     ops = {}
-    for section, node, config in (("training", "trained_generator", TrainingConfig),
-                                  ("evaluation", "generator_evaluation", EvaluationConfig)):
+    for section, node, config, core in (("training", "trained_generator", TrainingConfig, TrainConfig),
+                                        ("evaluation", "generator_evaluation", EvaluationConfig, EvalSettings)):
         values = dict(profile.get(section) or {})
         unknown = sorted(set(values) - set(config.model_fields))
         if unknown:
             raise PipelineError(f"{path}: unknown {section} setting {unknown[0]!r}")
+        try:
+            core(**{k: v for k, v in values.items() if k != "device"})
+        except (PipelineError, TypeError) as err:
+            raise PipelineError(f"{path}, {section}: {err}") from None
         ops[node] = {"config": values}
     return {"ops": ops}
 
@@ -211,6 +220,40 @@ def retraining_failed(context: dg.RunFailureSensorContext, mlflow: MlflowTrackin
     except Exception as err:  # the alert below must go out even when MLflow is what failed
         context.log.warning(f"could not record the failure in MLflow: {str(err).splitlines()[0]}")
     if url := os.environ.get(WEBHOOK_ENV):
+        failure = post_alert(url, alert)
+        if failure:
+            context.log.warning(f"the failure webhook {redact(url)} was not reached: {failure}")
+
+
+WEBHOOK_DEADLINE = 15.0  # seconds for the whole request: a server that trickles bytes cannot hold the sensor
+
+
+def post_alert(url: str, alert: dict[str, Any], deadline: float = WEBHOOK_DEADLINE) -> str | None:
+    """POST the alert as JSON to an http(s) URL, redirects not followed, within `deadline` seconds in all;
+    None when the server took it, else why not, in one line. Never raises: the sensor goes on."""
+    import threading
+
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        return f"only http:// and https:// webhooks are supported, not {redact(url).split(':', 1)[0]}:"
+
+    class NoRedirects(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args: Any) -> None:
+            return None  # a 3xx is then an error, reported below
+
+    outcome: list[str | None] = []
+
+    def post() -> None:
         request = urllib.request.Request(url, json.dumps(alert).encode(), {"Content-Type": "application/json"})
-        urllib.request.urlopen(request, timeout=10).close()
+        try:
+            urllib.request.build_opener(NoRedirects).open(request, timeout=deadline).close()
+            outcome.append(None)
+        except urllib.error.HTTPError as err:
+            outcome.append(f"HTTP {err.code} {err.reason}")
+        except Exception as err:  # refused, unresolvable, TLS, reset: one line whatever it is
+            outcome.append(f"{type(err).__name__}: {str(getattr(err, 'reason', err)).splitlines()[0][:200]}")
+
+    sender = threading.Thread(target=post, daemon=True, name="failure-webhook")
+    sender.start()
+    sender.join(deadline)
+    return outcome[0] if outcome else f"no complete answer within {deadline:.0f} s"
 

@@ -32,7 +32,7 @@ from flower_pipeline.training import TrainConfig
 
 from .config import EvaluationConfig, TrainingConfig, asset_code_version, settings_from
 from .data_assets import OWNERS
-from .heartbeat import step_watch
+from .heartbeat import step_key, step_watch
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
 from .support import image_markdown, mlflow_link, table, user_errors
@@ -60,14 +60,30 @@ def _running(context: dg.AssetExecutionContext, dagster_run_id: str) -> bool:
     return run is not None and not run.is_finished
 
 
+def _earlier_active_run(context: dg.AssetExecutionContext) -> str | None:
+    """Another run of this partition that is executing and was created before this one, if any: of two started
+    at once, the first goes on and the second refuses (whoever started them)."""
+    own = context.instance.get_run_record_by_id(context.run.run_id)
+    for record in context.instance.get_run_records(dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            tags={"dagster/partition": str(context.partition_key)})):
+        if record.dagster_run.run_id != context.run.run_id and (
+                own is None or (record.create_timestamp, record.storage_id) < (own.create_timestamp, own.storage_id)):
+            return record.dagster_run.run_id
+    return None
+
+
 @dg.asset(partitions_def=training_partitions, pool="gpu", group_name="training", kinds={"pytorch", "mlflow"},
           owners=OWNERS, code_version=asset_code_version(TrainConfig), op_tags=GPU_STEP)
 def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig, tensor_cache: TensorCacheRef,
                       storage: FlowerStorage, mlflow: MlflowTracking) -> TrainedRun:
     """A DCGAN generator trained on the variant's tensor cache, with its run in MLflow."""
     variant, arch = variant_and_arch(context.partition_key)
+    if earlier := _earlier_active_run(context):  # both would share the partition's one stage record
+        raise dg.Failure(description=f"{context.partition_key} is already being trained by run {earlier[:8]}; "
+                                     "wait for it to end, or terminate it")
     tracker = mlflow.tracker
-    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))
+    step = step_watch(context.instance, context.run.run_id, step_key(context))
     with user_errors(tracker), step as run_ended:
         settings = settings_from(config, TrainConfig, arch=arch).resolved()
         out_dir = storage.layout.training(Variant.parse(variant).dataset, variant, arch,
@@ -102,7 +118,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                          feature_network: FeatureNetworkRef, mlflow: MlflowTracking) -> Evaluation:
     """The trained generator judged on its own tensor cache: D scores, FID/KID, colour collapse, memorization."""
     tracker = mlflow.tracker
-    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))  # the slot stays while it runs
+    step = step_watch(context.instance, context.run.run_id, step_key(context))  # the slot stays while it runs
     with user_errors(tracker), step:
         evaluation = evaluate_and_log(tracker, trained_generator, feature_network,
                                       settings_from(config, EvalSettings), partition=str(context.partition_key),

@@ -95,6 +95,10 @@ def step_watch(instance: dg.DagsterInstance, run_id: str, step_key: str,
                 instance.event_log_storage.free_concurrency_slot_for_step(run_id, step_key)
 
 
+def step_key(context: dg.AssetExecutionContext) -> str:
+    return str(context.op_execution_context.op_handle)
+
+
 def step_silent_for(instance: dg.DagsterInstance, run_id: str, now: float) -> float:
     """Seconds since a step of the run last beat; infinite when none ever did or the last one has ended."""
     beat = instance.run_storage.get_cursor_values({_step_key(run_id)}).get(_step_key(run_id))

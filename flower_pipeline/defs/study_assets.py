@@ -20,7 +20,7 @@ from flower_pipeline.training import DEFAULT_DEVICE
 from .config import DEVICE_HELP
 from .data_assets import OWNERS
 from .generator_assets import dagster_tags
-from .heartbeat import step_watch
+from .heartbeat import step_key, step_watch
 from .resources import FlowerStorage, MlflowTracking, pick
 from .support import image_markdown, mlflow_link, user_errors
 
@@ -49,7 +49,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
     """One run of a study: trained, evaluated on its variant, logged as a nested MLflow run; reused when done."""
     name, profile, label = context.partition_key.split(":")
     tracker = mlflow.tracker
-    step = step_watch(context.instance, context.run.run_id, str(context.op_handle))
+    step = step_watch(context.instance, context.run.run_id, step_key(context))
     with user_errors(tracker), step as run_ended:
         study = _study(config, name)
         variant = study.plan(profile, (label,))[0].variant
