@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.settings import setting
 from flower_pipeline.storage import atomic_write_json
 
@@ -76,8 +76,10 @@ def is_url(source: str) -> bool:
 
 
 def local_path(source: str) -> Path:
-    """A local source as a path: a plain path, or a file:// URL."""
+    """A local source as a path: a plain path, or a file:// URL (ftp:// and the like are named unsupported)."""
     parsed = urllib.parse.urlparse(source)
+    if parsed.scheme not in ("", "file") and "://" in source:
+        raise PipelineError(f"{parsed.scheme}:// sources are not supported: use http(s)://, file:// or a local path")
     if parsed.scheme == "file":
         return Path(urllib.request.url2pathname(parsed.path))
     return Path(source).expanduser()
@@ -148,8 +150,12 @@ def fetch(
             forget(final)  # stale, corrupt or unrecorded copy: download again
 
     part = final.with_name(final.name + ".part")
-    headers = _download_with_retries(source, part, progress, retries, backoff_s, timeout_s,
-                                     limits or DownloadLimits())
+    try:
+        headers = _download_with_retries(source, part, progress, retries, backoff_s, timeout_s,
+                                         limits or DownloadLimits())
+    except Exception:  # a cap, a deadline, a refusal: no partial file is left to fill the disk
+        part.unlink(missing_ok=True)
+        raise
     try:
         sha256 = _verify(part, checksum, redact(source))
     except PipelineError as err:
@@ -169,14 +175,6 @@ def forget(downloaded: Path) -> None:
     """Delete a downloaded file and its record, so the next run asks the server again."""
     downloaded.unlink(missing_ok=True)
     record_path(downloaded).unlink(missing_ok=True)
-
-
-def redact(url: str) -> str:
-    """The URL without a user:password part, for messages and records."""
-    parsed = urllib.parse.urlparse(url)
-    if parsed.password is None and parsed.username is None:
-        return url
-    return parsed._replace(netloc=f"***@{parsed.hostname}" + (f":{parsed.port}" if parsed.port else "")).geturl()
 
 
 def _download_with_retries(

@@ -8,6 +8,7 @@ are skipped and reported; sizes are bounded so an archive bomb stops early.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -96,7 +97,11 @@ def extract_archive(
 def _extract_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[dict[str, str], int]:
     try:
         return _copy_members(archive, dest, limits)
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as err:
+    except OSError as err:
+        if err.errno == errno.ENOSPC:  # the writing side failed, not the archive
+            raise PipelineError(f"disk full while extracting {archive.name} into {dest}") from None
+        raise PipelineError(_describe_unreadable(archive, err)) from None
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as err:
         # Raised while reading a member's bytes: the archive is cut short or corrupt.
         raise PipelineError(_describe_unreadable(archive, err)) from None
 

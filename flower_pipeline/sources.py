@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flower_pipeline.download import Checksum, DownloadLimits, ProgressFn, fetch, is_url, local_path, redact
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.download import Checksum, DownloadLimits, ProgressFn, fetch, is_url, local_path
+from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.extract import list_images
 from flower_pipeline.synthetic import write_synthetic_archive
 

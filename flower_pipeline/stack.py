@@ -25,8 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flower_pipeline.download import redact
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.scaleout import BACKEND_ENV, BROKER_ENV, DEFAULT_QUEUE, GPU_QUEUE, worker_app
 

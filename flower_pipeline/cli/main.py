@@ -29,7 +29,7 @@ from flower_pipeline.catalog import (
 )
 from flower_pipeline.cli import study
 from flower_pipeline.cli.launch import dagster_home, instance, run_job
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, os_error_line, printable
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.training import DEFAULT_DEVICE
@@ -77,7 +77,8 @@ def prepare(args: argparse.Namespace) -> None:
     n, c, h, w = ref.shape
     print(f"{ref.variant}: {n} images ({c}×{h}×{w}) in {len(ref.class_counts)} classes")
     print(f"tensor cache: {ref.path}")
-    print(f"skipped: {len(ref.skipped)}" + "".join(f"\n  {name}: {why}" for name, why in sorted(ref.skipped.items())))
+    print(f"skipped: {len(ref.skipped)}" + "".join(f"\n  {printable(name)}: {printable(why)}"
+                                                  for name, why in sorted(ref.skipped.items())))
     if network.path is None:
         print(f"feature network: unavailable: {network.unavailable}")
     else:
@@ -342,14 +343,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         dagster_home()
         args.data_dir = default_data_dir()
+    try:
+        args.data_dir = Path(args.data_dir).resolve()
+    except (RuntimeError, OSError) as err:  # a symlink loop
+        print(f"error: the data folder {printable(str(args.data_dir))} cannot be used: {printable(str(err))}",
+              file=sys.stderr)
+        return 1
     warnings.filterwarnings("ignore")  # Dagster's preview/beta notices are not for this terminal
     os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")  # else importing MLflow resets the level below
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one model file: no bar needed
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         args.run(args)
     except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {printable(str(err))}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a read-only Dagster home, a symlink loop, a full disk: where the system said no
+        print(f"error: {printable(os_error_line(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
