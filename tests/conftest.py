@@ -184,6 +184,26 @@ def mlflow_global_uri_restored() -> Iterator[None]:
         os.environ["MLFLOW_TRACKING_URI"] = saved_env
 
 
+def webhook_receiver() -> tuple[ThreadingHTTPServer, list[dict]]:
+    """A failure webhook on 127.0.0.1 that keeps each alert it is sent: (server, alerts). Shut it down after."""
+    import json
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, received
+
+
 @pytest.fixture(scope="session")
 def small_cache(tmp_path_factory):
     """40 random 32 px colour images in 4 classes: a tensor cache that trains in a second."""

@@ -4,7 +4,7 @@ import datetime
 
 import dagster as dg
 import pytest
-from conftest import prepare, run_job
+from conftest import prepare, run_job, webhook_receiver
 
 from flower_pipeline.catalog import Variant
 from flower_pipeline.defs.automation import (
@@ -116,27 +116,11 @@ def test_no_pile_ups_and_a_failed_sensor_request_is_requested_again():
 
 
 def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_path, monkeypatch):
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from flower_pipeline.defs.automation import retraining_failed
     from flower_pipeline.defs.resources import FlowerStorage, MlflowTracking
     from flower_pipeline.registry import tracking
 
-    received = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server, received = webhook_receiver()
     monkeypatch.setenv("FLOWER_PIPELINE_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_address[1]}/hook")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     data, key = tmp_path / "data", training_key("synthetic-gray-32", "arch1")

@@ -3,22 +3,19 @@ run is the same run, whoever started it: the UI re-executes a run the command li
 line run is failed, alerted and retried once by the daemon; a killed run worker leaves no training behind, and
 the GPU slot goes to the next training only after it is gone."""
 
-import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import graphql, launch_retraining, reexecute, stop_process_group
+from conftest import graphql, launch_retraining, reexecute, stop_process_group, webhook_receiver
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("flower-pipeline"))
@@ -29,23 +26,6 @@ TRAINING = {"iterations": 600, "features": 8, "batch_size": 8, "log_every": 20, 
             "checkpoint_seconds": 0, "device": "cpu"}
 EVALUATION = {"samples": 16, "inception_weights": "off", "device": "cpu"}
 DEAD_AFTER = 20  # seconds of heartbeat silence before the reaper fails a run (60 by default)
-
-
-def _webhook() -> tuple[ThreadingHTTPServer, list[dict]]:
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
-
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server, received
 
 
 def _wait(what: str, seconds: float, found):
@@ -118,7 +98,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dg.Dagst
     home, data = tmp / "home", tmp / "data"
     home.mkdir()
     shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
-    hook, received = _webhook()
+    hook, received = webhook_receiver()
     env = {**os.environ, "DAGSTER_HOME": str(home), "FLOWER_PIPELINE_DATA_DIR": str(data), "OMP_NUM_THREADS": "1",
            "FLOWER_PIPELINE_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_address[1]}/hook",
            "FLOWER_PIPELINE_DEAD_AFTER": str(DEAD_AFTER)}
