@@ -25,6 +25,10 @@ from typing import IO
 from flower_pipeline.errors import PipelineError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Image formats the pipeline does not read, reported by name instead of silently left out.
+UNREAD_IMAGES = {".gif": "a GIF (often animated) is not read; convert it to PNG",
+                 ".heic": "HEIC is not read; convert it to JPEG", ".avif": "AVIF is not read; convert it to PNG",
+                 ".svg": "a vector image is not read; render it to PNG"}
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".xz", ".7z", ".rar")
 MAX_NAME_PART, MAX_PATH = 255, 4096  # what file systems take
 MARKER = ".extracted.json"
@@ -126,6 +130,9 @@ def _copy_members(archive: Path, dest: Path, limits: ExtractLimits) -> tuple[dic
             continue
         if len(str(relative).encode()) > MAX_PATH or any(len(p.encode()) > MAX_NAME_PART for p in relative.parts):
             skipped[member.name[:80] + "…"] = "name too long for a file system; not extracted"
+            continue
+        if relative.suffix.lower() in UNREAD_IMAGES:
+            skipped[member.name] = UNREAD_IMAGES[relative.suffix.lower()]
             continue
         if relative.name.lower().endswith(ARCHIVE_SUFFIXES):
             skipped[member.name] = "an archive inside the archive; not extracted (extract it first)"

@@ -145,13 +145,14 @@ def test_a_zip_declaring_more_than_the_limit_is_refused_before_writing(tmp_path)
 def test_nested_archives_duplicates_and_long_names_are_skipped_and_reported(tmp_path):
     good, bad = jpeg(seed=1), b"\xff\xd8 corrupt later copy"
     members = {"a.jpg": good, "inner.zip": make_zip({"x.jpg": good}), "b" * 300 + ".jpg": good,
-               "deep/" + "/".join(["d" * 100] * 60) + ".jpg": good}
+               "deep/" + "/".join(["d" * 100] * 60) + ".jpg": good, "moving.gif": b"GIF89a animated"}
     archive = tmp_path / "mixed.tgz"
     archive.write_bytes(make_tgz(members))
     result = extract_archive(archive, tmp_path / "out", archive_sha256="x")
     assert result.images == ["a.jpg"]
     reasons = " | ".join(result.skipped.values())
     assert "an archive inside the archive" in result.skipped["inner.zip"]
+    assert result.skipped["moving.gif"] == "a GIF (often animated) is not read; convert it to PNG"
     assert reasons.count("name too long") == 2
     dup = tmp_path / "dup.zip"
     with zipfile.ZipFile(dup, "w") as zf:
