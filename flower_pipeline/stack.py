@@ -60,7 +60,9 @@ def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path
         Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", os.environ[MLFLOW_BACKEND_ENV],
                          "--serve-artifacts", "--artifacts-destination", str(DataLayout(data_dir).server_artifacts),
                          "--host", tracking.hostname or "127.0.0.1", "--port", str(tracking.port or 5000),
-                         "--workers", "1"], f"{os.environ[TRACKING_ENV].rstrip('/')}/health",
+                         "--workers", "1"],
+              # asked without the URI's user:password (urllib refuses those in a URL; /health needs none)
+              f"{tracking.scheme}://{tracking.hostname or '127.0.0.1'}:{tracking.port or 5000}/health",
               # MLflow's GenAI job runner (seven more processes) serves nothing this project uses
               {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         Piece("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace]),
@@ -218,7 +220,7 @@ def _wait(piece: Piece, ready: Callable[[], bool], timeout: float = 120.0) -> No
     while not ready():
         record = records()[piece.name]
         if not _alive(record["pid"]) or time.monotonic() > deadline:
-            raise PipelineError(f"{piece.name} did not start: {_last_line(Path(record['log']))} "
+            raise PipelineError(f"{piece.name} did not start: {redact(_last_line(Path(record['log'])))} "
                                 f"(log: {record['log']})")
         time.sleep(0.5)
 

@@ -164,7 +164,8 @@ def test_unknown_keys_and_out_of_range_values_are_named_at_every_level(tmp_path,
     monkeypatch.setenv("FLOWER_PIPELINE_RETRAINING", str(profile))
     for text, message in (("trainig: {iterations: 5}\n", "unknown section 'trainig'"),
                           ("training: {batch_size: 100000000}\n", "batch_size must be a number from 2 to 4096"),
-                          ("evaluation: {samples: -5}\n", "samples must be a number from 2 to 100000, got -5")):
+                          ("evaluation: {samples: -5}\n", "samples must be a number from 2 to 100000, got -5"),
+                          ("evaluation: {inception_weights: /etc/passwd}\n", "its sha256 does not start with")):
         profile.write_text(text)
         with pytest.raises(PipelineError, match=message):
             retraining_run_config()

@@ -23,7 +23,7 @@ from typing import Any
 import dagster as dg
 
 from flower_pipeline.errors import PipelineError, redact
-from flower_pipeline.evaluation import EvalSettings
+from flower_pipeline.evaluation import EvalSettings, resolve_inception_weights
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.registry import model_name
 from flower_pipeline.settings import read_settings_file
@@ -72,6 +72,11 @@ def retraining_run_config() -> dict[str, Any]:
             core(**{k: v for k, v in values.items() if k != "device"})
         except (PipelineError, TypeError) as err:
             raise PipelineError(f"{path}, {section}: {err}") from None
+        weights = values.get("inception_weights")
+        if weights not in (None, "auto", "off"):  # a path: the file, checked now rather than at every run
+            found, why = resolve_inception_weights(str(weights), Path())  # a path: no cache involved
+            if found is None:
+                raise PipelineError(f"{path}, {section}: {why}")
         ops[node] = {"config": values}
     return {"ops": ops}
 
