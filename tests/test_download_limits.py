@@ -155,21 +155,3 @@ def test_credentials_come_from_netrc_and_a_url_carrying_them_is_refused_unshown(
     assert code == 1 and "carries credentials" in err and "s3cret" not in err
     assert not (tmp_path / "dagster_home" / "storage").exists()  # refused before a run (and its config) existed
 
-
-def test_unsupported_schemes_bad_folders_and_hostile_names_are_one_plain_line(tmp_path, capsys, monkeypatch):
-    from test_cli import _main
-
-    from flower_pipeline.cli import main
-    from flower_pipeline.errors import printable
-
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
-                         "ftp://127.0.0.1/x.tgz")
-    assert code == 1 and err.strip().endswith("ftp:// sources are not supported: use http(s)://, file:// or a "
-                                              "local path")
-    loop = tmp_path / "loop"
-    loop.symlink_to(loop)
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
-    code = main(["prepare", "--dataset", "synthetic", "--data-dir", str(loop)])
-    err = capsys.readouterr().err
-    assert code == 1 and err.startswith("error: the data folder ") and err.count("\n") == 1
-    assert printable("\x1b[31mred.jpg") == "\\x1b[31mred.jpg"  # shown, not obeyed by the terminal

@@ -113,3 +113,39 @@ def test_first_commands_started_together_on_a_fresh_instance_do_not_race(tmp_pat
         for command in commands:
             _, err = command.communicate(timeout=120)
             assert err == "error: unknown variant 'nope-color-16'; variants: none (prepare one first)\n", err
+
+
+def test_unsupported_schemes_bad_folders_and_hostile_names_are_one_plain_line(tmp_path, capsys, monkeypatch):
+    from flower_pipeline.cli import main
+    from flower_pipeline.errors import printable
+
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
+                         "ftp://127.0.0.1/x.tgz")
+    assert code == 1 and err.strip().endswith("ftp:// sources are not supported: use http(s)://, file:// or a "
+                                              "local path")
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    code = main(["prepare", "--dataset", "synthetic", "--data-dir", str(loop)])
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith("error: the data folder ") and err.count("\n") == 1
+    assert printable("\x1b[31mred.jpg") == "\\x1b[31mred.jpg"  # shown, not obeyed by the terminal
+
+
+def test_a_read_only_dagster_home_is_one_line(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    from flower_pipeline.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(home)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a read-only tmpfs needs root")
+    try:
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        code = main(["prepare", "--dataset", "synthetic", "--data-dir", str(tmp_path / "data")])
+        err = capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(home)], check=True)
+    assert code == 1 and err.startswith("error: Read-only file system (") and err.count("\n") == 1

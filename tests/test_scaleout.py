@@ -413,6 +413,19 @@ def test_a_worker_that_sees_another_data_folder_fails_in_one_line_naming_it(tmp_
     assert "every worker must see one shared data folder" in failure and "\n" not in failure
 
 
+def test_stack_up_asks_mlflow_for_its_health_without_the_uris_credentials(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """urllib refuses a URL with user:password@, so `stack up` waited its full timeout and said MLflow did not
+    start although it had: its /health is asked at the bare host and port."""
+    from flower_pipeline import stack
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ann:s3cret@127.0.0.1:5123")
+    monkeypatch.setenv("FLOWER_PIPELINE_MLFLOW_BACKEND", "postgresql://ann:s3cret@127.0.0.1/x")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    (mlflow,) = [p for p in stack.pieces(1, 1, "http://127.0.0.1:3000", tmp_path) if p.name == "mlflow"]
+    assert mlflow.url == "http://127.0.0.1:5123/health"
+
+
 def test_stack_up_without_its_environment_names_what_is_missing(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                                 monkeypatch: pytest.MonkeyPatch):
     from flower_pipeline.cli import main
