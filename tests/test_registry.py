@@ -29,7 +29,7 @@ TINY = {"iterations": 6, "batch_size": 8, "features": 8, "log_every": 3, "sample
         "device": "cpu"}
 LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0, "max_near_copy_share": 1.0,
            "min_recall": 0.0}
-STRICT = {**LENIENT, "min_colour_coverage": 1.01}  # no version can pass: never promoted
+STRICT = {**LENIENT, "max_fd_flowers": 0.0}  # no version can pass (a Fréchet distance is never 0): never promoted
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,7 @@ def test_every_training_registers_a_version_and_only_a_better_one_is_champion(tm
         assert {e.check_name: e.passed for e in second.get_asset_check_evaluations()}["quality_gate"] is False
         registered = second.output_for_node("registered_generator")
         assert registered.version == 2 and registered.promotion == "not promoted"
-        assert registered.reason.startswith("quality gate failed: colour_coverage")
+        assert registered.reason.startswith("quality gate failed: fd_flowers")
         assert registered.champion_version == 1
 
         retried = _chain(instance, data, assets=["registered_generator"])  # a retried step: no third version

@@ -99,6 +99,7 @@ class Stack:
             "FLOWER_PIPELINE_CELERY_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
             # MLflow's client retries a dead server for minutes by default; a test has seconds
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
+            "FLOWER_PIPELINE_DEAD_AFTER": "20",  # the reaper's patience (60 s by default), shortened for tests
         }
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
@@ -317,9 +318,14 @@ def test_a_worker_killed_mid_training_hands_the_step_over_and_it_resumes(chain: 
 
 
 def test_a_gpu_step_waiting_for_the_pool_says_so_in_its_run_log(chain: Stack):
+    import dagster as dg
+
     storage = chain.instance.event_log_storage
     storage.set_concurrency_slots("gpu", 1)
-    storage.claim_concurrency_slot("gpu", "another-run", "its-step")  # the one GPU is busy
+    # The one GPU is busy with a live run's step (a slot of a run that does not exist the reaper frees).
+    chain.instance.add_run(dg.DagsterRun(job_name="retrain_generators", run_id="another-run",
+                                         status=dg.DagsterRunStatus.STARTED))
+    storage.claim_concurrency_slot("gpu", "another-run", "its-step")
     try:
         training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2", *train_flags(20))
         deadline, waits = time.monotonic() + 120, []
@@ -335,6 +341,7 @@ def test_a_gpu_step_waiting_for_the_pool_says_so_in_its_run_log(chain: Stack):
         assert training.returncode == 0, err[-3000:]  # and it went on once the slot was free
     finally:
         storage.free_concurrency_slots_for_run("another-run")
+        chain.instance.delete_run("another-run")
         storage.set_concurrency_slots("gpu", 2)
 
 
@@ -356,7 +363,7 @@ def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_free
         return any(s.run_id == run.run_id for s in chain.instance.event_log_storage.get_concurrency_info(
             "gpu").claimed_slots)
 
-    deadline = time.monotonic() + 120  # heartbeat silent 60 s + the reaper's 30 s tick + the step's 5 s look
+    deadline = time.monotonic() + 120  # heartbeat silent 20 s (60 by default) + the reaper's 30 s tick + 5 s
     while held() or chain.instance.get_run_by_id(run.run_id).status != dg.DagsterRunStatus.FAILURE:
         assert time.monotonic() < deadline, "the killed driver's run was not failed and its slot freed in 2 min"
         time.sleep(1)
