@@ -114,6 +114,9 @@ def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
                             f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'empty'})") from None
 
 
+FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch's switch: every load reads tensors only
+
+
 @contextlib.contextmanager
 def tensors_only_loads() -> Iterator[None]:
     """For a library that calls `torch.load(weights_only=False)` itself (torch-fidelity's Inception): torch's
@@ -128,5 +131,3 @@ def tensors_only_loads() -> Iterator[None]:
         else:
             os.environ[FORCE_WEIGHTS_ONLY] = saved
 
-
-FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
