@@ -82,7 +82,8 @@ def project_trainer(images: np.ndarray, batch: int, device: torch.device, networ
         generator, discriminator = reference_models(logits=True)
         trainer.generator = nn.Sequential(nn.Unflatten(1, (100, 1, 1)), generator).to(device)
         trainer.discriminator = discriminator.to(device)
-        trainer.opt_g, trainer.opt_d = trainer._optimizer(trainer.generator), trainer._optimizer(discriminator)
+        lr = trainer.config.lr
+        trainer.opt_g, trainer.opt_d = trainer._optimizer(trainer.generator, lr), trainer._optimizer(discriminator, lr)
     return trainer, trainer.try_capture()
 
 

@@ -38,8 +38,10 @@ from flower_pipeline.models import (
     FlowerGenerator,
     architecture,
     build_models,
+    member_weights,
     run_generator,
     sample_latent,
+    stack_members,
     to_uint8,
     to_unit_range,
 )
@@ -111,15 +113,20 @@ class TrainConfig:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
 
-    def networks(self, channels: int, image_size: int) -> tuple[nn.Module, Discriminator]:
-        """The generator and discriminator this (resolved) config describes, freshly initialised."""
+    def networks(self, channels: int, image_size: int,
+                 members: list[TrainConfig] | None = None) -> tuple[nn.Module, Discriminator]:
+        """The generator and discriminator this (resolved) config describes, freshly initialised; with
+        `members`, the members-wide pair of those fused runs (their dropout and minibatch weights each)."""
+        members = members or [self]
         return build_models(
             self.arch, channels=channels, image_size=image_size, latent_dim=self.latent_dim,
-            features=self.features, dropout=self.dropout or 0.0,
+            features=self.features, dropout=[m.dropout or 0.0 for m in members],
             minibatch_kernels=self.minibatch_kernels if self.minibatch_discrimination else 0,
-            minibatch_kernel_dim=self.minibatch_kernel_dim, minibatch_weight=self.minibatch_weight)
+            minibatch_kernel_dim=self.minibatch_kernel_dim, minibatch_weight=[m.minibatch_weight for m in members],
+            members=len(members))
 
     def instance_noise_std(self, iteration: int) -> float:
+        """For the log: the trainer computes the same on the device, per member."""
         decay_steps = max(1.0, self.instance_noise_decay * self.iterations)
         return self.instance_noise * max(0.0, 1.0 - iteration / decay_steps)
 
@@ -171,19 +178,91 @@ def deterministic(device: torch.device | str) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-class Trainer:
-    """The models, optimizers and device-side state of one training run."""
+# What may differ between runs trained side by side as one model (the fused trainer); every other setting
+# shapes the shared network or the shared loop (architecture, batch, optimizer type, iterations, …), so runs
+# that differ in it go to different buckets.
+FUSABLE = ("seed", "lr", "real_label", "fake_label", "instance_noise", "instance_noise_decay", "minibatch_weight",
+           "dropout", "latent_noise")
 
-    def __init__(self, config: TrainConfig, images: np.ndarray, device: torch.device):
-        self.config = config = config.resolved()
+
+def fusion_bucket(config: TrainConfig) -> str:
+    """The settings K fused runs share (everything but FUSABLE), as a stable text: equal buckets fuse."""
+    shared = {k: v for k, v in asdict(config.resolved()).items() if k not in FUSABLE}
+    return json.dumps(shared, sort_keys=True)
+
+
+def _check_fusable(configs: list[TrainConfig]) -> None:
+    first = asdict(configs[0])
+    for config in configs[1:]:
+        other = asdict(config)
+        differing = [k for k in first if k not in FUSABLE and first[k] != other[k]]
+        if differing:
+            raise PipelineError(f"runs differing in {differing[0]} ({first[differing[0]]!r} against "
+                                f"{other[differing[0]]!r}) cannot be trained as one model; only "
+                                f"{', '.join(FUSABLE)} may differ")
+
+
+class RunRandomness:
+    """One run's own random numbers, drawn on the device from its own generators in a fixed order each step:
+    which images, latent vectors, instance noise, then (from a second generator) dropout. A run's numbers so
+    never depend on the runs it is trained beside, and a fused member draws what its solo run draws."""
+
+    def __init__(self, config: TrainConfig, device: torch.device):
+        self.config = config
+        self.noise = torch.Generator(device=device).manual_seed(config.seed)
+        self.dropout = torch.Generator(device=device).manual_seed(config.seed + 2**32)  # disjoint from any seed
+
+    def draw(self, images: int, shape: tuple[int, ...], dropout: list[int]) -> tuple[torch.Tensor, ...]:
+        """(image indices B, latent B×latent, instance noise 3×B×C×H×W, dropout uniforms 3×sum(dropout))."""
+        cfg, batch, device = self.config, shape[0], self.noise.device
+        index = torch.randint(0, images, (batch,), device=device, generator=self.noise)
+        z = sample_latent(batch, cfg.latent_dim, cfg.latent_noise, device, self.noise)
+        noise = torch.randn((3, *shape), device=device, generator=self.noise)
+        uniform = torch.rand((3, sum(dropout)), device=device, generator=self.dropout) if dropout else index[:0]
+        return index, z, noise, uniform
+
+    def state(self) -> list[torch.Tensor]:
+        return [self.noise.get_state(), self.dropout.get_state()]
+
+    def load_state(self, state: list[torch.Tensor]) -> None:
+        self.noise.set_state(state[0])
+        self.dropout.set_state(state[1])
+
+
+class Trainer:
+    """The models, optimizers and device-side state of K runs trained as one members-wide model (K = 1: one run).
+
+    Members share the architecture, batch, image size, optimizer type and loop (`fusion_bucket`); the FUSABLE
+    settings are per member: seeds and random numbers (`RunRandomness`), learning rate, label targets, instance
+    noise and its decay, minibatch weight, dropout and latent noise kind. Each member's losses are its own (a
+    sum over members backpropagates to each member's weights alone), so a member trains as its solo run does.
+    """
+
+    def __init__(self, configs: TrainConfig | list[TrainConfig], images: np.ndarray, device: torch.device):
+        configs = [c.resolved() for c in (configs if isinstance(configs, list) else [configs])]
+        _check_fusable(configs)
+        self.configs, self.config, self.members = configs, configs[0], len(configs)
+        config, k = self.config, self.members
         self.device = device
         if device.type == "cuda":  # pick the fastest conv kernels once; TF32 for the linear layers
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
-        torch.manual_seed(config.seed)
         _, channels, size, _ = images.shape
+        self.channels, self.image_size = channels, size
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
-        self.generator, self.discriminator = (m.to(device) for m in config.networks(channels, size))
+        solos = []
+        for member in configs:  # each member initialised exactly as its solo run: from its own seed
+            torch.manual_seed(member.seed)
+            solos.append(member.networks(channels, size))
+        if k == 1:
+            self.generator, self.discriminator = solos[0]
+        else:
+            wide_g, wide_d = config.networks(channels, size, members=configs)
+            self.generator = stack_members(wide_g, [g for g, _ in solos])
+            self.discriminator = stack_members(wide_d, [d for _, d in solos])
+        self._solo_templates = solos  # each member's own layer names (a member without dropout has fewer layers)
+        self.generator.to(device)
+        self.discriminator.to(device)
         cuda = device.type == "cuda"
         self.memory_format = torch.channels_last if config.channels_last and cuda else torch.contiguous_format
         self.generator.to(memory_format=self.memory_format)
@@ -191,64 +270,107 @@ class Trainer:
         # No autocast cache: cached casts would outlive a CUDA graph's capture.
         self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.precision == "bf16" and cuda,
                                        cache_enabled=False)
-        self.opt_g = self._optimizer(self.generator)
-        self.opt_d = self._optimizer(self.discriminator)
-        fixed = torch.Generator(device="cpu").manual_seed(config.seed + 1)
+        lrs = [c.lr for c in configs]
+        # Adam's, RMSprop's and SGD's updates are linear in the learning rate: with per-member rates the step
+        # runs at rate 1 and each member's change is scaled by its own rate.
+        self.member_lr = None if len(set(lrs)) == 1 else torch.tensor(lrs, device=device)
+        self.opt_g = self._optimizer(self.generator, 1.0 if self.member_lr is not None else lrs[0])
+        self.opt_d = self._optimizer(self.discriminator, 1.0 if self.member_lr is not None else lrs[0])
+        self.randomness = [RunRandomness(c, device) for c in configs]
         # The same 64 latent vectors for every sample grid, so the grids show the same samples improving.
-        self.fixed_z = sample_latent(64, config.latent_dim, config.latent_noise, "cpu", fixed).to(device)
+        self.fixed_z = [sample_latent(64, c.latent_dim, c.latent_noise, "cpu",
+                                      torch.Generator(device="cpu").manual_seed(c.seed + 1)).to(device)
+                        for c in configs]
         batch = config.batch_size
-        self.real_target = torch.full((batch,), config.real_label, device=device)
-        self.fake_target = torch.full((batch,), config.fake_label, device=device)
-        self.g_target = torch.ones(batch, device=device)
-        self.noise_std = torch.zeros((), device=device)  # set before each step: no recapture needed
-        self.stats = torch.zeros(4, device=device)  # loss_d, loss_g, D(x), D(G(z)) sums
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.real_target = torch.tensor([c.real_label for c in configs], device=device).expand(batch, k)
+        self.fake_target = torch.tensor([c.fake_label for c in configs], device=device).expand(batch, k)
+        self.g_target = torch.ones(batch, k, device=device)
+        # Instance noise std = start × max(0, 1 − step / decay steps), per member, computed on the device.
+        self.noise_start = torch.tensor([c.instance_noise for c in configs], device=device)
+        self.noise_steps = torch.tensor([max(1.0, c.instance_noise_decay * c.iterations) for c in configs],
+                                        device=device)
+        self.dropout_sizes = [batch * n for n in self.discriminator.dropout_sizes(size)]
+        self.stats = torch.zeros(k, 4, device=device)  # per member: loss_d, loss_g, D(x), D(G(z)) sums
+        self.first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         self.iteration = 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
-    def _optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def _optimizer(self, model: nn.Module, lr: float) -> torch.optim.Optimizer:
         """Fused kernels where PyTorch has them (one kernel for all parameters, CPU and CUDA alike);
         capturable on CUDA so the step can live inside a CUDA graph."""
         cfg, cuda = self.config, self.device.type == "cuda"
         if cfg.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True,
+            return torch.optim.Adam(model.parameters(), lr, betas=(cfg.beta1, cfg.beta2), fused=True,
                                     capturable=cuda)
         if cfg.optimizer == "rmsprop":  # no fused RMSprop in PyTorch
-            return torch.optim.RMSprop(model.parameters(), cfg.lr, capturable=cuda, foreach=True)
-        return torch.optim.SGD(model.parameters(), cfg.lr, momentum=0.9, fused=True)
+            return torch.optim.RMSprop(model.parameters(), lr, capturable=cuda, foreach=True)
+        return torch.optim.SGD(model.parameters(), lr, momentum=0.9, fused=True)
+
+    def _wide(self, per_member: torch.Tensor) -> torch.Tensor:
+        """K×B×C×… per-member tensors as the model's B×(K·C)×… layout (member k's channels are block k)."""
+        if self.members == 1:
+            return per_member[0]
+        return per_member.transpose(0, 1).reshape(per_member.shape[1], -1, *per_member.shape[3:])
+
+    def _apply(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.member_lr is None:
+            optimizer.step()
+            return
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        before = [p.detach().clone() for p in params]
+        optimizer.step()
+        with torch.no_grad():  # every parameter's first dimension is K member blocks
+            for p, old in zip(params, before, strict=True):
+                change = (p - old).reshape(self.members, -1) * self.member_lr.view(-1, 1)
+                p.copy_((old.reshape(self.members, -1) + change).reshape(p.shape))
 
     def _step(self) -> None:
-        """One D update and one G update, entirely on the device."""
-        cfg, batch = self.config, self.config.batch_size
-        index = torch.randint(0, self.data.shape[0], (batch,), device=self.device)
-        real = to_unit_range(self.data[index]).contiguous(memory_format=self.memory_format)
+        """One D update and one G update of every member, entirely on the device."""
+        batch, k = self.config.batch_size, self.members
+        shape = (batch, self.channels, self.image_size, self.image_size)
+        drawn = [r.draw(self.data.shape[0], shape, self.dropout_sizes) for r in self.randomness]
+        index, z, noise, uniform = (torch.stack(parts) for parts in zip(*drawn, strict=True))
+        real = self._wide(to_unit_range(self.data[index])).contiguous(memory_format=self.memory_format)
+        std = self.noise_start * torch.clamp(1 - self.step_index / self.noise_steps, min=0)
+        std = std.repeat_interleave(self.channels).view(1, -1, 1, 1)
+        noises = [self._wide(noise[:, j]) * std for j in range(3)]
+        dropout = [self._dropout_noise(uniform[:, j]) for j in range(3)] if self.dropout_sizes else [None] * 3
         with self.autocast:
-            fake = self.generator(sample_latent(batch, cfg.latent_dim, cfg.latent_noise, self.device))
-            d_real = self.discriminator(real + self.noise_std * torch.randn_like(real))
-            d_fake = self.discriminator(fake.detach() + self.noise_std * torch.randn_like(fake))
-        loss_d = (F.binary_cross_entropy_with_logits(d_real.float(), self.real_target)
-                  + F.binary_cross_entropy_with_logits(d_fake.float(), self.fake_target))
+            fake = self.generator(z.transpose(0, 1).reshape(batch, -1))
+            d_real = self._judge(real + noises[0], dropout[0]).view(batch, k)
+            d_fake = self._judge(fake.detach() + noises[1], dropout[1]).view(batch, k)
+        loss_d = (F.binary_cross_entropy_with_logits(d_real.float(), self.real_target, reduction="none").mean(0)
+                  + F.binary_cross_entropy_with_logits(d_fake.float(), self.fake_target, reduction="none").mean(0))
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        self.opt_d.step()
+        loss_d.sum().backward()  # each member's loss reaches its own weights only
+        self._apply(self.opt_d)
 
         with self.autocast:
-            d_gen = self.discriminator(fake + self.noise_std * torch.randn_like(fake))
-        loss_g = F.binary_cross_entropy_with_logits(d_gen.float(), self.g_target)
+            d_gen = self._judge(fake + noises[2], dropout[2]).view(batch, k)
+        loss_g = F.binary_cross_entropy_with_logits(d_gen.float(), self.g_target, reduction="none").mean(0)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_g.step()
+        loss_g.sum().backward()
+        self._apply(self.opt_g)
 
         with torch.no_grad():
-            self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(),
-                                       torch.sigmoid(d_fake.float()).mean()])
+            self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(0),
+                                       torch.sigmoid(d_fake.float()).mean(0)], dim=1)
             bad = ~torch.isfinite(loss_d + loss_g) & (self.first_bad < 0)
             self.first_bad.copy_(torch.where(bad, self.step_index, self.first_bad))
             self.step_index += 1
 
+    def _judge(self, images: torch.Tensor, dropout: list[torch.Tensor] | None) -> torch.Tensor:
+        return self.discriminator(images) if dropout is None else self.discriminator(images, dropout)
+
+    def _dropout_noise(self, uniform: torch.Tensor) -> list[torch.Tensor]:
+        """Each dropout layer's uniform numbers in the model's layout, from K×(all layers' numbers)."""
+        batch = self.config.batch_size
+        parts = uniform.split(self.dropout_sizes, dim=1)
+        return [self._wide(part.reshape(self.members, batch, *layer_shape))
+                for part, layer_shape in zip(parts, self.discriminator.dropout_shapes(self.image_size), strict=True)]
+
     def run_step(self) -> None:
-        self.noise_std.fill_(self.config.instance_noise_std(self.iteration))
         if self.graph is not None:
             self.graph.replay()
         else:
@@ -267,6 +389,9 @@ class Trainer:
                     self.run_step()
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
+            for randomness in self.randomness:  # each run's own generators advance on every replay
+                graph.register_generator_state(randomness.noise)
+                graph.register_generator_state(randomness.dropout)
             with torch.cuda.graph(graph):
                 self._step()
             self.graph = graph
@@ -276,25 +401,56 @@ class Trainer:
             self.graph = None
             return False
 
-    def read_stats(self, steps: int) -> tuple[dict[str, float], int]:
-        """Averages since the last read (one host sync) and the first non-finite iteration (-1: none)."""
+    def read_stats(self, steps: int) -> tuple[list[dict[str, float]], list[int]]:
+        """Each member's averages since the last read (one host sync) and its first non-finite iteration
+        (-1: none)."""
         values = (self.stats / max(steps, 1)).tolist()
-        first_bad = int(self.first_bad)
+        first_bad = self.first_bad.tolist()
         self.stats.zero_()
-        return dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), values, strict=True)), first_bad
+        return [dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), row, strict=True)) for row in values], first_bad
 
-    def samples(self) -> np.ndarray:
-        """The generator's images of the fixed grid noise, as N×C×H×W uint8."""
-        return to_uint8(run_generator(self.generator, self.fixed_z, batch_size=self.config.batch_size))
+    def member_networks(self, k: int) -> tuple[nn.Module, nn.Module]:
+        """Member k as a solo generator and discriminator (the same modules when K = 1)."""
+        if self.members == 1:
+            return self.generator, self.discriminator
+        nets = []
+        for wide, solo in zip((self.generator, self.discriminator), self._solo_templates[k], strict=True):
+            solo.load_state_dict(member_weights(wide.state_dict(), list(solo.state_dict()), self.members, k))
+            nets.append(solo.to(self.device).train(wide.training))
+        return nets[0], nets[1]
 
-    def state(self, history: list[dict[str, float]]) -> dict[str, Any]:
+    def samples(self, k: int = 0) -> np.ndarray:
+        """Member k's images of its fixed grid noise, as N×C×H×W uint8."""
+        generator, _ = self.member_networks(k)
+        return to_uint8(run_generator(generator, self.fixed_z[k], batch_size=self.config.batch_size))
+
+    def _member_optimizer(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
+        state = optimizer.state_dict()
+        if self.members == 1:
+            return state
+        return {"state": {i: {name: value.chunk(self.members)[k].clone() if value.dim() else value.clone()
+                              for name, value in slot.items()} for i, slot in state["state"].items()},
+                "param_groups": [{**group, "lr": self.configs[k].lr} for group in state["param_groups"]]}
+
+    def member_state(self, k: int, history: list[dict[str, float]]) -> dict[str, Any]:
+        """Member k's training state in a solo run's form (what final_state.pt holds)."""
+        generator, discriminator = self.member_networks(k)
         return {
-            "iteration": self.iteration, "config": asdict(self.config), "history": history,
+            "iteration": self.iteration, "config": asdict(self.configs[k]), "history": history,
+            "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
+            "opt_g": self._member_optimizer(self.opt_g, k), "opt_d": self._member_optimizer(self.opt_d, k),
+            "first_bad": int(self.first_bad[k]), "step_index": int(self.step_index),
+            "rng": self.randomness[k].state(),
+        }
+
+    def state(self, histories: list[list[dict[str, float]]]) -> dict[str, Any]:
+        """Every member's state at once: the checkpoint a killed training (solo or fused) resumes from."""
+        return {
+            "iteration": self.iteration, "configs": [asdict(c) for c in self.configs], "histories": histories,
             "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "first_bad": int(self.first_bad), "step_index": int(self.step_index),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None,
+            "first_bad": self.first_bad.clone(), "step_index": int(self.step_index),
+            "rng": [r.state() for r in self.randomness],
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -302,12 +458,11 @@ class Trainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
-        self.first_bad.fill_(state["first_bad"])
+        self.first_bad.copy_(state["first_bad"])
         self.step_index.fill_(state["step_index"])
         self.iteration = state["iteration"]
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        for randomness, saved in zip(self.randomness, state["rng"], strict=True):
+            randomness.load_state(saved)
 
 
 LogFn = Callable[[dict[str, float]], None]
@@ -315,6 +470,7 @@ SampleFn = Callable[[int, Path], None]
 
 
 def train(config: TrainConfig, cache: TensorCache, out_dir: Path, *, device: str = DEFAULT_DEVICE,
+          on_log: LogFn | None = None, on_sample: SampleFn | None = None, snapshots: tuple[int, ...] = (),
           **hooks: Any) -> TrainResult:
     """Train on the cache's training split; outputs go to out_dir (checkpoint, samples, curves, generator).
 
@@ -322,9 +478,29 @@ def train(config: TrainConfig, cache: TensorCache, out_dir: Path, *, device: str
     shows what fewer iterations would have given (the source's 15,000 against 20,000). With `deterministic`
     the thread count cannot change a number. Setting `stop` ends the training before its next step.
     """
-    with training_lock(out_dir), deterministic(pick_device(device)) if config.deterministic \
-            else contextlib.nullcontext():
-        return _train(config, cache, out_dir, device=device, **hooks)
+    return train_fused([config], cache, [out_dir], out_dir, device=device,
+                       on_log=on_log and (lambda _, record: on_log(record)),
+                       on_sample=on_sample and (lambda _, it, path: on_sample(it, path)),
+                       snapshots=(snapshots,), **hooks)[0]
+
+
+FusedLogFn = Callable[[int, dict[str, float]], None]  # (member, record)
+FusedSampleFn = Callable[[int, int, Path], None]  # (member, iteration, grid)
+
+
+def train_fused(configs: list[TrainConfig], cache: TensorCache, out_dirs: list[Path], group_dir: Path, *,
+                device: str = DEFAULT_DEVICE, **hooks: Any) -> list[TrainResult]:
+    """Train K runs of one bucket (`fusion_bucket`) side by side as one model. Member k's outputs go to
+    out_dirs[k], in exactly a solo run's form; the group's checkpoint is group_dir/checkpoint.pt, and a killed
+    group resumes every member from it. K = 1 with group_dir = out_dirs[0] is a solo training."""
+    if len(set(out_dirs)) != len(out_dirs):
+        raise PipelineError("every fused run needs an output folder of its own")
+    with contextlib.ExitStack() as held:
+        for folder in dict.fromkeys([group_dir, *out_dirs]):  # nobody else trains into any of them meanwhile
+            held.enter_context(training_lock(folder))
+        if any(c.deterministic for c in configs):
+            held.enter_context(deterministic(pick_device(device)))
+        return _train(configs, cache, out_dirs, group_dir, device=device, **hooks)
 
 
 @contextlib.contextmanager
@@ -351,44 +527,50 @@ def training_lock(out_dir: Path) -> Iterator[None]:
 
 
 def _train(
-    config: TrainConfig,
+    configs: list[TrainConfig],
     cache: TensorCache,
-    out_dir: Path,
+    out_dirs: list[Path],
+    group_dir: Path,
     *,
     device: str = DEFAULT_DEVICE,
     resume: bool = True,
-    on_log: LogFn | None = None,
-    on_sample: SampleFn | None = None,
-    snapshots: tuple[int, ...] = (),
+    on_log: FusedLogFn | None = None,
+    on_sample: FusedSampleFn | None = None,
+    snapshots: tuple[tuple[int, ...], ...] = (),
     on_resume: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
-) -> TrainResult:
-    config = config.resolved()
+    labels: tuple[str, ...] = (),
+) -> list[TrainResult]:
+    configs = [c.resolved() for c in configs]
     torch_device = pick_device(device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "samples").mkdir(exist_ok=True)
+    members = range(len(configs))
+    snapshots = snapshots or tuple(() for _ in members)
+    for out_dir in out_dirs:
+        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     images = cache.train_images()
+    config = configs[0]
     if config.batch_size > len(images):
         raise PipelineError(f"batch size {config.batch_size} is larger than the {len(images)} training images of "
                             f"{cache.variant}; use at most {len(images)}")
-    trainer = Trainer(config, images, torch_device)
-    checkpoint = out_dir / "checkpoint.pt"
-    history: list[dict[str, float]] = []
+    trainer = Trainer(configs, images, torch_device)
+    checkpoint = group_dir / "checkpoint.pt"
+    histories: list[list[dict[str, float]]] = [[] for _ in members]
     pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)
     if resume and checkpoint.is_file():
         state = load_tensors(checkpoint, torch_device)
-        if state["config"] != asdict(config):
-            raise PipelineError(f"{checkpoint} was written with another config; use a new output folder "
-                                "or delete the checkpoint to start over")
+        if state.get("configs") != [asdict(c) for c in configs]:
+            raise PipelineError(f"{checkpoint} was written with other settings or by an earlier version; use a new "
+                                "output folder or delete the checkpoint to start over")
         trainer.load_state(state)
-        history = state["history"]
+        histories = state["histories"]
         if on_resume:
             on_resume(trainer.iteration)
 
     started = window_start = last_checkpoint = time.perf_counter()
     window_iter = resumed_from = trainer.iteration
     if trainer.iteration == 0:
-        _save_grid(trainer, out_dir, on_sample)
+        for k in members:
+            _save_grid(trainer, k, out_dirs[k], on_sample)
     captured = trainer.iteration < config.iterations and trainer.try_capture()
     pending += trainer.iteration - window_iter  # warm-up steps taken while capturing
     while trainer.iteration < config.iterations:
@@ -399,62 +581,73 @@ def _train(
         it = trainer.iteration
         if it % config.log_every == 0 or it == config.iterations:
             averages, first_bad = trainer.read_stats(pending)
-            if first_bad >= 0:
-                raise PipelineError(f"training diverged: a loss became NaN or inf at iteration {first_bad + 1}")
+            diverged = [k for k in members if first_bad[k] >= 0]
+            if diverged:
+                k = diverged[0]
+                who = f"{labels[k]}: " if labels else ""
+                raise PipelineError(f"{who}training diverged: a loss became NaN or inf at iteration "
+                                    f"{first_bad[k] + 1}")
             now = time.perf_counter()
             rate = (it - window_iter) / max(now - window_start, 1e-9)
-            record = {"iteration": it, **averages, "instance_noise": config.instance_noise_std(it),
-                      "it_per_s": rate, "eta_s": (config.iterations - it) / max(rate, 1e-9)}
-            history.append(record)
             pending, window_start, window_iter = 0, now, it
+            records = [{"iteration": it, **averages[k], "instance_noise": configs[k].instance_noise_std(it),
+                        "it_per_s": rate, "eta_s": (config.iterations - it) / max(rate, 1e-9)} for k in members]
+            for history, record in zip(histories, records, strict=True):
+                history.append(record)
             # By time, not steps: a GPU runs hundreds of steps a second, a CPU a few. Before on_log, whose
             # failure (a tracking server down) then loses nothing.
             if it < config.iterations and now - last_checkpoint >= config.checkpoint_seconds:
-                state = trainer.state(history)
+                state = trainer.state(histories)
                 atomic_write(checkpoint, lambda f, state=state: torch.save(state, f))
                 last_checkpoint = time.perf_counter()
             if on_log:
-                on_log(record)
+                for k in members:
+                    on_log(k, records[k])
         if it % config.sample_every == 0 or it == config.iterations:
-            _save_grid(trainer, out_dir, on_sample)
-        if it in snapshots and it < config.iterations:
-            _save_generator(trainer, out_dir / f"generator_{it:06d}.pt", cache)
+            for k in members:
+                _save_grid(trainer, k, out_dirs[k], on_sample)
+        for k in members:
+            if it in snapshots[k] and it < config.iterations:
+                _save_generator(trainer, k, out_dirs[k] / f"generator_{it:06d}.pt", cache)
 
     seconds = time.perf_counter() - started
-    files = _write_outputs(trainer, out_dir, history, cache)
-    checkpoint.unlink(missing_ok=True)  # the run is complete: generator.pt and final_state.pt replace it
-    return TrainResult(out_dir, trainer.iteration, seconds, history, str(torch_device), captured, files,
-                       resumed_from)
+    results = []
+    for k in members:
+        files = _write_outputs(trainer, k, out_dirs[k], histories[k], cache)
+        results.append(TrainResult(out_dirs[k], trainer.iteration, seconds, histories[k], str(torch_device),
+                                   captured, files, resumed_from))
+    checkpoint.unlink(missing_ok=True)  # complete: each member's generator.pt and final_state.pt replace it
+    return results
 
 
-def _save_grid(trainer: Trainer, out_dir: Path, on_sample: SampleFn | None) -> None:
+def _save_grid(trainer: Trainer, k: int, out_dir: Path, on_sample: FusedSampleFn | None) -> None:
     path = atomic_write_bytes(out_dir / "samples" / f"iter_{trainer.iteration:06d}.png",
-                              grid_png(trainer.samples(), columns=8))
+                              grid_png(trainer.samples(k), columns=8))
     if on_sample:
-        on_sample(trainer.iteration, path)
+        on_sample(k, trainer.iteration, path)
 
 
-def _save_generator(trainer: Trainer, path: Path, cache: TensorCache) -> None:
-    cfg = trainer.config
+def _save_generator(trainer: Trainer, k: int, path: Path, cache: TensorCache) -> None:
+    cfg, (generator, _) = trainer.configs[k], trainer.member_networks(k)
     atomic_write(path, lambda f: torch.save({
-        "arch": cfg.arch, "config": asdict(cfg), "state_dict": trainer.generator.state_dict(),
-        "channels": int(trainer.data.shape[1]), "image_size": int(trainer.data.shape[2]),
+        "arch": cfg.arch, "config": asdict(cfg), "state_dict": generator.state_dict(),
+        "channels": trainer.channels, "image_size": trainer.image_size,
         "cache_hash": cache.content_hash, "variant": cache.variant, "iteration": trainer.iteration,
     }, f))
 
 
-def _write_outputs(trainer: Trainer, out_dir: Path, history: list[dict[str, float]],
+def _write_outputs(trainer: Trainer, k: int, out_dir: Path, history: list[dict[str, float]],
                    cache: TensorCache) -> dict[str, Path]:
-    cfg = trainer.config
+    cfg = trainer.configs[k]
     files = {
         "generator": out_dir / "generator.pt",
         "final_state": out_dir / "final_state.pt",
         "final_grid": out_dir / "final_grid.png",
         "history": out_dir / "history.json",
     }
-    _save_generator(trainer, files["generator"], cache)
-    atomic_write(files["final_state"], lambda f: torch.save(trainer.state(history), f))
-    atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(), columns=8))
+    _save_generator(trainer, k, files["generator"], cache)
+    atomic_write(files["final_state"], lambda f: torch.save(trainer.member_state(k, history), f))
+    atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(k), columns=8))
     atomic_write_json(files["history"], history)
     curves = curves_png(history, title=f"{cfg.arch} on {cache.variant}")
     if curves is not None:
