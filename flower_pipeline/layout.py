@@ -9,6 +9,7 @@
       <dataset>/features/<space>-<cache>.npz    the real images' features in a pretrained space (EfficientNet)
       <dataset>/training/<variant>/<arch>/<fingerprint>/   one training (checkpoint, samples, generator)
       studies/<study>-<profile>/<label>/<key>/  a study run; report.html beside the labels
+      studies/<study>-<profile>/fused+<key>/    a fused group's checkpoint while it trains
       stage_outputs/<asset>/<partition>.json    the records Dagster hands between assets
       mlflow.db, mlartifacts/                   the local MLflow store (when no server is set)
 
@@ -91,6 +92,10 @@ class DataLayout:
 
     def study_run(self, study: str, profile: str, label: str, key: str) -> Path:
         return self.study(study, profile) / path_part(label, "run label") / path_part(key)
+
+    def study_group(self, study: str, profile: str, key: str) -> Path:
+        """A fused group's checkpoint folder ('+' never occurs in a run label, so no label names it)."""
+        return self.study(study, profile) / path_part(f"fused+{key}")
 
     def study_report(self, study: str, profile: str) -> Path:
         return self.study(study, profile) / "report.html"

@@ -33,7 +33,7 @@ from flower_pipeline.metrics import run_metrics, summary_line, version_tags
 from flower_pipeline.registry import EFFNET_SPACE, FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
-from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train
+from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train_fused
 
 LogFn = Callable[[str], None]
 # An evaluation's pictures and what each shows: logged to MLflow's image viewer and shown in the Dagster UI.
@@ -78,44 +78,77 @@ def progress_line(record: dict[str, float], iterations: int) -> str:
             f"ETA {record['eta_s']:.0f} s")
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """One run of a training group: its settings, folder, MLflow run name, tags, extra params and snapshots."""
+
+    settings: TrainConfig
+    out_dir: Path
+    name: str
+    tags: dict[str, str]
+    params: dict[str, Any] | None = None
+    snapshots: tuple[int, ...] = ()
+    label: str = ""  # how the log names it when it trains beside others
+
+
 def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainConfig, out_dir: Path, *, name: str,
                   tags: dict[str, str], params: dict[str, Any] | None = None, device: str = DEFAULT_DEVICE,
                   snapshots: tuple[int, ...] = (), log: LogFn = print,
                   stop: threading.Event | None = None) -> tuple[TrainedRun, TrainResult]:
-    """Train on the cache into out_dir (resuming its checkpoint) as one tracked run with params, metrics, sample
-    grids and artifacts. A failed training's run is marked FAILED, except when the tracker itself failed. Setting
-    `stop` ends the training (its run ended elsewhere)."""
-    settings = settings.resolved()
+    """Train on the cache into out_dir (resuming its checkpoint) as one tracked run: a group of one."""
+    return train_and_log_group(tracker, cache_ref, [RunRequest(settings, out_dir, name, tags, params, snapshots)],
+                               out_dir, device=device, log=log, stop=stop)[0]
+
+
+def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[RunRequest], group_dir: Path, *,
+                        device: str = DEFAULT_DEVICE, log: LogFn = print,
+                        stop: threading.Event | None = None) -> list[tuple[TrainedRun, TrainResult]]:
+    """Train K runs of one bucket side by side (one run: a solo training), each its own tracked run with
+    params, metrics, sample grids and artifacts, exactly as a solo run. A failed training's runs are marked
+    FAILED, except when the tracker itself failed. Setting `stop` ends the training (its run ended elsewhere)."""
+    settings = [run.settings.resolved() for run in runs]
     cache = TensorCache.load(cache_ref.path)
-    run_id = tracker.start_run(name, {**tags, "variant": cache_ref.variant, "arch": settings.arch,
-                                      "cache_hash": cache_ref.content_hash})
+    run_ids: list[str] = []
     try:
-        tracker.log_dataset(run_id, cache_ref.variant, cache_ref.content_hash, cache_ref.path)
-        tracker.log_params(run_id, {**asdict(settings), "variant": cache_ref.variant, "device": device,
-                                    "cache_hash": cache_ref.content_hash, "train_images": int((~cache.holdout).sum()),
-                                    **(params or {})})
+        for run, config in zip(runs, settings, strict=True):
+            run_id = tracker.start_run(run.name, {**run.tags, "variant": cache_ref.variant, "arch": config.arch,
+                                                  "cache_hash": cache_ref.content_hash,
+                                                  **({"fused_with": str(len(runs) - 1)} if len(runs) > 1 else {})})
+            run_ids.append(run_id)
+            tracker.log_dataset(run_id, cache_ref.variant, cache_ref.content_hash, cache_ref.path)
+            tracker.log_params(run_id, {**asdict(config), "variant": cache_ref.variant, "device": device,
+                                        "cache_hash": cache_ref.content_hash,
+                                        "train_images": int((~cache.holdout).sum()), **(run.params or {})})
+        prefixes = [f"{run.label}: " if run.label and len(runs) > 1 else "" for run in runs]
 
-        def on_log(record: dict[str, float]) -> None:
-            log(progress_line(record, settings.iterations))
-            tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "iteration"}, int(record["iteration"]))
+        def on_log(k: int, record: dict[str, float]) -> None:
+            log(prefixes[k] + progress_line(record, settings[k].iterations))
+            tracker.log_metrics(run_ids[k], {key: v for key, v in record.items() if key != "iteration"},
+                                int(record["iteration"]))
 
-        result = train(settings, cache, out_dir, device=device, snapshots=snapshots, on_log=on_log,
-                       on_sample=lambda it, png: tracker.log_image(run_id, png, "samples", it),
-                       on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"), stop=stop)
-        for file in ("final_grid", "curves", "history", "generator"):
-            if file in result.files:
-                tracker.log_artifact(run_id, result.files[file])
-        tracker.log_artifact(run_id, out_dir / "samples", "samples")
-        tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
+        results = train_fused(settings, cache, [run.out_dir for run in runs], group_dir, device=device,
+                              snapshots=tuple(run.snapshots for run in runs), on_log=on_log,
+                              on_sample=lambda k, it, png: tracker.log_image(run_ids[k], png, "samples", it),
+                              on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"), stop=stop,
+                              labels=tuple(run.label or run.name for run in runs))
+        for run_id, run, result in zip(run_ids, runs, results, strict=True):
+            for file in ("final_grid", "curves", "history", "generator"):
+                if file in result.files:
+                    tracker.log_artifact(run_id, result.files[file])
+            tracker.log_artifact(run_id, run.out_dir / "samples", "samples")
+            tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
     except BaseException as err:
         if not isinstance(err, MLFLOW_FAILURES):  # with the tracker down, the next training marks this run KILLED
-            # An error fails the run; an interruption (Ctrl-C, a terminated run: not an Exception) kills it.
-            tracker.end_run(run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
+            for run_id in run_ids:
+                # An error fails the run; an interruption (Ctrl-C, a terminated run: not an Exception) kills it.
+                tracker.end_run(run_id, "FAILED" if isinstance(err, Exception) else "KILLED")
         raise
-    tracker.end_run(run_id)
-    trained = TrainedRun(cache_ref.variant, settings.arch, str(out_dir), run_id, cache_ref, asdict(settings),
-                         result.device, result.iterations, result.seconds)
-    return trained, result
+    trained = []
+    for run_id, run, config, result in zip(run_ids, runs, settings, results, strict=True):
+        tracker.end_run(run_id)
+        trained.append((TrainedRun(cache_ref.variant, config.arch, str(run.out_dir), run_id, cache_ref,
+                                   asdict(config), result.device, result.iterations, result.seconds), result))
+    return trained
 
 
 def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *, device: str = DEFAULT_DEVICE,

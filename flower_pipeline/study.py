@@ -32,11 +32,18 @@ from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.layout import DataLayout, path_part
 from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.models import ARCHITECTURES
-from flower_pipeline.runs import Evaluation, evaluate_and_log, measure, train_and_log
+from flower_pipeline.runs import (
+    Evaluation,
+    RunRequest,
+    TrainedRun,
+    evaluate_and_log,
+    measure,
+    train_and_log_group,
+)
 from flower_pipeline.settings import read_settings_file
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, decode_record, encode_record
 from flower_pipeline.tracking import Tracker
-from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig
+from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig, TrainResult, fusion_bucket
 from flower_pipeline.verdicts import (
     NOT_MEASURED,
     RULES,
@@ -345,35 +352,72 @@ class StudyReport:
     verdicts: dict[str, str]
 
 
+def fusion_groups(study: Study, profile: str, labels: list[str]) -> list[list[str]]:
+    """The runs (by label) that train as one fused model: the same variant and the same shared settings
+    (`training.fusion_bucket`), in plan order."""
+    groups: dict[tuple[str, str], list[str]] = {}
+    for label in labels:
+        run = study.plan(profile, (label,))[0]
+        groups.setdefault((run.variant, fusion_bucket(TrainConfig(**run.config))), []).append(label)
+    return list(groups.values())
+
+
 def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, label: str, cache_ref: TensorCacheRef,
-            network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE, tags: dict[str, str] | None = None,
-            log: Callable[[str], None] = print, stop: threading.Event | None = None) -> tuple[StudyRunResult, bool]:
+            network: FeatureNetworkRef, **options: Any) -> tuple[StudyRunResult, bool]:
     """One study run through the pipeline's run path (train, evaluate, logged as a nested MLflow run), or the
     finished result of the same settings, data and code. Returns the result and whether it was reused."""
-    run = study.plan(profile, (label,))[0]
-    key = run_key(run, cache_ref.content_hash, source_version())
-    out_dir = layout.study_run(study.name, profile, label, key)
-    done = out_dir / "result.json"
-    if done.is_file():
-        return decode_record(StudyRunResult, json.loads(done.read_text())), True
-    partition = study_run_key(study.name, profile, label)
-    trained, result = train_and_log(
-        tracker, cache_ref, TrainConfig(**run.config), out_dir, name=partition, device=device,
-        snapshots=run.snapshots, log=lambda line: log(f"{label}: {line}"), stop=stop,
-        tags={**(tags or {}), "study": study.name, "profile": profile, "label": label, "run_key": key},
-        params={f"changes.{k}": v for k, v in run.changes.items()})
+    return run_group(tracker, layout, study, profile, [label], cache_ref, network, **options)[0]
+
+
+def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, labels: list[str],
+              cache_ref: TensorCacheRef, network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE,
+              tags: dict[str, str] | None = None, log: Callable[[str], None] = print,
+              stop: threading.Event | None = None) -> list[tuple[StudyRunResult, bool]]:
+    """Study runs of one fusion group (`fusion_groups`): the finished ones reused, the rest trained side by
+    side as one model (one run: a solo training), then each evaluated and logged as its own nested MLflow run.
+    Returns each run's result and whether it was reused, in the order of `labels`."""
+    code = source_version()
+    plans = {label: study.plan(profile, (label,))[0] for label in labels}
+    keys = {label: run_key(run, cache_ref.content_hash, code) for label, run in plans.items()}
+    folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in labels}
+    done = {label: decode_record(StudyRunResult, json.loads((folders[label] / "result.json").read_text()))
+            for label in labels if (folders[label] / "result.json").is_file()}
+    todo = [label for label in labels if label not in done]
+    if len(todo) > 1:
+        log(f"training {len(todo)} runs side by side as one model: {', '.join(todo)}")
+    requests = [RunRequest(TrainConfig(**plans[label].config), folders[label],
+                           study_run_key(study.name, profile, label),
+                           {**(tags or {}), "study": study.name, "profile": profile, "label": label,
+                            "run_key": keys[label]},
+                           {f"changes.{k}": v for k, v in plans[label].changes.items()}, plans[label].snapshots, label)
+                for label in todo]
+    group_dir = folders[todo[0]] if len(todo) == 1 else layout.study_group(
+        study.name, profile, hashlib.sha256(" ".join(keys[label] for label in todo).encode()).hexdigest()[:16])
+    trained = train_and_log_group(tracker, cache_ref, requests, group_dir, device=device,
+                                  log=lambda line: log(line if len(todo) > 1 else f"{todo[0]}: {line}"),
+                                  stop=stop) if todo else []
+    for label, (training, result) in zip(todo, trained, strict=True):
+        done[label] = _evaluated(tracker, plans[label], keys[label], training, result, network,
+                                 study_run_key(study.name, profile, label), device,
+                                 lambda line, label=label: log(f"{label}: {line}"))
+    return [(done[label], label not in todo) for label in labels]
+
+
+def _evaluated(tracker: Tracker, run: PlannedRun, key: str, trained: TrainedRun, result: TrainResult,
+               network: FeatureNetworkRef, partition: str, device: str, log: Callable[[str], None]) -> StudyRunResult:
+    """A trained study run evaluated (and its snapshot measured), its record written last: only a finished run
+    is ever reused."""
     settings = EvalSettings(**run.evaluation)
-    final = evaluate_and_log(tracker, trained, network, settings, partition=partition, device=device,
-                             log=lambda line: log(f"{label}: {line}"))
+    final = evaluate_and_log(tracker, trained, network, settings, partition=partition, device=device, log=log)
     snapshot = run.snapshots[0] if run.snapshots else None
     early = measure(trained, network, settings, device=device, iteration=snapshot, log=lambda _: None) \
         if snapshot else None
-    record = StudyRunResult(partition, key, label, run.variant, run.arch, cache_ref.content_hash,
-                            network.network_id, str(out_dir), final.metrics, early.metrics if early else {}, snapshot,
+    record = StudyRunResult(partition, key, run.label, run.variant, run.arch, trained.cache.content_hash,
+                            network.network_id, trained.path, final.metrics, early.metrics if early else {}, snapshot,
                             final.unavailable, result.iterations / max(result.seconds, 1e-9), result.seconds,
                             trained.mlflow_run_id, final)
-    atomic_write_json(done, encode_record(record))  # last: only a finished run is ever reused
-    return record, False
+    atomic_write_json(Path(trained.path) / "result.json", encode_record(record))
+    return record
 
 
 def build_report(layout: DataLayout, study: Study, profile: str, records: dict[str, StudyRunResult],

@@ -1,5 +1,7 @@
 """The study as data, its verdicts, and a tiny study run through Dagster: table, reuse, resume, bad input."""
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -170,3 +172,62 @@ def test_a_dataset_that_cannot_be_had_is_skipped_with_its_runs(tmp_path, capsys,
     assert code == 1 and len(err) == 2, err
     assert err[0].startswith("warning: skipping 1 runs on flowers102-color-16, which could not be prepared")
     assert err[1].startswith("error: no run of tiny (quick) has its data: flowers102-color-16: could not download")
+
+
+FUSABLE_STUDY = {
+    "name": "fusable", "title": "Runs that fuse",
+    "profiles": {"quick": {"size": 16, "iterations": 60, "seeds": 2, "evaluation": {"samples": 40, "kid_subsets": 5},
+                           "settings": {"features": 8, "log_every": 20, "sample_every": 30, "checkpoint_seconds": 0,
+                                        "deterministic": True}}},
+    "claims": [
+        {"id": "dropout", "text": "Dropout in architecture 1 hurts.", "runs": [
+            {"label": "f17-color-arch1", "variant": "synthetic-color", "arch": "arch1"},
+            {"label": "arch1-dropout", "variant": "synthetic-color", "arch": "arch1", "settings": {"dropout": 0.3}}]},
+        {"id": "collapse", "text": "Architecture 2 collapses.", "runs": [
+            {"label": "f17-color-arch2", "variant": "synthetic-color", "arch": "arch2"}]},
+        {"id": "d-scores", "text": "D scores.", "uses": ["f17-color-arch1", "f17-color-arch2"]}],
+}
+
+
+def test_study_run_fuses_compatible_runs_into_one_step_each_and_gives_the_unfused_verdicts(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Four architecture-1 runs (two settings × two seeds) train as one step, the two architecture-2 runs as
+    another; each partition is still materialized with its own record, and the verdicts and numbers are those
+    of `--no-fuse`, which trains the six one at a time."""
+    from flower_pipeline.cli import main
+
+    path = tmp_path / "fusable.yaml"
+    path.write_text(yaml.safe_dump(FUSABLE_STUDY, sort_keys=False))
+    outcome = {}
+    for mode in ("fused", "unfused"):
+        home = tmp_path / mode / "home"
+        home.mkdir(parents=True)
+        shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        data = tmp_path / mode / "data"
+        args = ["study", "run", str(path), "--data-dir", str(data), "--device", "cpu"]
+        assert main(args + (["--no-fuse"] if mode == "unfused" else [])) == 0
+        printed = capsys.readouterr().out
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            runs = instance.get_runs(dg.RunsFilter(job_name="study_runs"))
+            materialized = instance.get_materialized_partitions(dg.AssetKey("study_run"))
+        records = {label: json.loads(p.read_text()) for label in ("f17-color-arch1", "f17-color-arch1+s1",
+                                                                    "arch1-dropout", "arch1-dropout+s1",
+                                                                    "f17-color-arch2", "f17-color-arch2+s1")
+                   for p in (data / "studies" / "fusable-quick" / label).glob("*/result.json")}
+        outcome[mode] = (len(runs), len(materialized), records, printed)
+        report = tmp_path / mode / "report.html"
+        assert main(["study", "report", str(path), "--data-dir", str(data), "-o", str(report)]) == 0
+        outcome[mode] += (report.read_text(),)
+    fused, unfused = outcome["fused"], outcome["unfused"]
+    assert (fused[0], fused[1]) == (2, 6) and (unfused[0], unfused[1]) == (6, 6)
+    assert "6 runs in 2 training steps (6 trained side by side in 2 fused groups" in fused[3]
+    assert len(fused[2]) == len(unfused[2]) == 6
+    for label, record in fused[2].items():
+        other = unfused[2][label]
+        assert record["run_key"] == other["run_key"]  # the same run, whoever trained it
+        for metric in ("d_real_train_mean", "d_fake_mean", "checkerboard_ratio", "colour_distance"):
+            assert record["metrics"][metric] == pytest.approx(other["metrics"][metric], rel=0.05, abs=0.02), metric
+    shown = r"class='(supported|not-supported|inconclusive|not-measured)'"
+    verdicts = [re.findall(shown, o[4]) for o in outcome.values()]
+    assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 3

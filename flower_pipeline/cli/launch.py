@@ -64,13 +64,14 @@ class _FinishedRun:
     partition_key: str
     data_dir: Path
 
-    def output_for_node(self, name: str) -> Any:
+    def output_for_node(self, name: str, partition_key: str | None = None) -> Any:
+        """The record the run's step wrote for its partition (or for `partition_key` of its range)."""
         import dagster as dg
 
         from flower_pipeline.defs.resources import FlowerStorage, StageOutputs
 
         io = StageOutputs(storage=FlowerStorage(data_dir=str(self.data_dir)))
-        return io.load_record(dg.AssetKey(name), self.partition_key)
+        return io.load_record(dg.AssetKey(name), partition_key or self.partition_key)
 
     def asset_materializations_for_node(self, name: str) -> Any:
         return self.result.asset_materializations_for_node(name)
@@ -99,16 +100,22 @@ def _code_location_for(home: str) -> Any:
     return InProcessCodeLocation(InProcessCodeLocationOrigin(target, location_name=LOCATION_NAME), instance())
 
 
-def create_run(name: str, partition_key: Any, run_config: dict[str, Any]) -> Any:
-    """A run of job `name` for one partition, created from the code location as `dagster job launch` and the
-    UI create theirs (job and plan snapshots, remote and code origins)."""
+def create_run(name: str, partition_key: Any, run_config: dict[str, Any], last_key: str | None = None) -> Any:
+    """A run of job `name` for one partition (or the range partition_key … last_key, one step materializing
+    them all, as a single-run backfill does), created from the code location as `dagster job launch` and the UI
+    create theirs (job and plan snapshots, remote and code origins)."""
     from dagster._core.definitions.selector import JobSubsetSelector
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     location = _code_location()
     repository = next(iter(location.get_repositories().values()))
     job = location.get_job(JobSubsetSelector(location_name=location.name, repository_name=repository.name,
                                              job_name=name, op_selection=None))
-    tags = {**job.tags, **definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)}
+    if last_key is None:
+        partition_tags = definitions().resolve_job_def(name).get_tags_for_partition_key(str(partition_key), None)
+    else:
+        partition_tags = {ASSET_PARTITION_RANGE_START_TAG: str(partition_key), ASSET_PARTITION_RANGE_END_TAG: last_key}
+    tags = {**job.tags, **partition_tags}
     plan = location.get_execution_plan(job, run_config, step_keys_to_execute=None, known_state=None,
                                        instance=instance()).execution_plan_snapshot
     return instance().create_run(
@@ -160,16 +167,18 @@ def _cancel_on_interrupt(run: Any) -> Iterator[None]:
         reader.close()
 
 
-def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path) -> _FinishedRun:
-    """Run one of the project's jobs for one partition, as the UI would: a run created from the code location,
-    executed here while the terminal waits (steps in this process, or on Celery workers when a broker is set).
-    Ctrl-C cancels it: its status becomes CANCELED and its pool slot is freed."""
+def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
+            last_key: str | None = None) -> _FinishedRun:
+    """Run one of the project's jobs for one partition (or the range partition_key … last_key in one run), as
+    the UI would: a run created from the code location, executed here while the terminal waits (steps in this
+    process, or on Celery workers when a broker is set). Ctrl-C cancels it: its status becomes CANCELED and its
+    pool slot is freed."""
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
     from flower_pipeline.scaleout import code_location
 
     storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
-    run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage})
+    run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage}, last_key)
     from dagster._core.execution.api import execute_run
 
     with _cancel_on_interrupt(run):

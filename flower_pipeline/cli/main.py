@@ -297,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="start the full profile on a CPU all the same")
     p.add_argument("--register", action="store_true",
                    help="register each run's generator in the model registry (may move champions)")
+    p.add_argument("--no-fuse", action="store_true",
+                   help="train every run on its own (default: runs that differ only in fusable settings, seeds "
+                        "included, train side by side as one model, one step for each group)")
     p.set_defaults(run=study.run_study)
     p = with_data_dir(study_commands.add_parser("report", help="write the study's HTML report"))
     p.add_argument("study", help="a study name or a study file")

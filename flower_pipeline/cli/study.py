@@ -64,7 +64,7 @@ def run_study(args: argparse.Namespace) -> None:
     """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
     from flower_pipeline.defs.study_assets import study_partitions, study_run_partitions
     from flower_pipeline.registry import tracking
-    from flower_pipeline.study import load_study, study_run_key
+    from flower_pipeline.study import fusion_groups, load_study, study_run_key
     from flower_pipeline.training import pick_device
 
     study = load_study(args.study)
@@ -96,27 +96,41 @@ def run_study(args: argparse.Namespace) -> None:
     if not plan:
         raise PipelineError(f"no run of {study.name} ({args.profile}) has its data: "
                             + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
-    keys = [study_run_key(study.name, args.profile, run.label) for run in plan]
+    by_label = {run.label: run for run in plan}
+    groups = [[run.label] for run in plan] if args.no_fuse else fusion_groups(study, args.profile, list(by_label))
+    keys = [study_run_key(study.name, args.profile, label) for group in groups for label in group]
+    # New partitions are added group by group, so each fused group is one range of them (one run, one step).
     new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
     instance.add_dynamic_partitions(study_run_partitions.name, new)
     report_key = f"{study.name}:{args.profile}"
     if not instance.has_dynamic_partition(study_partitions.name, report_key):
         instance.add_dynamic_partitions(study_partitions.name, [report_key])
+    batches = _contiguous(groups, study.name, args.profile, instance.get_dynamic_partitions(study_run_partitions.name))
+    fused = sum(len(batch) for batch in batches if len(batch) > 1)
+    print(f"{len(plan)} runs in {len(batches)} training steps" + (f" ({fused} trained side by side in "
+          f"{sum(len(batch) > 1 for batch in batches)} fused groups; --no-fuse trains one at a time)" if fused
+          else ""), flush=True)
     store = tracking(data_dir=args.data_dir)
     parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
     records = []
     config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device}
     try:
-        for number, (run, key) in enumerate(zip(plan, keys, strict=True), 1):
-            result = run_job("study_runs", key, {"study_run": {"config": config}}, args.data_dir)
-            record = result.output_for_node("study_run")
-            records.append((run, record))
-            state = "reused" if result.asset_materializations_for_node("study_run")[0].metadata[
-                "reused"].value else f"{record.seconds:.0f} s"
-            fd = record.metrics.get("fd_flowers")
-            print(f"[{number}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
-                  f"{'n/a' if fd is None else f'{fd:.2f}'}, recall {record.metrics.get('recall', float('nan')):.2f}",
-                  flush=True)
+        for batch in batches:
+            first, last = study_run_key(study.name, args.profile, batch[0]), study_run_key(study.name, args.profile,
+                                                                                          batch[-1])
+            result = run_job("study_runs", first, {"study_run": {"config": config}}, args.data_dir,
+                             last if len(batch) > 1 else None)
+            reused = {m.partition: m.metadata["reused"].value
+                      for m in result.asset_materializations_for_node("study_run")}
+            for label in batch:
+                run, key = by_label[label], study_run_key(study.name, args.profile, label)
+                record = result.output_for_node("study_run", key)
+                records.append((run, record))
+                state = "reused" if reused.get(key) else f"{record.seconds:.0f} s"
+                fd = record.metrics.get("fd_flowers")
+                print(f"[{len(records)}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
+                      f"{'n/a' if fd is None else f'{fd:.2f}'}, recall "
+                      f"{record.metrics.get('recall', float('nan')):.2f}", flush=True)
         run_job("study_reports", report_key, {"study_report": {"config": config}}, args.data_dir)
     except BaseException:
         store.end_run(parent, "KILLED")
@@ -126,6 +140,26 @@ def run_study(args: argparse.Namespace) -> None:
         for run, record in records:
             _register_study_run(store, study.name, run, record)
     print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
+
+
+def _contiguous(groups: list[list[str]], study: str, profile: str, order: list[str]) -> list[list[str]]:
+    """Each group split where its partitions are not neighbours in the instance's order (a run covers a range
+    of partitions); a group added in an earlier invocation, one by one, may so train in parts."""
+    from flower_pipeline.study import study_run_key
+
+    position = {key: i for i, key in enumerate(order)}
+    batches = []
+    for group in groups:
+        ranked = sorted(group, key=lambda label: position[study_run_key(study, profile, label)])
+        batch = [ranked[0]]
+        for label in ranked[1:]:
+            if position[study_run_key(study, profile, label)] == position[study_run_key(study, profile, batch[-1])] + 1:
+                batch.append(label)
+            else:
+                batches.append(batch)
+                batch = [label]
+        batches.append(batch)
+    return batches
 
 
 def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:

@@ -65,7 +65,8 @@ class StageOutputs(dg.ConfigurableIOManager):
     record exists only for a finished materialization, and the file is replaced
     atomically: a failure part-way leaves the previous record in force. An
     input mapped from several partitions (a variant reading its dataset's
-    extraction, an asset check) loads as {partition key: record}.
+    extraction, an asset check) loads as {partition key: record}, and an output of several partitions (a fused
+    group's step) is written as one record per partition.
     """
 
     storage: FlowerStorage
@@ -74,9 +75,16 @@ class StageOutputs(dg.ConfigurableIOManager):
         return self.storage.layout.stage_record(asset_key.path, partition)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        partition = context.partition_key if context.has_partition_key else None
-        atomic_write_json(self._path(context.asset_key, partition),
-                          {"type": f"{type(obj).__module__}:{type(obj).__qualname__}", "value": encode_record(obj)})
+        if context.has_asset_partitions and len(context.asset_partition_keys) > 1:  # several partitions, one step
+            for key in context.asset_partition_keys:
+                self._write(context.asset_key, key, obj[key])
+            return
+        self._write(context.asset_key, context.partition_key if context.has_partition_key else None, obj)
+
+    def _write(self, asset_key: dg.AssetKey, partition: str | None, record: Any) -> None:
+        atomic_write_json(self._path(asset_key, partition), {"type": f"{type(record).__module__}:"
+                                                                     f"{type(record).__qualname__}",
+                                                             "value": encode_record(record)})
 
     def load_input(self, context: dg.InputContext) -> Any:
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]

@@ -12,9 +12,10 @@ import dagster as dg
 from pydantic import Field
 
 from flower_pipeline import __version__
+from flower_pipeline.errors import PipelineError
 from flower_pipeline.metrics import SUMMARY
 from flower_pipeline.scaleout import GPU_STEP
-from flower_pipeline.study import Study, StudyReport, StudyRunResult, build_report, load_study, run_one
+from flower_pipeline.study import Study, StudyReport, build_report, load_study, run_group
 from flower_pipeline.training import DEFAULT_DEVICE
 
 from .config import DEVICE_HELP
@@ -42,32 +43,52 @@ def _study(config: StudyConfig, name: str) -> Study:
 
 @dg.asset(partitions_def=study_run_partitions, pool="gpu", group_name="study", kinds={"pytorch", "mlflow"},
           owners=OWNERS, code_version=__version__, op_tags=GPU_STEP,
+          backfill_policy=dg.BackfillPolicy.single_run(),  # a fused group: several partitions, one step
           ins={"tensor_cache": dg.AssetIn(partition_mapping=dg.AllPartitionMapping()),
                "feature_network": dg.AssetIn(partition_mapping=dg.AllPartitionMapping())})
 def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cache: Any, feature_network: Any,
-              storage: FlowerStorage, mlflow: MlflowTracking) -> StudyRunResult:
-    """One run of a study: trained, evaluated on its variant, logged as a nested MLflow run; reused when done."""
-    name, profile, label = context.partition_key.split(":")
+              storage: FlowerStorage, mlflow: MlflowTracking) -> Any:
+    """Runs of a study: trained, evaluated on their variant, each logged as a nested MLflow run; reused when
+    done. A run of several partitions (a range, as `study run` launches a fused group) trains them side by
+    side as one model in this one step, and materializes each partition with its own metadata."""
+    keys = list(context.partition_keys)
+    parts = [key.split(":") for key in keys]
     tracker = mlflow.tracker
     step = step_watch(context.instance, context.run.run_id, step_key(context))
     with user_errors(tracker), step as run_ended:
+        (name, profile), labels = _one_study(keys, parts), [label for *_, label in parts]
         study = _study(config, name)
-        variant = study.plan(profile, (label,))[0].variant
-        result, reused = run_one(
-            tracker, storage.layout, study, profile, label, pick(tensor_cache, variant, "variant"),
-            pick(feature_network, variant, "variant"), device=config.device,
-            log=context.log.info, stop=run_ended,
+        variants = {study.plan(profile, (label,))[0].variant for label in labels}
+        if len(variants) > 1:
+            raise PipelineError(f"the runs {', '.join(labels)} are on several variants ({', '.join(sorted(variants))})"
+                                "; runs trained in one step must share one (flower-pipeline study run groups them)")
+        variant = variants.pop()
+        results = run_group(
+            tracker, storage.layout, study, profile, labels, pick(tensor_cache, variant, "variant"),
+            pick(feature_network, variant, "variant"), device=config.device, log=context.log.info, stop=run_ended,
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
-    if reused:
-        context.log.info(f"{label}: reused the finished run {result.run_key}")
-    shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SUMMARY if k in result.metrics}
-    grid = Path(result.path) / "final_grid.png"
-    if grid.is_file():
-        shown["samples"] = image_markdown(grid.read_bytes(), result.label)
-    context.add_output_metadata({"reused": reused, "run_key": result.run_key, **shown,
-                                 "mlflow_run": mlflow_link(tracker, result.mlflow_run_id),
-                                 "it_per_s": round(result.it_per_s, 1)})
-    return result
+    for key, (result, reused) in zip(keys, results, strict=True):
+        if reused:
+            context.log.info(f"{result.label}: reused the finished run {result.run_key}")
+        shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SUMMARY if k in result.metrics}
+        grid = Path(result.path) / "final_grid.png"
+        if grid.is_file():
+            shown["samples"] = image_markdown(grid.read_bytes(), result.label)
+        context.add_asset_metadata({"reused": reused, "run_key": result.run_key, **shown,
+                                    "trained_beside": len(keys) - 1,
+                                    "mlflow_run": mlflow_link(tracker, result.mlflow_run_id),
+                                    "it_per_s": round(result.it_per_s, 1)}, partition_key=key)
+    records = {key: result for key, (result, _) in zip(keys, results, strict=True)}
+    return records if len(keys) > 1 else records[keys[0]]
+
+
+def _one_study(keys: list[str], parts: list[list[str]]) -> tuple[str, str]:
+    studies = {tuple(p[:2]) for p in parts}
+    if len(studies) != 1 or any(len(p) != 3 for p in parts):
+        raise PipelineError(f"the partitions {keys[0]} … {keys[-1]} are not runs of one study and profile; "
+                            "launch the runs of one study (flower-pipeline study run) or one partition")
+    name, profile = studies.pop()
+    return name, profile
 
 
 @dg.asset(partitions_def=study_partitions, group_name="study", kinds={"html", "mlflow"}, owners=OWNERS,
