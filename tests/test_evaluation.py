@@ -248,12 +248,14 @@ def test_d_scores_on_training_images_agree_with_the_last_training_window(tmp_pat
     from flower_pipeline.training import load_trained
 
     cache = TensorCache.load(path)
+    # A slow lr keeps D nearly still over the final window: at the default lr D swings by up to 0.1 within 8
+    # iterations (measured on 4 seeds), which is D moving, not the scoring being wrong.
     config = TrainConfig(arch=arch, iterations=120, batch_size=16, features=8, minibatch_kernels=8, log_every=8,
-                         instance_noise=0.0, checkpoint_seconds=0)
+                         instance_noise=0.0, checkpoint_seconds=0, lr=5e-5)
     result = train(config, cache, tmp_path / "run", device="cpu")
     trained = load_trained(tmp_path / "run")
     scores = discriminator_scores(trained.discriminator, cache.train_images(), config.batch_size)
-    # Within 0.06 (the issue asks 0.1): eval-mode scores miss it here by 0.09 (arch1) and 0.18 (arch2).
+    # Within 0.06 (the issue asks 0.1; 0.032 at worst over 4 seeds): eval-mode scores miss it by 0.10-0.21.
     assert abs(scores.mean() - result.final["d_real"]) < 0.06, (scores.mean(), result.final["d_real"])
     again = discriminator_scores(trained.discriminator, cache.train_images(), config.batch_size)
     np.testing.assert_array_equal(scores, again)  # same seed, same batches: and D's saved state is untouched
