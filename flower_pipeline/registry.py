@@ -77,19 +77,23 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
 # --- what may become the champion -------------------------------------------------------------------------
 
 
-def ranking_metric(new: dict[str, Any], champion: dict[str, Any]) -> str:
-    """FID when both versions have it; else fd_effnet, then fd_flowers, when both were measured in the same
+RANKING = ("fid", "fd_effnet", "fd_flowers", "colour_distance")  # what ranks versions, in order; lower is better
+RANKING_SPACES = {"fd_effnet": EFFNET_SPACE, "fd_flowers": FEATURE_NETWORK}  # comparable only in the same space
+
+
+def ranking_metric(*versions: dict[str, Any]) -> str:
+    """FID when all versions have it; else fd_effnet, then fd_flowers, when all were measured in the same
     feature space; else the colour distance. Lower is better for all four.
 
     D scores do not rank versions: each version is judged by its own discriminator.
     """
-    if new.get("fid") is not None and champion.get("fid") is not None:
-        return "fid"
-    for metric, space in (("fd_effnet", EFFNET_SPACE), ("fd_flowers", FEATURE_NETWORK)):
-        if (new.get(metric) is not None and champion.get(metric) is not None
-                and new.get(space) == champion.get(space) is not None):
+    for metric in RANKING[:-1]:
+        space = RANKING_SPACES.get(metric)
+        if all(v.get(metric) is not None for v in versions) and (
+                space is None or (versions[0].get(space) is not None
+                                  and all(v.get(space) == versions[0].get(space) for v in versions))):
             return metric
-    return "colour_distance"
+    return RANKING[-1]
 
 
 def promotion_decision(gate_passed: bool, gate_reason: str, new: dict[str, Any],

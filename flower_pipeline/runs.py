@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,14 @@ from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, 
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.metrics import run_metrics, summary_line, version_tags
-from flower_pipeline.registry import EFFNET_SPACE, FEATURE_NETWORK, RegisteredVersion, model_name, register_generator
+from flower_pipeline.registry import (
+    EFFNET_SPACE,
+    FEATURE_NETWORK,
+    RegisteredVersion,
+    model_name,
+    ranking_metric,
+    register_generator,
+)
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train_fused
@@ -53,6 +61,7 @@ class TrainedRun:
     device: str
     iterations: int
     seconds: float
+    sweep: tuple[TrainedRun, ...] = ()  # the other seeds of a seed sweep, trained beside this one
 
 
 @dataclass(frozen=True)
@@ -65,11 +74,44 @@ class Evaluation:
     gate_passed: bool
     gate_reason: str
     files: dict[str, str]
+    sweep: tuple[Evaluation, ...] = ()  # a seed sweep's other members, which this one ranked above
 
 
 def training_fingerprint(cache_hash: str, settings: TrainConfig) -> str:
     """A training's identity: cache content and settings, so a retry resumes its own checkpoint."""
     return hashlib.sha256(json.dumps([cache_hash, asdict(settings)], sort_keys=True).encode()).hexdigest()[:12]
+
+
+MAX_SEEDS = 64  # members one sweep trains side by side (64 px arch1 at batch 16: ~2 GB on a GPU)
+
+
+def seed_sweep(settings: TrainConfig, seeds: Sequence[int]) -> list[TrainConfig]:
+    """The settings once per seed of a sweep, trained side by side; no seeds: the settings' own seed alone."""
+    if len(seeds) > MAX_SEEDS:
+        raise PipelineError(f"{len(seeds)} seeds: a sweep trains at most {MAX_SEEDS} side by side")
+    if len(set(seeds)) < len(seeds):
+        raise PipelineError(f"seeds repeat: {', '.join(map(str, seeds))}")
+    return [replace(settings, seed=seed).resolved() for seed in seeds] or [settings]
+
+
+def sweep_fingerprint(cache_hash: str, members: Sequence[TrainConfig]) -> str:
+    """A sweep's group folder name: its members' identities ('+' names no single training's folder)."""
+    return "fused+" + hashlib.sha256(" ".join(training_fingerprint(cache_hash, m) for m in members)
+                                     .encode()).hexdigest()[:12]
+
+
+def sweep_metric(evaluations: Sequence[Evaluation]) -> str:
+    """What ranks a sweep's members: the registry's ranking metric that all of them have."""
+    return ranking_metric(*({**e.metrics, FEATURE_NETWORK: e.feature_network, EFFNET_SPACE: EFFNET_ID}
+                            for e in evaluations))
+
+
+def best_of(evaluations: Sequence[Evaluation]) -> Evaluation:
+    """The sweep member the registry would rank first: one that passed the gate, then the lowest ranking
+    metric (as a champion is chosen); the others ride along in `sweep`."""
+    metric = sweep_metric(evaluations)
+    best = min(evaluations, key=lambda e: (not e.gate_passed, e.metrics.get(metric, math.inf)))
+    return replace(best, sweep=tuple(e for e in evaluations if e is not best))
 
 
 def progress_line(record: dict[str, float], iterations: int) -> str:

@@ -34,7 +34,8 @@ def check_bounds(settings: Any) -> None:
         if bounds is None or value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not bounds[0] <= value <= bounds[1]:
-            raise PipelineError(f"{f.name} must be a number from {bounds[0]:g} to {bounds[1]:g}, got {value!r}")
+            low, high = (b if isinstance(b, int) else f"{b:g}" for b in bounds)  # ints whole: 2147483647
+            raise PipelineError(f"{f.name} must be a number from {low} to {high}, got {value!r}")
 
 
 def setting_fields(cls: type) -> list[tuple[str, type, Any, str, tuple[str, ...] | None]]:

@@ -85,6 +85,8 @@ def decode_record(cls: type, value: dict[str, Any]) -> Any:
     def field(kind: Any, item: Any) -> Any:
         if isinstance(kind, types.UnionType) and item is not None:  # `Record | None`
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if typing.get_origin(kind) is tuple and item is not None:  # `tuple[Record, ...]`
+            return tuple(field(typing.get_args(kind)[0], one) for one in item)
         return decode_record(kind, item) if dataclasses.is_dataclass(kind) and item is not None else item
 
     return cls(**{k: field(hints[k], v) for k, v in value.items()})

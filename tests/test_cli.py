@@ -202,3 +202,37 @@ def test_a_command_line_run_can_be_re_executed_through_dagster(tmp_path, capsys,
                                    parent_run_id=run.run_id, step_selection=["tensor_cache"]))
         assert again.success and again.dagster_run.parent_run_id == run.run_id
         assert again.dagster_run.tags["dagster/partition"] == "synthetic-color-16"
+
+
+@pytest.mark.parametrize("seeds", ["0-", "5-2", "0-64", "0,0", "a"])
+def test_a_bad_seed_sweep_is_one_line(tmp_path, capsys, monkeypatch, seeds):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch", "arch1",
+                         "--seeds", seeds)
+    assert code == 1 and err.startswith("error: ") and "seeds" in err and err.count("\n") == 1, err
+
+
+def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, capsys, monkeypatch):
+    import re
+
+    from flower_pipeline.registry import tracking
+
+    assert _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+                 "--feature-net-epochs", "1")[0] == 0
+    code, out, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch", "arch1",
+                           "--seeds", "0-2", "--iterations", "30", "--features", "8", "--eval-samples", "64")
+    assert code == 0, err
+    metric = re.search(r"seed sweep: 3 seeds trained side by side, ranked by the quality gate, then (\w+)", out)[1]
+    rows = re.findall(rf"    seed +(\d+): {metric} ([\d.e+-]+), quality gate (\w+).*?(<- registered)?$", out, re.M)
+    assert [seed for seed, *_ in rows] == ["0", "1", "2"] and out.count("<- registered") == 1, out
+    ranked = sorted(rows, key=lambda row: (row[2] != "passed", float(row[1])))
+    assert ranked[0][3], out  # the mark is on the best by the gate, then the metric
+
+    store = tracking(data_dir=tmp_path / "data")
+    client = store.client()
+    (version,) = client.search_model_versions("name='synthetic-color-16-arch1'")  # one version: the best seed's
+    runs = client.search_runs([store.experiment_id()])
+    assert len(runs) == 3 and {r.data.tags["fused_with"] for r in runs} == {"2"}
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2"]
+    chosen = next(r for r in runs if r.info.run_id == version.run_id)
+    assert chosen.data.params["seed"] == ranked[0][0]
+    assert {r.data.tags["sweep_choice"] for r in runs} == {f"seed {ranked[0][0]} of 3"}

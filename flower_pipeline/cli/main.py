@@ -86,17 +86,41 @@ def prepare(args: argparse.Namespace) -> None:
               f"(chance {1 / network.classes:.1%}), {network.seconds:.0f} s")
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`0-7`, `0,3,5` or both (`0-3,9`): the seeds of a sweep, bounded before any range is expanded."""
+    from flower_pipeline.runs import MAX_SEEDS, seed_sweep
+    from flower_pipeline.training import TrainConfig
+
+    spans = []
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not (low.isdigit() and (high.isdigit() or not _)):
+            raise PipelineError(f"--seeds takes seeds and ranges such as 0-7 or 0,3,5, not {printable(text)!r}")
+        spans.append((int(low), int(high or low)))
+    if any(high < low for low, high in spans):
+        raise PipelineError(f"--seeds: a range runs from low to high, not {printable(text)!r}")
+    if sum(high - low + 1 for low, high in spans) > MAX_SEEDS:
+        raise PipelineError(f"--seeds {printable(text)}: a sweep trains at most {MAX_SEEDS} seeds side by side")
+    seeds = [seed for low, high in spans for seed in range(low, high + 1)]
+    seed_sweep(TrainConfig(), seeds)  # repeats and out-of-range seeds, by the rule the training applies
+    return seeds
+
+
 def train(args: argparse.Namespace) -> None:
-    """Train, evaluate and register one variant × architecture (the retraining job's three assets)."""
+    """Train, evaluate and register one variant × architecture (the retraining job's three assets); with
+    --seeds, a sweep of seeds trained side by side, the best registered."""
     from flower_pipeline.defs.partitions import existing_variant, training_key
     from flower_pipeline.evaluation import EvalSettings
     from flower_pipeline.settings import given_flags
     from flower_pipeline.training import TrainConfig
 
+    seeds = parse_seeds(args.seeds) if args.seeds else None  # a typo is told before anything is looked up
     variant = existing_variant(instance(), args.variant)
     training = {**given_flags(args, TrainConfig), "device": args.device}
     evaluation = {**given_flags(args, EvalSettings, prefix="eval_"), "device": args.device}
     training.pop("arch", None)
+    if seeds:
+        training["seeds"] = seeds
     result = run_job("retrain_generators", training_key(variant.name, args.arch),
                      {"trained_generator": {"config": training}, "generator_evaluation": {"config": evaluation}},
                      args.data_dir)
@@ -115,7 +139,22 @@ def train(args: argparse.Namespace) -> None:
         print(f"  fd_flowers unavailable: {evaluated.unavailable['fd_flowers']}")
     if "fid" in evaluated.unavailable:
         print(f"  FID and KID unavailable: {evaluated.unavailable['fid']}")
+    if evaluated.sweep:
+        _print_sweep(evaluated)
     print(f"  {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
+
+
+def _print_sweep(best: typing.Any) -> None:
+    """Each seed of a sweep on one line, in seed order, the one that went on to the registry marked."""
+    from flower_pipeline.runs import sweep_metric
+
+    members = sorted((best, *best.sweep), key=lambda e: e.training.config["seed"])
+    metric = sweep_metric(members)
+    print(f"  seed sweep: {len(members)} seeds trained side by side, ranked by the quality gate, then {metric}")
+    for e in members:
+        mark = "  <- registered" if e is best else ""
+        print(f"    seed {e.training.config['seed']:>3}: {metric} {e.metrics.get(metric, float('nan')):.4g}, "
+              f"quality gate {e.gate_reason}{mark}")
 
 
 # A CPU-sized schedule: the demo proves every step works, it does not make good flowers.
@@ -279,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, choices=tuple(ARCHITECTURES))
     p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (CUDA when present), cpu, cuda or cuda:N")
     add_flags(p, TrainConfig, skip=("arch",))
+    p.add_argument("--seeds", help="a seed sweep, e.g. 0-7 or 0,3,5: trained side by side in one fused step, "
+                                   "each evaluated, only the best registered (through the usual gate and ranking)")
     add_flags(p, EvalSettings, prefix="eval_")
     p.set_defaults(run=train)
 

@@ -27,8 +27,11 @@ def config_class(name: str, settings: type, skip: tuple[str, ...] = (), **extra:
     return create_model(name, __base__=dg.Config, **fields, **extra)
 
 
-# The architecture comes from the partition; the device is where, not what, so it is no training setting.
-TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",), device=DEVICE_FIELD)
+# The architecture comes from the partition; the device is where, not what, so it is no training setting; a
+# sweep's seeds are several trainings, each with its own `seed`.
+SEEDS_FIELD = (list[int], Field([], description="A seed sweep: these seeds trained side by side in one fused step, "
+                                                "the best registered. Empty: `seed` alone."))
+TrainingConfig = config_class("TrainingConfig", TrainConfig, skip=("arch",), device=DEVICE_FIELD, seeds=SEEDS_FIELD)
 EvaluationConfig = config_class("EvaluationConfig", EvalSettings, device=DEVICE_FIELD)
 
 

@@ -7,6 +7,7 @@ reads its partition and config, calls the core, and shows the record in the UI.
 import getpass
 import os
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -21,10 +22,14 @@ from flower_pipeline.registry import RegisteredVersion
 from flower_pipeline.runs import (
     PICTURES,
     Evaluation,
+    RunRequest,
     TrainedRun,
+    best_of,
     evaluate_and_log,
     register,
-    train_and_log,
+    seed_sweep,
+    sweep_fingerprint,
+    train_and_log_group,
     training_fingerprint,
 )
 from flower_pipeline.scaleout import GPU_STEP
@@ -35,9 +40,10 @@ from .data_assets import OWNERS
 from .heartbeat import step_key, step_watch
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, table, user_errors
+from .support import image_markdown, mlflow_link, rows_table, table, user_errors
 
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
+FINAL_SHOWN = ("loss_d", "loss_g", "d_real", "d_fake")  # a training's final log window, as the UI shows it
 
 
 def dagster_tags(context: dg.AssetExecutionContext) -> dict[str, str]:
@@ -86,15 +92,25 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     step = step_watch(context.instance, context.run.run_id, step_key(context))
     with user_errors(tracker), step as run_ended:
         settings = settings_from(config, TrainConfig, arch=arch).resolved()
-        out_dir = storage.layout.training(Variant.parse(variant).dataset, variant, arch,
-                                          training_fingerprint(tensor_cache.content_hash, settings))
+        members = seed_sweep(settings, config.seeds)
+        dataset, sweep = Variant.parse(variant).dataset, len(members) > 1
+        out_dirs = [storage.layout.training(dataset, variant, arch, training_fingerprint(tensor_cache.content_hash, m))
+                    for m in members]
+        group_dir = (storage.layout.training(dataset, variant, arch,
+                                             sweep_fingerprint(tensor_cache.content_hash, members))
+                     if sweep else out_dirs[0])
         ended = tracker.end_orphaned_runs(str(context.partition_key), lambda run_id: _running(context, run_id))
         if ended:
             context.log.warning(f"marked {ended} MLflow run(s) of an earlier, crashed run KILLED")
-        trained, result = train_and_log(
-            tracker, tensor_cache, settings, out_dir, name=f"{variant}-{arch}", device=config.device,
-            tags={**dagster_tags(context), "dagster_partition": str(context.partition_key)},
-            log=context.log.info, stop=run_ended)
+        tags = {**dagster_tags(context), "dagster_partition": str(context.partition_key)}
+        runs = [RunRequest(m, out_dir, f"{variant}-{arch}" + (f"-seed{m.seed}" if sweep else ""), tags,
+                           label=f"seed {m.seed}") for m, out_dir in zip(members, out_dirs, strict=True)]
+        if sweep:
+            context.log.info(f"seed sweep: {len(runs)} seeds trained side by side in one fused step")
+        group = train_and_log_group(tracker, tensor_cache, runs, group_dir, device=config.device,
+                                    log=context.log.info, stop=run_ended)
+    (trained, result), out_dir = group[0], out_dirs[0]
+    trained = replace(trained, sweep=tuple(member for member, _ in group[1:]))
 
     final = result.final
     metadata: dict[str, Any] = {
@@ -102,12 +118,15 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         "device": result.device, "cuda_graph": result.cuda_graph, "iterations": result.iterations,
         "seconds": round(result.seconds, 1),
         "iterations_per_second": round(result.iterations / max(result.seconds, 1e-9), 1),
-        **{k: round(final[k], 4) for k in ("loss_d", "loss_g", "d_real", "d_fake")},
+        **{k: round(final[k], 4) for k in FINAL_SHOWN},
         "cache_hash": tensor_cache.content_hash,
         "samples": image_markdown(result.files["final_grid"].read_bytes(), f"{variant} {arch} samples"),
     }
     if "curves" in result.files:
         metadata["curves"] = image_markdown(result.files["curves"].read_bytes(), "training curves")
+    if sweep:
+        metadata["sweep"] = rows_table([{"seed": m.settings.seed, **{k: round(r.final[k], 4) for k in FINAL_SHOWN}}
+                                        for m, (_, r) in zip(runs, group, strict=True)])
     context.add_output_metadata(metadata)
     return trained
 
@@ -120,9 +139,16 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     tracker = mlflow.tracker
     step = step_watch(context.instance, context.run.run_id, step_key(context))  # the slot stays while it runs
     with user_errors(tracker), step:
-        evaluation = evaluate_and_log(tracker, trained_generator, feature_network,
-                                      settings_from(config, EvalSettings), partition=str(context.partition_key),
-                                      device=config.device, log=context.log.info)
+        settings = settings_from(config, EvalSettings)
+        evaluation = best_of([evaluate_and_log(tracker, trained, feature_network, settings,
+                                               partition=str(context.partition_key), device=config.device,
+                                               log=context.log.info)
+                              for trained in (trained_generator, *trained_generator.sweep)])
+        if evaluation.sweep:  # which seed of the sweep goes on to the registry, on every member's run
+            chosen = f"seed {evaluation.training.config['seed']} of {len(evaluation.sweep) + 1}"
+            for member in (evaluation, *evaluation.sweep):
+                tracker.set_tags(member.training.mlflow_run_id, {"sweep_choice": chosen})
+            context.log.info(f"seed sweep: {chosen} ranked first and goes on to the registry")
     shown = {k: round(v, 4) for k, v in metrics.headline(evaluation.metrics).items()}
     metadata: dict[str, Any] = {
         **shown, "samples_scored": config.samples, "quality_gate": evaluation.gate_reason,
@@ -132,6 +158,10 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     for key, status in (("fid", "fid_status"), ("fd_flowers", "flowers_status")):
         if key in evaluation.unavailable:
             metadata[status] = f"unavailable: {evaluation.unavailable[key]}"
+    if evaluation.sweep:
+        metadata["sweep"] = rows_table([{"seed": e.training.config["seed"], "quality_gate": e.gate_reason,
+                                         **{k: round(v, 4) for k, v in metrics.headline(e.metrics).items()}}
+                                        for e in (evaluation, *evaluation.sweep)])
     for name, alt in PICTURES.items():
         if name in evaluation.files:
             with open(evaluation.files[name], "rb") as picture:

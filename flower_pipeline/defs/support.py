@@ -77,3 +77,12 @@ def table(rows: dict[str, float]) -> dg.MetadataValue:
         [dg.TableRecord({"metric": name, "title": BY_NAME[name].title if name in BY_NAME else name,
                          "value": float(value), "better": (BY_NAME[name].better or "") if name in BY_NAME else ""})
          for name, value in rows.items()], schema=schema)
+
+
+def rows_table(rows: list[dict[str, str | float]]) -> dg.MetadataValue:
+    """One row per item (a sweep's seeds), the columns the rows' keys: numbers as floats, the rest as text."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    kinds = {c: "float" if all(isinstance(r.get(c), float | int) for r in rows) else "string" for c in columns}
+    schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds[c]) for c in columns])
+    return dg.MetadataValue.table([dg.TableRecord({c: float(r[c]) if kinds[c] == "float" else str(r.get(c, ""))
+                                                   for c in columns}) for r in rows], schema=schema)
