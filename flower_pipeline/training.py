@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import sys
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flower_pipeline.augment import DRAWS, diff_augment, parse_policies, policy_mask
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import (
     ARCHITECTURES,
@@ -53,6 +55,7 @@ from flower_pipeline.tensor_cache import TensorCache
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("fp32", "bf16")
 FULL_ITERATIONS = 20_000  # the source's training length: the default, and what study profiles scale from
+LECAM_DECAY = 0.99  # the LeCam paper's running-mean decay
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,13 @@ class TrainConfig:
                                     bounds=(0, 10))
     instance_noise_decay: float = setting(0.5, "Share of training over which that noise decays linearly to 0.",
                                           bounds=(0, 1))
+    augment: str = setting("", "DiffAugment policies on everything D sees, comma-separated: color, translation, "
+                               "cutout (empty: off, the source's runs).")
+    augment_p: float = setting(1.0, "Probability that each augment policy is applied to an image.", bounds=(0, 1))
+    g_ema: float = setting(0.0, "Decay of an EMA of G's weights, e.g. 0.999 (0: off); when on, the EMA generator "
+                                "is the one sampled, evaluated and registered.", bounds=(0, 0.99999))
+    lecam: float = setting(0.0, "Weight of the LeCam regulariser on D's logits (0: off; the paper uses 0.01-0.3).",
+                           bounds=(0, 100))
     features: int = setting(64, "Network width.", bounds=(4, 1024))
     seed: int = setting(0, "Same settings and seed give the same result on the same device.", bounds=(0, 2**31 - 1))
     log_every: int = setting(100, "Steps between progress lines and logged metrics.", bounds=(1, 10_000_000))
@@ -109,6 +119,7 @@ class TrainConfig:
             raise PipelineError(f"latent noise must be one of {', '.join(NOISES)}, got {self.latent_noise!r}")
         if self.iterations < 1 or self.batch_size < 2:
             raise PipelineError("iterations must be at least 1 and batch size at least 2")
+        parse_policies(self.augment)
         if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
@@ -182,7 +193,7 @@ def deterministic(device: torch.device | str) -> Iterator[None]:
 # shapes the shared network or the shared loop (architecture, batch, optimizer type, iterations, …), so runs
 # that differ in it go to different buckets.
 FUSABLE = ("seed", "lr", "real_label", "fake_label", "instance_noise", "instance_noise_decay", "minibatch_weight",
-           "dropout", "latent_noise")
+           "dropout", "latent_noise", "augment", "augment_p", "g_ema", "lecam")
 
 
 def fusion_bucket(config: TrainConfig) -> str:
@@ -204,29 +215,34 @@ def _check_fusable(configs: list[TrainConfig]) -> None:
 
 class RunRandomness:
     """One run's own random numbers, drawn on the device from its own generators in a fixed order each step:
-    which images, latent vectors, instance noise, then (from a second generator) dropout. A run's numbers so
-    never depend on the runs it is trained beside, and a fused member draws what its solo run draws."""
+    which images, latent vectors, instance noise, then (from a second generator) dropout and (a third)
+    augmentation. A run's numbers so never depend on the runs it is trained beside, and a fused member draws
+    what its solo run draws."""
 
     def __init__(self, config: TrainConfig, device: torch.device):
         self.config = config
         self.noise = torch.Generator(device=device).manual_seed(config.seed)
         self.dropout = torch.Generator(device=device).manual_seed(config.seed + 2**32)  # disjoint from any seed
+        self.augment = torch.Generator(device=device).manual_seed(config.seed + 2**33)
 
-    def draw(self, images: int, shape: tuple[int, ...], dropout: list[int]) -> tuple[torch.Tensor, ...]:
-        """(image indices B, latent B×latent, instance noise 3×B×C×H×W, dropout uniforms 3×sum(dropout))."""
+    def draw(self, images: int, shape: tuple[int, ...], dropout: list[int],
+             augment: bool) -> tuple[torch.Tensor, ...]:
+        """(image indices B, latent B×latent, instance noise 3×B×C×H×W, dropout uniforms 3×sum(dropout),
+        augmentation uniforms 3×B×DRAWS): three of each for D on real, D on fake, and G's update."""
         cfg, batch, device = self.config, shape[0], self.noise.device
         index = torch.randint(0, images, (batch,), device=device, generator=self.noise)
         z = sample_latent(batch, cfg.latent_dim, cfg.latent_noise, device, self.noise)
         noise = torch.randn((3, *shape), device=device, generator=self.noise)
         uniform = torch.rand((3, sum(dropout)), device=device, generator=self.dropout) if dropout else index[:0]
-        return index, z, noise, uniform
+        augmenting = torch.rand((3, batch, DRAWS), device=device, generator=self.augment) if augment else index[:0]
+        return index, z, noise, uniform, augmenting
 
     def state(self) -> list[torch.Tensor]:
-        return [self.noise.get_state(), self.dropout.get_state()]
+        return [self.noise.get_state(), self.dropout.get_state(), self.augment.get_state()]
 
     def load_state(self, state: list[torch.Tensor]) -> None:
-        self.noise.set_state(state[0])
-        self.dropout.set_state(state[1])
+        for generator, saved in zip((self.noise, self.dropout, self.augment), state, strict=True):
+            generator.set_state(saved)
 
 
 class Trainer:
@@ -290,6 +306,20 @@ class Trainer:
         self.noise_steps = torch.tensor([max(1.0, c.instance_noise_decay * c.iterations) for c in configs],
                                         device=device)
         self.dropout_sizes = [batch * n for n in self.discriminator.dropout_sizes(size)]
+        # DiffAugment, per member: which policies, and how often (a member without any passes its images on).
+        self.augmenting = any(c.augment for c in configs)
+        self.augment_enabled = policy_mask([parse_policies(c.augment) for c in configs], device)
+        self.augment_p = torch.tensor([c.augment_p for c in configs], device=device)
+        # LeCam: D's logits are pulled towards running means of the other side's (decay LECAM_DECAY).
+        self.lecam = torch.tensor([c.lecam for c in configs], device=device)
+        self.lecam_means = torch.zeros(2, k, device=device)  # per member: mean logit on real, on generated
+        # G's EMA: member k's copy follows its weights with its own decay (decay 0: the weights themselves).
+        self.generator_ema: nn.Module | None = None
+        if any(c.g_ema > 0 for c in configs):
+            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
+            keep = torch.tensor([1.0 - c.g_ema for c in configs], device=device)
+            self.ema_weights = [keep.repeat_interleave(p.shape[0] // k).view(-1, *(1,) * (p.dim() - 1))
+                                for p in self.generator.parameters()]
         self.stats = torch.zeros(k, 4, device=device)  # per member: loss_d, loss_g, D(x), D(G(z)) sums
         self.first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
@@ -329,9 +359,12 @@ class Trainer:
         """One D update and one G update of every member, entirely on the device."""
         batch, k = self.config.batch_size, self.members
         shape = (batch, self.channels, self.image_size, self.image_size)
-        drawn = [r.draw(self.data.shape[0], shape, self.dropout_sizes) for r in self.randomness]
-        index, z, noise, uniform = (torch.stack(parts) for parts in zip(*drawn, strict=True))
-        real = self._wide(to_unit_range(self.data[index])).contiguous(memory_format=self.memory_format)
+        drawn = [r.draw(self.data.shape[0], shape, self.dropout_sizes, self.augmenting) for r in self.randomness]
+        index, z, noise, uniform, augment = (torch.stack(parts) for parts in zip(*drawn, strict=True))
+        real = to_unit_range(self.data[index])
+        if self.augmenting:
+            real = self._augment(real, augment[:, 0])
+        real = self._wide(real).contiguous(memory_format=self.memory_format)
         std = self.noise_start * torch.clamp(1 - self.step_index / self.noise_steps, min=0)
         std = std.repeat_interleave(self.channels).view(1, -1, 1, 1)
         noises = [self._wide(noise[:, j]) * std for j in range(3)]
@@ -339,19 +372,28 @@ class Trainer:
         with self.autocast:
             fake = self.generator(z.transpose(0, 1).reshape(batch, -1))
             d_real = self._judge(real + noises[0], dropout[0]).view(batch, k)
-            d_fake = self._judge(fake.detach() + noises[1], dropout[1]).view(batch, k)
+            d_fake = self._judge(self._seen(fake.detach(), augment, 1) + noises[1], dropout[1]).view(batch, k)
         loss_d = (F.binary_cross_entropy_with_logits(d_real.float(), self.real_target, reduction="none").mean(0)
                   + F.binary_cross_entropy_with_logits(d_fake.float(), self.fake_target, reduction="none").mean(0))
         self.opt_d.zero_grad(set_to_none=True)
-        loss_d.sum().backward()  # each member's loss reaches its own weights only
+        # Each member's loss reaches its own weights only; LeCam (Tseng et al., 2021) bounds how far D's
+        # logits run from the other side's running mean.
+        (loss_d.sum() + self._lecam(d_real.float(), d_fake.float())).backward()
         self._apply(self.opt_d)
 
         with self.autocast:
-            d_gen = self._judge(fake + noises[2], dropout[2]).view(batch, k)
+            d_gen = self._judge(self._seen(fake, augment, 2) + noises[2], dropout[2]).view(batch, k)
         loss_g = F.binary_cross_entropy_with_logits(d_gen.float(), self.g_target, reduction="none").mean(0)
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.sum().backward()
         self._apply(self.opt_g)
+        if self.generator_ema is not None:
+            with torch.no_grad():
+                for average, weight, keep in zip(self.generator_ema.parameters(), self.generator.parameters(),
+                                                 self.ema_weights, strict=True):
+                    average.lerp_(weight, keep)
+                for average, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+                    average.copy_(buffer)
 
         with torch.no_grad():
             self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(0),
@@ -359,6 +401,28 @@ class Trainer:
             bad = ~torch.isfinite(loss_d + loss_g) & (self.first_bad < 0)
             self.first_bad.copy_(torch.where(bad, self.step_index, self.first_bad))
             self.step_index += 1
+
+    def _augment(self, images: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """K×B×C×H×W images, each member's augmented by its own policies from its own numbers."""
+        return diff_augment(images, uniform, self.augment_enabled, self.augment_p)
+
+    def _seen(self, fake: torch.Tensor, augment: torch.Tensor, use: int) -> torch.Tensor:
+        """Generated images (the model's layout) as D sees them: augmented when augmenting, differentiably."""
+        if not self.augmenting:
+            return fake
+        batch, k = self.config.batch_size, self.members
+        per_member = fake.reshape(batch, k, self.channels, self.image_size, self.image_size).transpose(0, 1)
+        return self._wide(self._augment(per_member, augment[:, use])).contiguous(memory_format=self.memory_format)
+
+    def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        """The LeCam penalty summed over members (0 when off), and its running means updated, on the device."""
+        if not any(c.lecam for c in self.configs):
+            return d_real.new_zeros(())
+        mean_real, mean_fake = self.lecam_means
+        penalty = (F.relu(d_real - mean_fake).pow(2).mean(0) + F.relu(mean_real - d_fake).pow(2).mean(0))
+        with torch.no_grad():
+            self.lecam_means.lerp_(torch.stack([d_real.mean(0), d_fake.mean(0)]), 1 - LECAM_DECAY)
+        return (self.lecam * penalty).sum()
 
     def _judge(self, images: torch.Tensor, dropout: list[torch.Tensor] | None) -> torch.Tensor:
         return self.discriminator(images) if dropout is None else self.discriminator(images, dropout)
@@ -409,19 +473,24 @@ class Trainer:
         self.stats.zero_()
         return [dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), row, strict=True)) for row in values], first_bad
 
-    def member_networks(self, k: int) -> tuple[nn.Module, nn.Module]:
-        """Member k as a solo generator and discriminator (the same modules when K = 1)."""
+    def output_generator(self, k: int) -> nn.Module:
+        """Member k's generator as sampled, evaluated and registered: its EMA when it keeps one."""
+        return self.member_networks(k, ema=self.configs[k].g_ema > 0)[0]
+
+    def member_networks(self, k: int, ema: bool = False) -> tuple[nn.Module, nn.Module]:
+        """Member k as a solo generator (or its EMA) and discriminator (the same modules when K = 1)."""
+        generator = self.generator_ema if ema else self.generator
         if self.members == 1:
-            return self.generator, self.discriminator
+            return generator, self.discriminator
         nets = []
-        for wide, solo in zip((self.generator, self.discriminator), self._solo_templates[k], strict=True):
+        for wide, solo in zip((generator, self.discriminator), self._solo_templates[k], strict=True):
             solo.load_state_dict(member_weights(wide.state_dict(), list(solo.state_dict()), self.members, k))
             nets.append(solo.to(self.device).train(wide.training))
         return nets[0], nets[1]
 
     def samples(self, k: int = 0) -> np.ndarray:
         """Member k's images of its fixed grid noise, as N×C×H×W uint8."""
-        generator, _ = self.member_networks(k)
+        generator = self.output_generator(k)
         return to_uint8(run_generator(generator, self.fixed_z[k], batch_size=self.config.batch_size))
 
     def _member_optimizer(self, optimizer: torch.optim.Optimizer, k: int) -> dict[str, Any]:
@@ -434,13 +503,17 @@ class Trainer:
 
     def member_state(self, k: int, history: list[dict[str, float]]) -> dict[str, Any]:
         """Member k's training state in a solo run's form (what final_state.pt holds)."""
+        # A copy: member k's solo modules are reloaded by the next member_networks call.
+        ema = ({name: t.clone() for name, t in self.member_networks(k, ema=True)[0].state_dict().items()}
+               if self.configs[k].g_ema > 0 else None)
         generator, discriminator = self.member_networks(k)
         return {
             "iteration": self.iteration, "config": asdict(self.configs[k]), "history": history,
             "generator": generator.state_dict(), "discriminator": discriminator.state_dict(),
             "opt_g": self._member_optimizer(self.opt_g, k), "opt_d": self._member_optimizer(self.opt_d, k),
             "first_bad": int(self.first_bad[k]), "step_index": int(self.step_index),
-            "rng": self.randomness[k].state(),
+            "rng": self.randomness[k].state(), "lecam_means": self.lecam_means[:, k].clone(),
+            **({"generator_ema": ema} if ema is not None else {}),
         }
 
     def state(self, histories: list[list[dict[str, float]]]) -> dict[str, Any]:
@@ -450,7 +523,8 @@ class Trainer:
             "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "first_bad": self.first_bad.clone(), "step_index": int(self.step_index),
-            "rng": [r.state() for r in self.randomness],
+            "rng": [r.state() for r in self.randomness], "lecam_means": self.lecam_means.clone(),
+            **({"generator_ema": self.generator_ema.state_dict()} if self.generator_ema is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -458,6 +532,9 @@ class Trainer:
         self.discriminator.load_state_dict(state["discriminator"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if self.generator_ema is not None:
+            self.generator_ema.load_state_dict(state["generator_ema"])
+        self.lecam_means.copy_(state["lecam_means"])
         self.first_bad.copy_(state["first_bad"])
         self.step_index.fill_(state["step_index"])
         self.iteration = state["iteration"]
@@ -628,7 +705,7 @@ def _save_grid(trainer: Trainer, k: int, out_dir: Path, on_sample: FusedSampleFn
 
 
 def _save_generator(trainer: Trainer, k: int, path: Path, cache: TensorCache) -> None:
-    cfg, (generator, _) = trainer.configs[k], trainer.member_networks(k)
+    cfg, generator = trainer.configs[k], trainer.output_generator(k)
     atomic_write(path, lambda f: torch.save({
         "arch": cfg.arch, "config": asdict(cfg), "state_dict": generator.state_dict(),
         "channels": trainer.channels, "image_size": trainer.image_size,

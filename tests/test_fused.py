@@ -14,12 +14,13 @@ BASE = TrainConfig(iterations=50, batch_size=4, features=8, minibatch_kernels=8,
 
 def members(arch: str, seed: int = 0) -> list[TrainConfig]:
     """Three runs differing in every fusable kind of setting: seed, labels, learning rate, latent noise,
-    dropout, minibatch weight, instance noise and its decay."""
+    dropout, minibatch weight, instance noise and its decay, augmentation, G's EMA and LeCam."""
     base = replace(BASE, arch=arch)
     return [replace(base, seed=seed),
-            replace(base, seed=seed + 1, real_label=0.8, fake_label=0.2, lr=1e-4, latent_noise="uniform"),
+            replace(base, seed=seed + 1, real_label=0.8, fake_label=0.2, lr=1e-4, latent_noise="uniform",
+                    augment="color,translation,cutout", augment_p=0.6, g_ema=0.9),
             replace(base, seed=seed + 2, dropout=0.0 if arch == "arch2" else 0.3, minibatch_weight=2.0,
-                    instance_noise=0.2, instance_noise_decay=0.3)]
+                    instance_noise=0.2, instance_noise_decay=0.3, augment="translation", lecam=0.1)]
 
 
 def distance(a: dict, b: dict) -> float:

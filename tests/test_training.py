@@ -61,9 +61,11 @@ def test_training_writes_all_outputs(small_cache, tmp_path, overrides):
     np.testing.assert_array_equal(images, trained.generator.generate(5, seed=3))
 
 
-def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_path):
-    full = train(TINY, small_cache, tmp_path / "full", device="cpu")
-    again = train(TINY, small_cache, tmp_path / "again", device="cpu")
+@pytest.mark.parametrize("config", [TINY, replace(TINY, augment="color,translation,cutout", g_ema=0.9, lecam=0.1)],
+                         ids=["source", "augment-ema-lecam"])
+def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_path, config):
+    full = train(config, small_cache, tmp_path / "full", device="cpu")
+    again = train(config, small_cache, tmp_path / "again", device="cpu")
     killed_dir = tmp_path / "killed"
 
     def kill_after_checkpoint(record):
@@ -71,9 +73,9 @@ def test_same_seed_same_result_and_resume_after_kill_matches(small_cache, tmp_pa
             raise KeyboardInterrupt  # after the checkpoint at 8: as if the process died
 
     with pytest.raises(KeyboardInterrupt):
-        train(TINY, small_cache, killed_dir, device="cpu", on_log=kill_after_checkpoint)
+        train(config, small_cache, killed_dir, device="cpu", on_log=kill_after_checkpoint)
     assert (killed_dir / "checkpoint.pt").exists()
-    resumed = train(TINY, small_cache, killed_dir, device="cpu")
+    resumed = train(config, small_cache, killed_dir, device="cpu")
 
     def weights(result):
         return torch.load(result.files["generator"], weights_only=True)["state_dict"]

@@ -118,6 +118,8 @@ def run_study(args: argparse.Namespace) -> None:
         for batch in batches:
             first, last = study_run_key(study.name, args.profile, batch[0]), study_run_key(study.name, args.profile,
                                                                                           batch[-1])
+            if len(batch) > 1:  # a fused group reports when it ends: say what it is training meanwhile
+                print(f"training {len(batch)} runs side by side: {', '.join(batch)}", flush=True)
             result = run_job("study_runs", first, {"study_run": {"config": config}}, args.data_dir,
                              last if len(batch) > 1 else None)
             reused = {m.partition: m.metadata["reused"].value
