@@ -44,7 +44,7 @@ from flower_pipeline.colours import (
     jensen_shannon,
 )
 from flower_pipeline.download import fetch
-from flower_pipeline.effnet import Effnet, effnet_measures
+from flower_pipeline.effnet import Effnet, effnet_measures, repeated_mode
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
 from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, INCEPTION_MEASURES
@@ -80,6 +80,8 @@ class EvalSettings:
     cover_fraction: float = setting(0.25, "A colour cluster is covered when the samples hold this share of its "
                                           "real share.", bounds=(0, 1))
     neighbours: int = setting(3, "k of the k-nearest-neighbour manifolds of precision and recall.", bounds=(1, 100))
+    mode_clusters: int = setting(16, "k-means clusters of the photos' EfficientNet features in which repeated "
+                                     "modes are looked for.", bounds=(2, 256))
     max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).",
                                     bounds=(0, 1e6))
     max_fd_flowers: float | None = setting(None, "Quality gate: highest fd_flowers a champion may have (when "
@@ -91,6 +93,9 @@ class EvalSettings:
     min_colour_coverage: float = setting(0.5, "Quality gate: least share of real colour clusters covered.",
                                          bounds=(0, 1))
     max_near_copy_share: float = setting(0.5, "Quality gate: most samples that may be near-copies.", bounds=(0, 1))
+    max_mode_share_ratio: float | None = setting(None, "Quality gate: most a feature cluster's share of the samples "
+                                                       "may exceed its share of the photos, e.g. 2 (off by "
+                                                       "default).", bounds=(1, 1e6))
 
     def __post_init__(self) -> None:
         check_bounds(self)
@@ -343,6 +348,17 @@ def nearest_pairs_png(samples: np.ndarray, train: np.ndarray, nearest_index: np.
     return grid_png(np.concatenate([samples[order], train[nearest_index[order]]]), columns=len(order))
 
 
+def mode_png(mode_samples: np.ndarray, mode_photos: np.ndarray, columns: int = 8) -> bytes:
+    """The samples in their most over-represented cluster (two rows) above photos of that cluster (one row)."""
+    rows = []
+    for images, count in ((mode_samples, 2 * columns), (mode_photos, columns)):
+        shown = images[:count]
+        blank = np.zeros((-len(shown) % columns, *images.shape[1:]), images.dtype)  # keep the rows apart
+        rows.append(np.concatenate([shown, blank]) if len(shown) else np.zeros((columns, *images.shape[1:]),
+                                                                                images.dtype))
+    return grid_png(np.concatenate(rows), columns=columns)
+
+
 # --- the training timeline -----------------------------------------------------------------------------------------
 
 
@@ -429,8 +445,12 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         if effnet is None:
             raise PipelineError(no_effnet_reason)
         reference = effnet.reference(real, effnet_reference) if effnet_reference else effnet.features(real)
-        metrics.update(effnet_measures(reference, effnet.features(samples), settings.neighbours,
-                                       settings.kid_subsets, settings.seed))
+        generated = effnet.features(samples)
+        metrics.update(effnet_measures(reference, generated, settings.neighbours, settings.kid_subsets,
+                                       settings.seed))
+        mode, mode_samples, mode_photos = repeated_mode(reference.stage5, generated.stage5, settings.mode_clusters,
+                                                        settings.min_cluster_share, settings.seed)
+        metrics.update(mode)
     except PipelineError as err:
         unavailable.update(dict.fromkeys(EFFNET_MEASURES, str(err)))
     if inception is None:
@@ -447,6 +467,8 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
                                             nearest_pairs_png(samples, train_images, nearest_index, nearest_distance)),
         "colours": atomic_write_bytes(out / "colours.png", colour_swatch_png(clusters)),
     }
+    if "mode_share" in metrics:
+        files["mode"] = atomic_write_bytes(out / "mode.png", mode_png(samples[mode_samples], real[mode_photos]))
     timeline = timeline_png(training_dir / "samples")
     if timeline is not None:
         files["timeline"] = atomic_write_bytes(out / "timeline.png", timeline)
@@ -477,6 +499,7 @@ def quality_gate(metrics: dict[str, float], settings: EvalSettings) -> tuple[boo
         ("recall", metrics.get("recall"), settings.min_recall, ">="),
         ("colour_coverage", metrics.get("colour_coverage"), settings.min_colour_coverage, ">="),
         ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), settings.max_near_copy_share, "<="),
+        ("mode_share_ratio", metrics.get("mode_share_ratio"), settings.max_mode_share_ratio, "<="),
     ]
     for name, value, limit, op in tests:
         if value is None or limit is None:

@@ -47,6 +47,9 @@ METRICS: tuple[Metric, ...] = (
     Metric("kd_effnet", "kd_effnet", LOWER, headline=True),
     Metric("precision_effnet", "precision (effnet)", HIGHER, headline=True),
     Metric("recall_effnet", "recall (effnet)", HIGHER, headline=True),
+    # Repeated modes, in the same space: the most over-represented cluster of the photos' features.
+    Metric("mode_share_ratio", "mode share ratio", LOWER, headline=True, summary=True, digits=3),
+    Metric("mode_share", "mode share", None, headline=True, digits=3),
     # FID and KID, where Inception weights exist.
     Metric("fid", "FID", LOWER, headline=True, summary=True, digits=4),
     Metric("kid_mean", "KID", LOWER, headline=True, summary=True),
@@ -78,7 +81,7 @@ HEADLINE = tuple(m.name for m in METRICS if m.headline)
 SUMMARY = tuple(m.name for m in METRICS if m.summary)
 # Measured together: one reason says why all of a group is unavailable.
 FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
-EFFNET_MEASURES = ("fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet")
+EFFNET_MEASURES = ("fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet", "mode_share_ratio", "mode_share")
 INCEPTION_MEASURES = ("fid", "kid_mean", "near_copy_share_inception")
 
 RUN_METRIC_PREFIX = "eval_"  # an evaluation metric on an MLflow run: eval_fid

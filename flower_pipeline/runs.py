@@ -47,7 +47,8 @@ LogFn = Callable[[str], None]
 # An evaluation's pictures and what each shows: logged to MLflow's image viewer and shown in the Dagster UI.
 PICTURES = {"samples": "generated samples", "timeline": "fixed-noise samples during training",
             "nearest_pairs": "closest samples (top) and their nearest training images",
-            "colours": "dominant colours: real (top) vs generated"}
+            "colours": "dominant colours: real (top) vs generated",
+            "mode": "the samples' most repeated mode (two rows) above photos of that feature cluster"}
 
 
 @dataclass(frozen=True)

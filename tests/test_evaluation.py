@@ -122,6 +122,9 @@ def test_scores_gate_and_promotion_rules():
     passed, why = quality_gate({**good, "fid": 140.0}, gate)
     assert not passed and "fid 140 > 100" in why
     assert not quality_gate({**good, "colour_coverage": 0.25}, gate)[0]
+    assert quality_gate({**good, "mode_share_ratio": 4.0}, gate)[0]  # the mode gate is off by default
+    passed, why = quality_gate({**good, "mode_share_ratio": 4.0}, replace(gate, max_mode_share_ratio=2))
+    assert not passed and "mode_share_ratio 4 > 2" in why
 
     assert promotion_decision(False, "failed: x", good, None) == (False, "quality gate failed: x")
     assert promotion_decision(True, "passed", good, None)[0]
@@ -199,7 +202,7 @@ def test_evaluate_a_finished_training(tmp_path):
         assert np.isfinite(metrics[key]), key
     assert 0 < metrics["d_real_holdout_mean"] < 1
     assert metrics["kid_subset_size"] == 120  # all 160 real images vs 120 samples
-    assert {"samples", "timeline", "nearest_pairs", "colours", "metrics"} <= set(result.files)
+    assert {"samples", "timeline", "nearest_pairs", "colours", "mode", "metrics"} <= set(result.files)
     assert all(p.parent == tmp_path / "run" / "evaluation" for p in result.files.values())
 
     offline = evaluate(tmp_path / "run", cache, replace(SETTINGS, samples=120), no_inception_reason="no weights")

@@ -9,7 +9,7 @@ from conftest import FLOWERS17_TGZ, real_flowers17
 
 from flower_pipeline import effnet as effnet_module
 from flower_pipeline.catalog import Variant
-from flower_pipeline.effnet import Effnet, effnet_measures
+from flower_pipeline.effnet import Effnet, effnet_measures, repeated_mode
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import (
     FeatureSettings,
@@ -157,3 +157,21 @@ def test_a_truncated_or_foreign_effnet_reference_file_is_computed_again(tmp_path
         path.write_bytes(junk)
         assert effnet.reference(images, path).head.shape == (4, 1280)
         assert effnet.reference(images, path).head.shape == (4, 1280)  # and kept, readable, the next time
+
+
+@pytest.mark.real_data
+@needs_flowers17
+def test_the_mode_share_shows_one_photo_repeated_in_a_fifth_of_the_samples(flowers17_32):
+    """Known answers on the real photos (measured: 600 distinct photos 1.21; one photo in a fifth of them 3.0
+    to 5.5 over 9 photos, all its copies in the flagged cluster; one photo everywhere 21-28)."""
+    effnet, photos, rng = Effnet(), flowers17_32.train_images(), np.random.default_rng(0)
+    reference = effnet.features(photos).stage5
+    distinct = photos[rng.choice(len(photos), 600, replace=False)]
+    assert repeated_mode(reference, effnet.features(distinct).stage5)[0]["mode_share_ratio"] < 1.5
+    for photo in (0, 600, 1200):
+        repeated = np.concatenate([distinct[:480], np.repeat(photos[photo : photo + 1], 120, 0)])
+        mode, in_mode, _ = repeated_mode(reference, effnet.features(repeated).stage5)
+        assert mode["mode_share_ratio"] > 2.5 and mode["mode_share"] > 0.2, (photo, mode)
+        assert set(range(480, 600)) <= set(in_mode.tolist())  # the picture shows the repeated photo
+    collapsed = repeated_mode(reference, effnet.features(np.repeat(photos[:1], 300, 0)).stage5)[0]
+    assert collapsed["mode_share"] == 1.0 and collapsed["mode_share_ratio"] > 10

@@ -186,9 +186,10 @@ evaluation_checks = [
     _evaluation_check("scores_in_range", "Mean D(x) on training and held-out images and mean D(G(z)), scored as D "
                       "was trained, are finite and strictly between 0 and 1.",
                       lambda evaluation: scores_in_range(evaluation.metrics), dg.AssetCheckSeverity.ERROR),
-    _evaluation_check("quality_gate", "FID (when measured), fd_flowers (when limited), recall, colour coverage and "
-                      "near-copy share within the configured limits; a version that fails is registered but never "
-                      "promoted to champion.", lambda evaluation: (evaluation.gate_passed, evaluation.gate_reason),
+    _evaluation_check("quality_gate", "FID (when measured), fd_flowers and mode share ratio (when limited), "
+                      "recall, colour coverage and near-copy share within the configured limits; a version that "
+                      "fails is registered but never promoted to champion.",
+                      lambda evaluation: (evaluation.gate_passed, evaluation.gate_reason),
                       dg.AssetCheckSeverity.WARN),
 ]
 
