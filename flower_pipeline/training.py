@@ -89,8 +89,9 @@ class TrainConfig:
     augment: str = setting("", "DiffAugment policies on everything D sees, comma-separated: color, translation, "
                                "cutout (empty: off, the source's runs).")
     augment_p: float = setting(1.0, "Probability that each augment policy is applied to an image.", bounds=(0, 1))
-    g_ema: float = setting(0.0, "Decay of an EMA of G's weights, e.g. 0.999 (0: off); when on, the EMA generator "
-                                "is the one sampled, evaluated and registered.", bounds=(0, 0.99999))
+    g_ema: float = setting(0.0, "Decay of an EMA of G's weights, e.g. 0.999 (0: off), warmed up as min(decay, "
+                                "(1 + t) / (10 + t)) at step t; when on, the EMA generator is the one sampled, "
+                                "evaluated and registered.", bounds=(0, 0.99999))
     lecam: float = setting(0.0, "Weight of the LeCam regulariser on D's logits (0: off; the paper uses 0.01-0.3).",
                            bounds=(0, 100))
     features: int = setting(64, "Network width.", bounds=(4, 1024))
@@ -317,9 +318,9 @@ class Trainer:
         self.generator_ema: nn.Module | None = None
         if any(c.g_ema > 0 for c in configs):
             self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-            keep = torch.tensor([1.0 - c.g_ema for c in configs], device=device)
-            self.ema_weights = [keep.repeat_interleave(p.shape[0] // k).view(-1, *(1,) * (p.dim() - 1))
-                                for p in self.generator.parameters()]
+            decay = torch.tensor([c.g_ema for c in configs], device=device)
+            self.ema_decays = [decay.repeat_interleave(p.shape[0] // k).view(-1, *(1,) * (p.dim() - 1))
+                               for p in self.generator.parameters()]
         self.stats = torch.zeros(k, 4, device=device)  # per member: loss_d, loss_g, D(x), D(G(z)) sums
         self.first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
@@ -389,9 +390,11 @@ class Trainer:
         self._apply(self.opt_g)
         if self.generator_ema is not None:
             with torch.no_grad():
-                for average, weight, keep in zip(self.generator_ema.parameters(), self.generator.parameters(),
-                                                 self.ema_weights, strict=True):
-                    average.lerp_(weight, keep)
+                # Warmed up, so a short run's average is not mostly its random start (0.999^400 = 0.67).
+                warm = (1 + self.step_index) / (10 + self.step_index)
+                for average, weight, decay in zip(self.generator_ema.parameters(), self.generator.parameters(),
+                                                  self.ema_decays, strict=True):
+                    average.lerp_(weight, 1 - torch.minimum(decay, warm))
                 for average, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
                     average.copy_(buffer)
 

@@ -276,7 +276,63 @@ def learns_grey(*runs: str) -> Rule:
     return rule
 
 
+# --- the beyond study's rules: the small-data remedies against the source's architectures ---------------------------
+
+FD_GAIN, MAX_GAP, MAX_MODE_RATIO = 0.7, 0.2, 2.0  # fd_effnet at most 70% of the source's; D gap; mode share ×2
+
+
+def memorization_gap(base: str, remedied: str, e: Evidence) -> tuple[list[Test], str]:
+    """The remedy's D(x) gap (training − held-out) is below MAX_GAP and below the source setting's."""
+    gap, source_gap = e.values(remedied, "d_real_gap"), e.values(base, "d_real_gap")
+    return ([below(gap, MAX_GAP), lower(gap, source_gap)],
+            f"D(x) train − held-out: {remedied} {spread(gap)}, {base} {spread(source_gap)}")
+
+
+def fd_gain(base: str, remedied: str, e: Evidence) -> tuple[list[Test], str]:
+    """The remedy's fd_effnet is below FD_GAIN × the source setting's (its seeds scaled, Welch's test)."""
+    fd, source_fd = e.values(remedied, "fd_effnet"), e.values(base, "fd_effnet")
+    return ([lower(fd, FD_GAIN * source_fd)], f"fd_effnet {remedied} {spread(fd, 1)}, {base} {spread(source_fd, 1)} "
+                                               f"(target at most {FD_GAIN:.0%} of it)")
+
+
+def no_repeated_mode_of(run: str, e: Evidence) -> tuple[list[Test], str]:
+    ratio = e.values(run, "mode_share_ratio")
+    return [below(ratio, MAX_MODE_RATIO)], f"mode share ratio of {run} {spread(ratio)} (at most {MAX_MODE_RATIO:g})"
+
+
+def diffaug_memorization(e: Evidence) -> Verdict:
+    return decide(*memorization_gap("arch1", "arch1-diffaug", e))
+
+
+def diffaug_ema_quality(e: Evidence) -> Verdict:
+    return decide(*fd_gain("arch1", "arch1-diffaug-ema", e))
+
+
+def no_repeated_mode(e: Evidence) -> Verdict:
+    return decide(*no_repeated_mode_of("arch1-diffaug-ema", e))
+
+
+def lecam_adds(e: Evidence) -> Verdict:
+    fd, without = e.values("arch1-diffaug-ema-lecam", "fd_effnet"), e.values("arch1-diffaug-ema", "fd_effnet")
+    return decide([lower(fd, without)], f"fd_effnet with LeCam {spread(fd, 1)}, without {spread(without, 1)}")
+
+
+def arch2_too(e: Evidence) -> Verdict:
+    """Supported when one of the three claims is, not supported when all three are not, else inconclusive."""
+    verdicts = [decide(*judge(e)) for judge in (lambda e: memorization_gap("arch2", "arch2-diffaug-ema", e),
+                                                lambda e: fd_gain("arch2", "arch2-diffaug-ema", e),
+                                                lambda e: no_repeated_mode_of("arch2-diffaug-ema", e))]
+    said = " | ".join(f"{v.status}: {v.evidence}" for v in verdicts)
+    if any(v.status == SUPPORTED for v in verdicts):
+        return Verdict(SUPPORTED, said)
+    if all(v.status == NOT_SUPPORTED for v in verdicts):
+        return Verdict(NOT_SUPPORTED, said)
+    return Verdict(INCONCLUSIVE, said)
+
+
 RULES: dict[str, Rule] = {
+    "diffaug-memorization": diffaug_memorization, "diffaug-ema-quality": diffaug_ema_quality,
+    "no-repeated-mode": no_repeated_mode, "lecam-adds": lecam_adds, "arch2-too": arch2_too,
     "collapse": collapse, "batch-size": batch_size, "mixing": no_memorization, "arch1-diversity": arch1_diversity,
     "smoothness": smoothness, "dropout": dropout, "nominal": nominal, "iterations": iterations,
     "d-scores": d_scores, "sharpening": sharpening, "flowers102": flowers102,

@@ -82,3 +82,33 @@ def test_the_tests_decide_only_beyond_the_spread():
     assert equivalent(np.array([60.0, 60.5, 59.8]), np.array([30.2, 29.9, 30.1]), 0.25).outcome == "no"
     evidence = Evidence({"run": {"x": 1.0}, "run+s1": {"x": 2.0}, "run+s2": {"x": 3.0}})
     assert evidence.values("run", "x").tolist() == [1.0, 2.0, 3.0]
+
+
+BEYOND = load_study("beyond")
+# The beyond study's neutral world: the source's settings memorize (gap 0.5); the remedies change nothing.
+BEYOND_NEUTRAL = {"d_real_gap": 0.5, "fd_effnet": 100.0, "mode_share_ratio": 1.5}
+BEYOND_CASES = {
+    "diffaug-memorization": ({("arch1-diffaug", "d_real_gap"): 0.1}, {("arch1-diffaug", "d_real_gap"): 0.3}),
+    "diffaug-ema-quality": ({("arch1-diffaug-ema", "fd_effnet"): 50.0}, {("arch1-diffaug-ema", "fd_effnet"): 95.0}),
+    "no-repeated-mode": ({}, {("arch1-diffaug-ema", "mode_share_ratio"): 3.0}),
+    "lecam-adds": ({("arch1-diffaug-ema-lecam", "fd_effnet"): 80.0},
+                   {("arch1-diffaug-ema-lecam", "fd_effnet"): 120.0}),
+    # Supported by one of the three (here the mode); refuted only when all three are.
+    "arch2-too": ({("arch2-diffaug-ema", "fd_effnet"): 120.0},
+                  {("arch2-diffaug-ema", "fd_effnet"): 120.0, ("arch2-diffaug-ema", "mode_share_ratio"): 3.0}),
+}
+
+
+def beyond_world(overrides: dict, seeds: int = 3) -> dict:
+    rng = np.random.default_rng(0)
+    return {run.label: {k: overrides.get((run.base, k), v) * (1 + 0.01 * rng.standard_normal())
+                        for k, v in BEYOND_NEUTRAL.items()} for run in BEYOND.plan("full") if run.seed < seeds}
+
+
+@pytest.mark.parametrize("claim", sorted(BEYOND_CASES))
+def test_each_beyond_rule_can_pass_and_can_fail(claim):
+    supporting, refuting = BEYOND_CASES[claim]
+    assert set(BEYOND_CASES) == {c.id for c in BEYOND.claims}
+    assert judge(BEYOND, beyond_world(supporting), "full")[claim].status == "supported"
+    assert judge(BEYOND, beyond_world(refuting), "full")[claim].status == "not supported"
+    assert judge(BEYOND, beyond_world(supporting, seeds=1), "full")[claim].status in ("inconclusive", "not measured")
