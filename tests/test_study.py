@@ -87,7 +87,7 @@ def test_bad_study_files_are_one_line_and_start_nothing(tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert code == 1 and err.startswith("error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "data").exists()
-    with pytest.raises(PipelineError, match="unknown study 'nope'; studies: source"):
+    with pytest.raises(PipelineError, match="unknown study 'nope'; studies: beyond, source"):
         load_study("nope")
 
 

@@ -168,6 +168,7 @@ def demo(args: argparse.Namespace) -> None:
     evaluation, registry, and a sample from each champion."""
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
     args.crop, args.holdout, args.device = DEFAULT_CROP, DEFAULT_HOLDOUT, "cpu"  # flags the demo has not
+    args.seeds = None
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
