@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from flower_pipeline.colours import kmeans, nearest_centre
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import frechet_distance, kernel_distance, precision_recall
 from flower_pipeline.storage import atomic_write
@@ -99,33 +100,6 @@ class Effnet:
         return computed
 
 
-def kmeans(points: np.ndarray, clusters: int, seed: int = 0, rounds: int = 50) -> np.ndarray:
-    """Centres of `clusters` k-means clusters (k-means++ start, Lloyd's rounds), deterministic for a seed."""
-    rng = np.random.default_rng(seed)
-    centres = [points[rng.integers(len(points))]]
-    for _ in range(1, clusters):
-        distance = np.maximum(squared_distances(points, np.array(centres)).min(1), 0)
-        centres.append(points[rng.choice(len(points), p=distance / distance.sum())] if distance.sum() > 0
-                       else points[rng.integers(len(points))])
-    centres = np.array(centres)
-    for _ in range(rounds):
-        label = assign(points, centres)
-        moved = np.array([points[label == c].mean(0) if (label == c).any() else centres[c] for c in range(clusters)])
-        if np.allclose(moved, centres):
-            break
-        centres = moved
-    return centres
-
-
-def squared_distances(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    """N×K, as |p|² - 2 p·c + |c|²: no N×K×D array for 100,000 samples."""
-    return (points**2).sum(1)[:, None] - 2 * points @ centres.T + (centres**2).sum(1)[None]
-
-
-def assign(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return squared_distances(points, centres).argmin(1)
-
-
 def repeated_mode(real: np.ndarray, fake: np.ndarray, clusters: int = 16, min_share: float = 0.02,
                   seed: int = 0) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The samples' most over-represented mode: the photos' features in k-means clusters, each sample in its
@@ -135,7 +109,7 @@ def repeated_mode(real: np.ndarray, fake: np.ndarray, clusters: int = 16, min_sh
     mean, scale = real.mean(0), real.std(0) + 1e-8  # every feature weighs alike
     real, fake = (real - mean) / scale, (fake - mean) / scale
     centres = kmeans(real, min(clusters, len(real)), seed)
-    real_label, fake_label = assign(real, centres), assign(fake, centres)
+    real_label, fake_label = nearest_centre(real, centres), nearest_centre(fake, centres)
     real_share = np.bincount(real_label, minlength=len(centres)) / len(real)
     fake_share = np.bincount(fake_label, minlength=len(centres)) / len(fake)
     ratio = np.where(real_share >= min_share, fake_share / np.maximum(real_share, 1e-12), 0.0)

@@ -353,9 +353,8 @@ def mode_png(mode_samples: np.ndarray, mode_photos: np.ndarray, columns: int = 8
     rows = []
     for images, count in ((mode_samples, 2 * columns), (mode_photos, columns)):
         shown = images[:count]
-        blank = np.zeros((-len(shown) % columns, *images.shape[1:]), images.dtype)  # keep the rows apart
-        rows.append(np.concatenate([shown, blank]) if len(shown) else np.zeros((columns, *images.shape[1:]),
-                                                                                images.dtype))
+        blank = np.zeros((-len(shown) % columns or columns * (not len(shown)), *images.shape[1:]), images.dtype)
+        rows.append(np.concatenate([shown, blank]))  # whole rows, so samples and photos never share one
     return grid_png(np.concatenate(rows), columns=columns)
 
 

@@ -313,6 +313,7 @@ class Trainer:
         self.augment_p = torch.tensor([c.augment_p for c in configs], device=device)
         # LeCam: D's logits are pulled towards running means of the other side's (decay LECAM_DECAY).
         self.lecam = torch.tensor([c.lecam for c in configs], device=device)
+        self.lecam_on = any(c.lecam for c in configs)
         self.lecam_means = torch.zeros(2, k, device=device)  # per member: mean logit on real, on generated
         # G's EMA: member k's copy follows its weights with its own decay (decay 0: the weights themselves).
         self.generator_ema: nn.Module | None = None
@@ -419,7 +420,7 @@ class Trainer:
 
     def _lecam(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         """The LeCam penalty summed over members (0 when off), and its running means updated, on the device."""
-        if not any(c.lecam for c in self.configs):
+        if not self.lecam_on:
             return d_real.new_zeros(())
         mean_real, mean_fake = self.lecam_means
         penalty = (F.relu(d_real - mean_fake).pow(2).mean(0) + F.relu(mean_real - d_fake).pow(2).mean(0))

@@ -93,8 +93,8 @@ def parse_seeds(text: str) -> list[int]:
 
     spans = []
     for part in text.split(","):
-        low, _, high = part.strip().partition("-")
-        if not (low.isdigit() and (high.isdigit() or not _)):
+        low, dash, high = part.strip().partition("-")
+        if not (low.isdigit() and (high.isdigit() or not dash)):
             raise PipelineError(f"--seeds takes seeds and ranges such as 0-7 or 0,3,5, not {printable(text)!r}")
         spans.append((int(low), int(high or low)))
     if any(high < low for low, high in spans):
