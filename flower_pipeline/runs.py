@@ -40,7 +40,7 @@ from flower_pipeline.registry import (
     register_generator,
 )
 from flower_pipeline.tensor_cache import TensorCache
-from flower_pipeline.tracking import MLFLOW_FAILURES, MlflowTracker, Tracker
+from flower_pipeline.tracking import MLFLOW_FAILURES, InBackground, MlflowTracker, Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train_fused
 
 LogFn = Callable[[str], None]
@@ -163,17 +163,24 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
                                         "cache_hash": cache_ref.content_hash,
                                         "train_images": int((~cache.holdout).sum()), **(run.params or {})})
         prefixes = [f"{run.label}: " if run.label and len(runs) > 1 else "" for run in runs]
+        background = InBackground()  # the MLflow server down for a while: training goes on
 
         def on_log(k: int, record: dict[str, float]) -> None:
             log(prefixes[k] + progress_line(record, settings[k].iterations))
-            tracker.log_metrics(run_ids[k], {key: v for key, v in record.items() if key != "iteration"},
-                                int(record["iteration"]))
+            background.call(tracker.log_metrics, run_ids[k],
+                            {key: v for key, v in record.items() if key != "iteration"}, int(record["iteration"]))
 
-        results = train_fused(settings, cache, [run.out_dir for run in runs], group_dir, device=device,
-                              snapshots=tuple(run.snapshots for run in runs), on_log=on_log,
-                              on_sample=lambda k, it, png: tracker.log_image(run_ids[k], png, "samples", it),
-                              on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"), stop=stop,
-                              labels=tuple(run.label or run.name for run in runs))
+        try:
+            results = train_fused(settings, cache, [run.out_dir for run in runs], group_dir, device=device,
+                                  snapshots=tuple(run.snapshots for run in runs), on_log=on_log,
+                                  on_sample=lambda k, it, png: background.call(tracker.log_image, run_ids[k], png,
+                                                                               "samples", it),
+                                  on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"),
+                                  stop=stop, labels=tuple(run.label or run.name for run in runs))
+        except BaseException:
+            background.close()
+            raise
+        background.flush()  # every metric in MLflow before the run ends, or MLflow's failure once out of time
         for run_id, run, result in zip(run_ids, runs, results, strict=True):
             for file in ("final_grid", "curves", "history", "generator"):
                 if file in result.files:

@@ -12,13 +12,24 @@ default queue. The workers run `celery -A flower_pipeline.worker worker`
 """
 
 import contextlib
+import functools
+import hashlib
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
 
 BROKER_ENV = "FLOWER_PIPELINE_CELERY_BROKER"
 BACKEND_ENV = "FLOWER_PIPELINE_CELERY_BACKEND"
+POSTGRES_ENV = "DAGSTER_POSTGRES_URL"
+MLFLOW_BACKEND_ENV = "FLOWER_PIPELINE_MLFLOW_BACKEND"
+# Settings that may hold a password: each is read from the environment, or from the file NAME_FILE names, which
+# only its owner may read (never from a command line, so no password shows in `ps` or in `stack`'s records).
+SECRET_ENV = (POSTGRES_ENV, MLFLOW_BACKEND_ENV, BROKER_ENV, BACKEND_ENV, "MLFLOW_TRACKING_PASSWORD")
 GPU_QUEUE = "gpu"
 DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue: the steps without a queue tag
 GPU_STEP = {"dagster-celery/queue": GPU_QUEUE}  # op tags of the steps that use the GPU
@@ -32,7 +43,43 @@ CELERY_SETTINGS: dict[str, Any] = {
     "worker_prefetch_multiplier": 1,  # a busy GPU worker holds no second step another worker could run
     "broker_connection_retry_on_startup": True,
     "result_expires": 7 * 24 * 3600,
+    "task_track_started": True,  # a step's state names the worker running it: a redelivered copy asks it
 }
+CODE_VERSION_TAG = "flower_pipeline/code_version"
+REFUSAL = "refusal"  # the metadata key of a worker's engine event when it refuses a step
+
+
+@functools.cache
+def code_version() -> str:
+    """What this process runs: a hash of the package's source and settings files, the same on every machine
+    that has the same checkout (a git commit would miss uncommitted edits, and is absent from a wheel)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+code_version()  # at import: the version of the code this process loaded, not of files edited after
+
+
+def read_secret_files() -> None:
+    """NAME from the file NAME_FILE, for each setting of SECRET_ENV given so (a 0600 file: a Docker or systemd
+    secret, a mounted Kubernetes secret); the processes this one starts inherit it."""
+    from flower_pipeline.errors import PipelineError
+
+    for name in SECRET_ENV:
+        file = os.environ.get(f"{name}_FILE")
+        if not file or os.environ.get(name):
+            continue
+        try:
+            mode = os.stat(file).st_mode
+            if mode & 0o077:
+                raise PipelineError(f"{name}_FILE {file} may be read by others (mode {mode & 0o777:o}): "
+                                    f"`chmod 600 {file}`")
+            os.environ[name] = Path(file).read_text().strip()
+        except OSError as err:
+            raise PipelineError(f"{name}_FILE {file} cannot be read: {err.strerror or err}") from None
 
 
 def celery_enabled() -> bool:
@@ -55,6 +102,7 @@ def celery_executor() -> Any:
             from flower_pipeline.defs.heartbeat import heartbeat
 
             pools = {step.pool for step in execution_plan.steps if step.pool}
+            tag_code_version(plan_context.instance, plan_context.run_id)
             with heartbeat(plan_context.instance, plan_context.run_id), \
                     _report_pool_waits(plan_context.instance, plan_context.dagster_run, pools):
                 yield from super().execute(plan_context, execution_plan)
@@ -96,6 +144,69 @@ def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 
         yield
 
 
+def tag_code_version(instance: Any, run_id: str) -> None:
+    """The run carries the code version of the process that executes it: its steps, wherever they run, must
+    run the same code."""
+    instance.add_run_tags(run_id, {CODE_VERSION_TAG: code_version()})
+
+
+class RefusedStep(Exception):
+    """A worker would not run a step: its code is not the run's."""
+
+
+class GuardedStep(Task):
+    """dagster-celery's step task, behind two checks made before any of the step runs:
+
+    - **the code version**: a worker whose code differs from the run's refuses the step in one line naming both
+      (after a `git pull`, a worker started before it still runs the old code);
+    - **one delivery**: steps are acknowledged when they end, so the broker hands a step out again when its
+      worker's connection drops: a killed worker (the copy must run, and resumes from the checkpoint), or
+      RabbitMQ's consumer timeout on a step longer than it (30 min by default; the original still runs). A
+      redelivered copy asks the worker the step's state names whether it still runs the step, and is dropped
+      if so, or if the step has already ended.
+    """
+
+    def __call__(self, execute_step_args_packed: dict, executable_dict: dict) -> Any:
+        import dagster as dg
+        from dagster._core.events import EngineEventData
+        from dagster._grpc.types import ExecuteStepArgs
+        from dagster._serdes import unpack_value
+
+        step_args = unpack_value(execute_step_args_packed, as_type=ExecuteStepArgs)
+        instance = dg.DagsterInstance.from_ref(step_args.instance_ref)
+        run = instance.get_run_by_id(step_args.run_id)
+        steps, me = ", ".join(step_args.step_keys_to_execute or []), self.request.hostname
+        step_key = (step_args.step_keys_to_execute or [None])[0]
+        launched = run.tags.get(CODE_VERSION_TAG) if run else None
+        if launched and launched != code_version():
+            refusal = (f"worker {me} refuses step {steps}: it runs code version {code_version()}, the run was "
+                       f"launched with {launched} (`flower-pipeline stack up` restarts workers whose code changed)")
+            instance.report_engine_event(refusal, run, EngineEventData({REFUSAL: refusal}), step_key=step_key)
+            raise RefusedStep(refusal)
+        if (self.request.delivery_info or {}).get("redelivered"):
+            running_on = self._still_running_elsewhere()
+            if running_on:
+                instance.report_engine_event(f"{me} dropped a redelivered copy of step {steps}: {running_on}", run,
+                                             step_key=step_key)
+                raise Ignore()
+        return super().__call__(execute_step_args_packed, executable_dict)
+
+    def _still_running_elsewhere(self, tries: int = 3) -> str:
+        """Why a redelivered step must not run here ("" when it must: its worker is gone)."""
+        state = self.AsyncResult(self.request.id)
+        if state.state in ("SUCCESS", "FAILURE", "REVOKED"):
+            return f"the step already ended ({state.state})"
+        holder = (state.info or {}).get("hostname") if state.state == "STARTED" else None
+        if not holder or holder == self.request.hostname:  # one step at a time: not running here any more
+            return ""
+        for _ in range(tries):  # a worker whose connection the broker just closed answers once reconnected
+            replies = self.app.control.inspect([holder], timeout=2.0).active() or {}
+            if holder in replies:
+                ids = {task["id"] for task in replies[holder]}
+                return f"it still runs on {holder}" if self.request.id in ids else ""
+        return ""
+
+
 DEFINITIONS = ("flower_pipeline.definitions", "defs")  # the module and attribute every process loads
 
 
@@ -119,5 +230,5 @@ def worker_app() -> Any:
         raise PipelineError(f"a worker needs {' and '.join(missing)} (docs/operations.md, Scaling out)")
     app = make_app(CeleryExecutor.for_cli(broker=os.environ[BROKER_ENV], backend=os.environ[BACKEND_ENV],
                                           config_source=CELERY_SETTINGS).app_args())
-    create_task(app)
+    create_task(app, base=GuardedStep)
     return app

@@ -6,10 +6,12 @@
     gpu0 … gpuN-1      Celery workers on the `gpu` queue, one step at a time, CUDA_VISIBLE_DEVICES=i
     ingest             a Celery worker on the default queue (download, extraction, resize, registration)
 
-Each piece runs in its own session, with its log and a record under
-$DAGSTER_HOME/stack/; `down` stops them (SIGTERM, then SIGKILL after a grace
-period). Nothing here schedules work: Dagster and Celery do. The services
-(PostgreSQL, RabbitMQ, Redis) are the environment's: see deploy/stack.env.
+Each piece runs in its own session behind a thin restarter (flower_pipeline/supervise.py: a crashed piece is
+started again after 1-30 s), with its log and a record under $DAGSTER_HOME/stack/; `down` stops them (SIGTERM,
+then SIGKILL after a grace period). A running piece whose code differs from this checkout's is restarted by
+`up`. Nothing here schedules work: Dagster and Celery do. The services (PostgreSQL, RabbitMQ, Redis) are the
+environment's: see deploy/stack.env. No password is put on a command line or in a record: the pieces read
+them from the environment.
 """
 
 import contextlib
@@ -27,13 +29,24 @@ from pathlib import Path
 
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
-from flower_pipeline.scaleout import BACKEND_ENV, BROKER_ENV, DEFAULT_QUEUE, GPU_QUEUE, worker_app
+from flower_pipeline.scaleout import (
+    BACKEND_ENV,
+    BROKER_ENV,
+    DEFAULT_QUEUE,
+    GPU_QUEUE,
+    MLFLOW_BACKEND_ENV,
+    POSTGRES_ENV,
+    code_version,
+    worker_app,
+)
 
-POSTGRES_ENV = "DAGSTER_POSTGRES_URL"
-MLFLOW_BACKEND_ENV = "FLOWER_PIPELINE_MLFLOW_BACKEND"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"
-REQUIRED_ENV = ("DAGSTER_HOME", POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV)
+COMPUTE_LOGS_ENV = "FLOWER_PIPELINE_COMPUTE_LOGS"  # steps' stdout/stderr, in a folder every host sees
+REQUIRED_ENV = ("DAGSTER_HOME", POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV,
+                COMPUTE_LOGS_ENV)
+RUNS_NO_PROJECT_CODE = ("mlflow",)  # pieces a code change does not concern
+START_MARK = "stack: started "  # written to a piece's log at each `up`: what follows is this start's
 PROJECT_DIR = Path(__file__).resolve().parents[1]  # workspace.yaml of a source checkout
 
 
@@ -57,14 +70,15 @@ def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path
                             "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO"], env=env)
 
     return [
-        Piece("mlflow", [str(bin_dir / "mlflow"), "server", "--backend-store-uri", os.environ[MLFLOW_BACKEND_ENV],
+        Piece("mlflow", [str(bin_dir / "mlflow"), "server",  # its store (with its password) from the environment
                          "--serve-artifacts", "--artifacts-destination", str(DataLayout(data_dir).server_artifacts),
                          "--host", tracking.hostname or "127.0.0.1", "--port", str(tracking.port or 5000),
                          "--workers", "1"],
               # asked without the URI's user:password (urllib refuses those in a URL; /health needs none)
               f"{tracking.scheme}://{tracking.hostname or '127.0.0.1'}:{tracking.port or 5000}/health",
               # MLflow's GenAI job runner (seven more processes) serves nothing this project uses
-              {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+              {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+               "MLFLOW_BACKEND_STORE_URI": os.environ[MLFLOW_BACKEND_ENV]}),
         Piece("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", *workspace]),
         Piece("dagster-webserver", [str(bin_dir / "dagster-webserver"), *workspace, "-h", web.hostname or "127.0.0.1",
                                     "-p", str(web.port or 3000)], f"{webserver.rstrip('/')}/server_info"),
@@ -85,15 +99,22 @@ def check_environment() -> None:
 
 
 def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, say: Callable[[str], None]) -> None:
-    """Start every piece not already running, wait until each answers, and give the gpu pool one slot per GPU
-    worker."""
+    """Start every piece not already running (and again those running other code), wait until each answers,
+    and give the gpu pool one slot per GPU worker if it has no limit yet."""
     check_environment()
     running = {name for name, record in records().items() if _settled_alive(record)}
     _check_broker()
     for url in (os.environ[POSTGRES_ENV], os.environ[MLFLOW_BACKEND_ENV]):
         create_database(url)
-    _set_gpu_slots(workers)
+    say(_gpu_slots(workers))
     state_dir().mkdir(parents=True, exist_ok=True)
+    stale = {name: record.get("code_version") for name, record in records().items()
+             if name in running and name not in RUNS_NO_PROJECT_CODE and record.get("code_version") != code_version()}
+    if stale:  # a GPU step in flight is handed to another worker after the grace period and resumes there
+        for name, old in sorted(stale.items()):
+            say(f"restarting {name}: it runs code version {old}, this checkout has {code_version()}")
+        down(say=lambda _: None, only=set(stale))
+        running -= set(stale)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "FLOWER_PIPELINE_DATA_DIR": str(data_dir), WEBSERVER_ENV: webserver}
     started = []
@@ -113,7 +134,7 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
         say(f"running {name}")
     for piece in started:
         say(f"started {piece.name:18} {piece.url.rsplit('/', 1)[0] if piece.url else ''}")
-    say(f"gpu pool: {workers} slot(s); data folder: {data_dir} (every worker must see this path)")
+    say(f"code version {code_version()}; data folder: {data_dir} (every worker must see this path)")
 
 
 def down(say: Callable[[str], None], grace_seconds: float = 30.0, only: set[str] | None = None) -> None:
@@ -121,7 +142,7 @@ def down(say: Callable[[str], None], grace_seconds: float = 30.0, only: set[str]
     grace period. A step killed here goes to another worker when one runs (its message was not acknowledged)."""
     found = {name: record for name, record in records().items() if only is None or name in only}
     for record in found.values():
-        _signal(record["pid"], signal.SIGTERM)
+        _signal(record["pid"], signal.SIGTERM)  # the restarter passes it on to the program
     deadline = time.monotonic() + grace_seconds
     while any(_alive(r["pid"]) for r in found.values()) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -129,21 +150,41 @@ def down(say: Callable[[str], None], grace_seconds: float = 30.0, only: set[str]
         killed = _alive(record["pid"])
         if killed:
             _signal(record["pid"], signal.SIGKILL)
+        program = child_pid(name)
+        if program is not None:  # the restarter was killed before its program: that goes too
+            _signal(program, signal.SIGKILL)
         (state_dir() / f"{name}.json").unlink(missing_ok=True)
+        (state_dir() / f"{name}.child").unlink(missing_ok=True)
         say(f"stopped {name}" + (" (killed after the grace period)" if killed else ""))
     if not found:
         say("nothing to stop: the stack is not running")
 
 
 def status(say: Callable[[str], None]) -> bool:
-    """One line per piece; True when every piece runs."""
+    """One line per piece, then the gpu pool's limit and who holds its slots; True when every piece runs."""
+    import dagster as dg
+
     found = records()
     if not found:
         raise PipelineError("the stack is not running: `flower-pipeline stack up` starts it")
     for name, record in found.items():
         state = "running" if _alive(record["pid"]) else "stopped"
-        say(f"{name:18} {state:8} pid {record['pid']:<8} {record['url'] or ''}  log {record['log']}")
+        say(f"{name:18} {state:8} pid {record['pid']:<8} code {record.get('code_version', '?'):12} "
+            f"{record['url'] or ''}  log {record['log']}")
+    with dg.DagsterInstance.get() as instance:
+        info = instance.event_log_storage.get_concurrency_info(GPU_QUEUE)
+    holders = ", ".join(f"run {slot.run_id[:8]} ({slot.step_key})" for slot in info.claimed_slots) or "none"
+    say(f"gpu pool: limit {info.slot_count}; held by {holders}; {len(info.pending_steps) - len(info.claimed_slots)} "
+        "step(s) waiting")
     return all(_alive(r["pid"]) for r in found.values())
+
+
+def child_pid(name: str) -> int | None:
+    """The pid (and process group) of the program behind a piece's restarter, while it runs."""
+    try:
+        return int((state_dir() / f"{name}.child").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _settled_alive(record: dict, timeout: float = 60.0) -> bool:
@@ -198,20 +239,33 @@ def _check_broker() -> None:
                             f"{str(err).strip().splitlines()[0]}") from None
 
 
-def _set_gpu_slots(workers: int) -> None:
+def _gpu_slots(workers: int) -> str:
+    """The gpu pool's limit is the cluster's, not this machine's: set it to `workers` only where none is set
+    (an operator's `dagster instance concurrency set gpu N`, or an earlier `up`, stays)."""
     import dagster as dg
 
     with dg.DagsterInstance.get() as instance:
-        instance.event_log_storage.set_concurrency_slots(GPU_QUEUE, workers)
+        storage = instance.event_log_storage
+        if GPU_QUEUE in storage.get_concurrency_keys():
+            limit = storage.get_concurrency_info(GPU_QUEUE).slot_count
+            return (f"gpu pool: limit {limit} kept (`dagster instance concurrency set {GPU_QUEUE} N` changes it; "
+                    f"this machine has {workers} GPU worker(s))")
+        storage.set_concurrency_slots(GPU_QUEUE, workers)
+        return f"gpu pool: no limit was set; set to {workers} slot(s), one per GPU worker here"
 
 
 def _start(piece: Piece, env: dict[str, str]) -> Piece:
-    log = state_dir() / f"{piece.name}.log"
+    log, child = state_dir() / f"{piece.name}.log", state_dir() / f"{piece.name}.child"
     with open(log, "ab") as out:
-        process = subprocess.Popen(piece.command, stdout=out, stderr=subprocess.STDOUT, env=env,
+        out.write(f"{START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+        out.flush()
+        process = subprocess.Popen([sys.executable, "-m", "flower_pipeline.supervise", str(child), "--",
+                                    *piece.command], stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=PROJECT_DIR, start_new_session=True)  # its own group: `down` stops all of it
-    (state_dir() / f"{piece.name}.json").write_text(json.dumps(
-        {"pid": process.pid, "url": piece.url, "log": str(log), "command": piece.command}))
+    record = state_dir() / f"{piece.name}.json"
+    record.with_suffix(".tmp").write_text(json.dumps({"pid": process.pid, "url": piece.url, "log": str(log),
+                                                      "command": piece.command, "code_version": code_version()}))
+    record.with_suffix(".tmp").replace(record)
     return piece
 
 
@@ -219,7 +273,7 @@ def _wait(piece: Piece, ready: Callable[[], bool], timeout: float = 120.0) -> No
     deadline = time.monotonic() + timeout
     while not ready():
         record = records()[piece.name]
-        if not _alive(record["pid"]) or time.monotonic() > deadline:
+        if not _alive(record["pid"]) or _exited_once(Path(record["log"])) or time.monotonic() > deadline:
             raise PipelineError(f"{piece.name} did not start: {redact(_last_line(Path(record['log'])))} "
                                 f"(log: {record['log']})")
         time.sleep(0.5)
@@ -263,6 +317,18 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
+RESTART_MARK = "supervise: "  # the restarter's line when its program stopped (flower_pipeline/supervise.py)
+
+
+def _exited_once(log: Path) -> bool:
+    """Whether the program stopped since this start of its restarter (a bad setting: it would only loop)."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    return RESTART_MARK in text[text.rfind(START_MARK):]
+
+
 def _last_line(log: Path) -> str:
-    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()] if log.is_file() else []
+    """The program's last line before its restarter's, if any."""
+    text = log.read_text(errors="replace") if log.is_file() else ""
+    lines = [line for line in text[text.rfind(START_MARK):].splitlines()
+             if line.strip() and not line.startswith((RESTART_MARK, START_MARK))]
     return lines[-1].strip()[:300] if lines else "no output"

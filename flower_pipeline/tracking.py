@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -47,6 +49,9 @@ GENERATOR_ARTIFACT = "generator"  # the logged model's weights file, read as ten
 # What MLflow's client raises when its store fails: its own errors, HTTP, and a database store's (SQLAlchemy).
 MLFLOW_FAILURES = (MlflowException, requests.RequestException, sqlalchemy.exc.SQLAlchemyError)
 UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted")
+# How long a training's tracker calls may keep failing (the MLflow server down) before the step fails; until
+# then the calls wait in a bounded queue and training goes on.
+OUTAGE_SECONDS = float(os.environ.get("FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS", 900))
 
 
 class Tracker(ABC):
@@ -321,6 +326,51 @@ class MlflowTracker(Tracker):
         except MlflowException:
             return False
         return True
+
+
+class InBackground:
+    """Tracker calls made while training (metrics, sample grids), sent in order by one thread, so that a slow
+    or stopped MLflow server never holds up the training loop. A failing call is tried again every few seconds
+    until it goes through, or until it has failed for `outage_seconds`; `flush` waits for the queue to empty
+    and then raises that failure, if any. At most `limit` calls wait (then the caller waits: bounded memory)."""
+
+    def __init__(self, outage_seconds: float = OUTAGE_SECONDS, limit: int = 10_000, retry_every: float = 2.0):
+        self.outage_seconds, self.retry_every = outage_seconds, retry_every
+        self.calls: queue.Queue[tuple[Callable[..., Any], tuple] | None] = queue.Queue(limit)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._send, daemon=True, name="mlflow-in-background")
+        self.thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self.failure is None:
+            self.calls.put((fn, args))
+
+    def flush(self) -> None:
+        self.calls.put(None)
+        self.thread.join()
+        if self.failure is not None:
+            raise self.failure
+
+    def close(self) -> None:
+        """Stop without waiting (training failed): what is queued is dropped."""
+        self.failure = self.failure or RuntimeError("closed")
+        with contextlib.suppress(queue.Full):
+            self.calls.put_nowait(None)
+
+    def _send(self) -> None:
+        while (item := self.calls.get()) is not None:
+            fn, args = item
+            failing_since = None
+            while self.failure is None:
+                try:
+                    fn(*args)
+                    break
+                except MLFLOW_FAILURES as err:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since >= self.outage_seconds:
+                        self.failure = err
+                    else:
+                        time.sleep(self.retry_every)
 
 
 @contextlib.contextmanager

@@ -1,10 +1,17 @@
 """The Celery app the pipeline's workers run: `celery -A flower_pipeline.worker worker -Q gpu -c 1`."""
 
+import sys
+
 from celery.signals import worker_process_init
 
-from flower_pipeline.scaleout import worker_app
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.scaleout import read_secret_files, worker_app
 
-app = worker_app()
+try:
+    read_secret_files()
+    app = worker_app()
+except PipelineError as err:
+    sys.exit(f"error: {err}")
 
 
 @worker_process_init.connect

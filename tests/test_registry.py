@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,3 +196,28 @@ def test_an_unreachable_tracking_server_is_one_clear_error(monkeypatch):
         list_models(tracking_uri=url)
     with pytest.raises(PipelineError, match=f"^MLflow at {url} failed: "):
         load_generator("flowers17-arch1", tracking_uri=url)
+
+
+def test_tracker_calls_in_the_background_wait_out_an_outage_in_order_and_fail_after_it():
+    import requests
+
+    from flower_pipeline.tracking import InBackground
+
+    sent, down_until = [], time.monotonic() + 0.5
+
+    def log(step: int) -> None:
+        if time.monotonic() < down_until:
+            raise requests.ConnectionError("Connection refused")
+        sent.append(step)
+
+    background, started = InBackground(outage_seconds=5, retry_every=0.05), time.monotonic()
+    for step in range(100):
+        background.call(log, step)
+    assert time.monotonic() - started < 0.2  # the caller never waited for the server
+    background.flush()
+    assert sent == list(range(100))  # all of them, in order, once it was back
+
+    never = InBackground(outage_seconds=0.3, retry_every=0.05)
+    never.call(lambda: (_ for _ in ()).throw(requests.ConnectionError("Connection refused")))
+    with pytest.raises(requests.ConnectionError):
+        never.flush()  # out of time: the step fails with MLflow's error

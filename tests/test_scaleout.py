@@ -85,21 +85,26 @@ def _sql(statement: str) -> None:
 class Stack:
     """The environment of one stack, and the CLI run in it."""
 
-    def __init__(self, root: Path, name: str, redis_db: int) -> None:
+    def __init__(self, root: Path, name: str, redis_db: int, broker_password: str) -> None:
         self.home, self.data = root / "dagster_home", root / "data"
+        self.name, self.redis_db, self.broker_password = name, redis_db, broker_password
+        self.pg_password = f"pg-{uuid.uuid4().hex[:12]}"  # trust auth ignores it; no line may show it
         self.home.mkdir()
         shutil.copy(PROJECT / "deploy" / "dagster_home" / "dagster.yaml", self.home)
         self.tracking = f"http://127.0.0.1:{_free_port()}"
         self.webserver = f"http://127.0.0.1:{_free_port()}"
         self.env = {
             **os.environ, "DAGSTER_HOME": str(self.home), "FLOWER_PIPELINE_DATA_DIR": str(self.data),
-            "DAGSTER_POSTGRES_URL": f"{POSTGRES}/{name}_dagster",
-            "FLOWER_PIPELINE_MLFLOW_BACKEND": f"{POSTGRES}/{name}_mlflow", "MLFLOW_TRACKING_URI": self.tracking,
-            "FLOWER_PIPELINE_CELERY_BROKER": f"amqp://guest:guest@127.0.0.1:5672/{name}",
+            "DAGSTER_POSTGRES_URL": f"postgresql://root:{self.pg_password}@127.0.0.1:5432/{name}_dagster",
+            "FLOWER_PIPELINE_MLFLOW_BACKEND": f"postgresql://root:{self.pg_password}@127.0.0.1:5432/{name}_mlflow",
+            "MLFLOW_TRACKING_URI": self.tracking,
+            "FLOWER_PIPELINE_CELERY_BROKER": f"amqp://{name}:{broker_password}@127.0.0.1:5672/{name}",
             "FLOWER_PIPELINE_CELERY_BACKEND": f"redis://127.0.0.1:6379/{redis_db}",
+            "FLOWER_PIPELINE_COMPUTE_LOGS": str(self.data / "compute_logs"),
             # MLflow's client retries a dead server for minutes by default; a test has seconds
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0",
             "FLOWER_PIPELINE_DEAD_AFTER": "20",  # the reaper's patience (60 s by default), shortened for tests
+            "FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS": "90",  # how long training waits out MLflow (15 min)
         }
 
     def cli(self, *args: str, env: dict[str, str] | None = None, check: bool = True) -> tuple[int, str, str]:
@@ -154,17 +159,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         pytest.skip(missing)
     import redis
 
-    name, redis_db = f"fp_{uuid.uuid4().hex[:10]}", random.randint(1, 15)
+    name, redis_db, password = f"fp_{uuid.uuid4().hex[:10]}", random.randint(1, 15), uuid.uuid4().hex
+    # The team's own RabbitMQ user and virtual host (guest is refused from any host but this one); its
+    # password goes in on stdin, as an operator would type it, not on a command line.
     subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], check=True, capture_output=True)
-    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"], check=True,
+    subprocess.run(["rabbitmqctl", "-q", "add_user", name], input=password, text=True, check=True,
                    capture_output=True)
-    stack = Stack(tmp_path_factory.mktemp("stack"), name, redis_db)
+    subprocess.run(["rabbitmqctl", "-q", "set_permissions", "-p", name, name, ".*", ".*", ".*"], check=True,
+                   capture_output=True)
+    stack = Stack(tmp_path_factory.mktemp("stack"), name, redis_db, password)
     try:
-        stack.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", stack.webserver)
+        stack.said = stack.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver",
+                               stack.webserver)[1]
         yield stack
     finally:
         stack.cli("stack", "down", check=False)
         subprocess.run(["rabbitmqctl", "-q", "delete_vhost", name], capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "delete_user", name], capture_output=True)
         redis.Redis(host="127.0.0.1", port=6379, db=redis_db).flushdb()
         for database in (f"{name}_dagster", f"{name}_mlflow"):
             _sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -298,14 +309,15 @@ def test_a_worker_killed_mid_training_hands_the_step_over_and_it_resumes(chain: 
     training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch1", *LONG_TRAIN)
     _wait_for_checkpoint(chain, "synthetic-gray-32", "arch1", training)
     worker = _worker_running(chain, "trained_generator")
-    os.killpg(chain.record(worker)["pid"], signal.SIGKILL)  # the whole worker, as a lost machine
+    os.killpg(_program(chain, worker), signal.SIGKILL)  # the whole worker (its pool too), as a crash
 
     _, err = training.communicate(timeout=300)
     assert training.returncode == 0, err[-3000:]  # not hung, not failed: handed to the other GPU worker
     instance = chain.instance
     run = instance.get_runs(limit=1)[0]
     workers = [w for w, step in _started_steps(instance, run.run_id) if step == "trained_generator"]
-    assert len(workers) == 2 and workers[0] == worker != workers[1]
+    assert len(workers) == 2 and workers[0] == worker  # the copy ran (on the other, or on it restarted)
+    assert not [e for e in instance.all_logs(run.run_id) if "dropped a redelivered copy" in (e.message or "")]
     resumed = [e.message for e in instance.all_logs(run.run_id) if "resumed from iteration" in (e.message or "")]
     assert resumed and int(resumed[0].split("resumed from iteration ")[1].split()[0]) > 0
     client = chain.mlflow()
@@ -464,3 +476,355 @@ def test_stack_up_with_a_wrong_broker_says_so_before_starting_anything(stack: St
     assert code == 1 and err.count("\n") == 1
     assert err.startswith("error: cannot reach the Celery broker amqp://***@127.0.0.1:5672/no-such-vhost: ")
     assert not (tmp_path / "stack").exists()
+
+
+def _program(stack: Stack, piece: str) -> int:
+    """The pid (and process group) of the program behind a piece's restarter."""
+    return int((stack.home / "stack" / f"{piece}.child").read_text())
+
+
+def _answering(stack: Stack, timeout: float = 2.0) -> set[str]:
+    """The Celery workers that answer a ping through the broker, by name."""
+    from flower_pipeline.scaleout import worker_app
+
+    saved = dict(os.environ)
+    os.environ.update(stack.env)
+    try:
+        return {name.split("@")[0] for reply in worker_app().control.ping(timeout=timeout) for name in reply}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _crash_and_wait(stack: Stack, piece: str, within: float = 30.0) -> float:
+    """SIGKILL a piece's program (its whole process group, as the OOM killer or a segfault would end it); the
+    seconds until it answers again."""
+    before, killed_at = _program(stack, piece), time.monotonic()
+    os.killpg(before, signal.SIGKILL)
+    while True:
+        back = time.monotonic() - killed_at
+        assert back < within, f"{piece} was not back within {within:.0f} s"
+        with contextlib.suppress(OSError, ValueError):
+            if _program(stack, piece) != before and piece in _answering(stack, timeout=1.0):
+                return back
+        time.sleep(0.5)
+
+
+def test_no_password_on_a_command_line_in_a_record_or_in_a_printed_line(stack: Stack):
+    secrets = (stack.broker_password, stack.pg_password)
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+            assert not any(secret in cmdline for secret in secrets), cmdline
+    for path in (stack.home / "stack").iterdir():
+        assert not any(secret in path.read_text(errors="replace") for secret in secrets), path
+    assert stack.said and not any(secret in stack.said for secret in secrets)
+    assert "--backend-store-uri" not in stack.record("mlflow")["command"]  # MLflow reads it from the environment
+
+
+def test_a_setting_from_a_file_only_its_owner_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from flower_pipeline.errors import PipelineError
+    from flower_pipeline.scaleout import read_secret_files
+
+    secret = tmp_path / "broker"
+    secret.write_text("amqp://flower:s3cret@10.0.0.5:5672/flower\n")
+    monkeypatch.delenv("FLOWER_PIPELINE_CELERY_BROKER", raising=False)
+    monkeypatch.setenv("FLOWER_PIPELINE_CELERY_BROKER_FILE", str(secret))
+    secret.chmod(0o644)
+    with pytest.raises(PipelineError, match=r"^FLOWER_PIPELINE_CELERY_BROKER_FILE .* may be read by others "
+                                            r"\(mode 644\): `chmod 600 "):
+        read_secret_files()
+    secret.chmod(0o600)
+    read_secret_files()
+    assert os.environ["FLOWER_PIPELINE_CELERY_BROKER"] == "amqp://flower:s3cret@10.0.0.5:5672/flower"
+
+
+def test_stack_up_keeps_a_pool_limit_already_set_and_status_shows_it(stack: Stack):
+    storage = stack.instance.event_log_storage
+    storage.set_concurrency_slots("gpu", 1)  # an operator's `dagster instance concurrency set gpu 1`
+    try:
+        said = stack.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver",
+                         stack.webserver)[1]
+        assert storage.get_concurrency_info("gpu").slot_count == 1
+        assert "gpu pool: limit 1 kept" in said
+        assert "gpu pool: limit 1; held by none" in stack.cli("stack", "status")[1]
+    finally:
+        storage.set_concurrency_slots("gpu", 2)
+    assert "gpu pool: no limit was set; set to 2 slot(s)" in stack.said  # the first `up`, on a new instance
+
+
+def test_a_sigkilled_worker_is_started_again_within_30_seconds(stack: Stack):
+    back = _crash_and_wait(stack, "gpu1")
+    assert back < 30
+    assert "supervise: celery exited with -9" in Path(stack.record("gpu1")["log"]).read_text()
+
+
+@contextlib.contextmanager
+def _rabbitmq_consumer_timeout(stack: Stack, milliseconds: int) -> Iterator[None]:
+    """RabbitMQ's consumer timeout (30 min by default) shortened, checked every second, for the GPU workers'
+    channels (they read it when they open one: both are restarted, before and after)."""
+    def set_env(key: str, value: str) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "eval", f"application:set_env(rabbit, {key}, {value})."], check=True,
+                       capture_output=True)
+
+    before = subprocess.run(["rabbitmqctl", "-q", "eval", "application:get_env(rabbit, consumer_timeout)."],
+                            check=True, capture_output=True, text=True).stdout.strip()  # {ok,1800000}
+    set_env("consumer_timeout", str(milliseconds))
+    set_env("channel_tick_interval", "1000")
+    try:
+        for worker in ("gpu0", "gpu1"):
+            _crash_and_wait(stack, worker)
+        yield
+    finally:
+        set_env("consumer_timeout", before.split(",")[1].rstrip("}") if before.startswith("{ok,") else "1800000")
+        set_env("channel_tick_interval", "60000")
+        for worker in ("gpu0", "gpu1"):
+            _crash_and_wait(stack, worker)
+
+
+def test_a_step_longer_than_the_brokers_consumer_timeout_runs_once(chain: Stack):
+    with _rabbitmq_consumer_timeout(chain, 3000):
+        chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch2",
+                  *train_flags(400, "--checkpoint-seconds", "0", "--seed", "11"))
+    instance = chain.instance
+    run = instance.get_runs(limit=1)[0]
+    record = instance.get_run_record_by_id(run.run_id)
+    started = [worker for worker, step in _started_steps(instance, run.run_id) if step == "trained_generator"]
+    dropped = [e.message for e in instance.all_logs(run.run_id) if "dropped a redelivered copy" in (e.message or "")]
+    assert run.is_success and len(started) == 1  # ran once, by one worker
+    assert dropped, "the broker never redelivered: the step was not longer than the consumer timeout"
+    assert all(f"trained_generator: it still runs on {started[0]}@" in m or "the step already ended" in m
+               for m in dropped), dropped
+    training = [e for e in instance.all_logs(run.run_id) if e.step_key == "trained_generator"]
+    assert training[-1].timestamp - training[0].timestamp > 6  # longer than twice the timeout
+    assert record.end_time
+
+
+def test_a_worker_on_other_code_refuses_a_step_in_one_line(chain: Stack, tmp_path: Path):
+    from flower_pipeline.scaleout import code_version
+
+    old = tmp_path / "old"
+    shutil.copytree(PROJECT / "flower_pipeline", old / "flower_pipeline",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    with open(old / "flower_pipeline" / "training.py", "a") as source:
+        source.write("\n# the checkout before a `git pull`\n")
+    stopped = ["gpu0", "gpu1"]
+    for worker in stopped:  # the old worker is the only one on the gpu queue
+        os.kill(chain.record(worker)["pid"], signal.SIGTERM)
+    for worker in stopped:
+        while (chain.home / "stack" / f"{worker}.child").exists():
+            time.sleep(0.2)
+    env = {**chain.env, "PYTHONPATH": str(old)}
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "flower_pipeline.worker",
+                               "worker", "-Q", "gpu", "-c", "1", "-n", "old@%h"], cwd=old, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "old" not in _answering(chain):
+            assert time.monotonic() < deadline and worker.poll() is None, "the old worker did not start"
+        code, _, err = chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch1", *train_flags(20),
+                                 check=False)
+        assert code == 1 and "refuses step trained_generator" in err, err[-3000:]
+        instance = chain.instance
+        run = instance.get_runs(limit=1)[0]
+        refusals = [e.message for e in instance.all_logs(run.run_id) if "refuses step" in (e.message or "")]
+        assert len(refusals) == 1 and "\n" not in refusals[0]
+        assert refusals[0].startswith("worker old@") and refusals[0].endswith(
+            f"refuses step trained_generator: it runs code version {refusals[0].split('code version ')[1][:12]}, "
+            f"the run was launched with {code_version()} (`flower-pipeline stack up` restarts workers whose code "
+            "changed)")
+        assert refusals[0].split("code version ")[1][:12] != code_version()
+        assert not [e for e in instance.all_logs(run.run_id) if e.step_key == "trained_generator"
+                    and e.dagster_event and e.dagster_event.event_type_value == "STEP_START"]  # it never ran
+    finally:
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait()
+        chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+
+
+def test_stack_up_restarts_a_worker_whose_code_changed(stack: Stack):
+    record_file = stack.home / "stack" / "gpu1.json"
+    record = json.loads(record_file.read_text())
+    record_file.write_text(json.dumps({**record, "code_version": "0123456789ab"}))  # started before a pull
+    said = stack.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver",
+                     stack.webserver)[1]
+    assert "restarting gpu1: it runs code version 0123456789ab, this checkout has " in said
+    assert stack.record("gpu1")["pid"] != record["pid"] and "gpu1" in _answering(stack)
+    assert "restarting gpu0" not in said
+
+
+class Relay:
+    """TCP relays from an address of this host to the services on 127.0.0.1 (they listen on loopback only
+    here): what a second host reaches instead of a service's network listener."""
+
+    def __init__(self, host: str, ports: list[int]) -> None:
+        import socketserver
+        import threading
+
+        class Pipe(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                upstream = socket.create_connection(("127.0.0.1", self.server.server_address[1]))
+
+                def pump(source: socket.socket, sink: socket.socket) -> None:
+                    with contextlib.suppress(OSError):
+                        while data := source.recv(65536):
+                            sink.sendall(data)
+                    with contextlib.suppress(OSError):
+                        sink.shutdown(socket.SHUT_WR)
+
+                back = threading.Thread(target=pump, args=(upstream, self.request), daemon=True)
+                back.start()
+                pump(self.request, upstream)
+                back.join()
+                upstream.close()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self.servers = [socketserver.ThreadingTCPServer((host, port), Pipe) for port in ports]
+        for server in self.servers:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@contextlib.contextmanager
+def _second_host(ports: list[int]) -> Iterator[tuple[str, str]]:
+    """A Linux network namespace standing in for a second machine: its own address on a veth pair, its
+    loopback down (no shortcut to this host's services), the same filesystem. Yields (namespace, this host's
+    address as the namespace sees it)."""
+    tag = uuid.uuid4().hex[:6]
+    namespace, here, there, subnet = f"fp{tag}", f"fpa{tag}", f"fpb{tag}", random.randint(1, 250)
+    host, peer = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
+
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True)
+
+    ip("netns", "add", namespace)
+    relay = None
+    try:
+        ip("link", "add", here, "type", "veth", "peer", "name", there)
+        ip("link", "set", there, "netns", namespace)
+        ip("addr", "add", f"{host}/24", "dev", here)
+        ip("link", "set", here, "up")
+        ip("netns", "exec", namespace, "ip", "addr", "add", f"{peer}/24", "dev", there)
+        ip("netns", "exec", namespace, "ip", "link", "set", there, "up")
+        relay = Relay(host, ports)
+        yield namespace, host
+    finally:
+        if relay is not None:
+            relay.close()
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def _graphql_step_logs(webserver: str, run_id: str, step: str) -> str:
+    """A step's captured stdout and stderr, as the UI reads them, from this host's webserver."""
+    from conftest import graphql
+
+    events = graphql(webserver, """query ($runId: ID!) { logsForRun(runId: $runId) { ... on EventConnection {
+        events { __typename ... on LogsCapturedEvent { fileKey stepKeys } } } } }""", {"runId": run_id})
+    keys = [e["fileKey"] for e in events["logsForRun"]["events"]
+            if e["__typename"] == "LogsCapturedEvent" and step in (e["stepKeys"] or [])]
+    assert keys, f"no captured logs of {step} in run {run_id}"
+    logs = graphql(webserver, """query ($runId: ID!, $fileKey: String!) { runOrError(runId: $runId) {
+        ... on Run { capturedLogs(fileKey: $fileKey) { stdout stderr } } } }""",
+                   {"runId": run_id, "fileKey": keys[-1]})["runOrError"]["capturedLogs"]
+    return (logs["stdout"] or "") + (logs["stderr"] or "")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None,
+                    reason="a network namespace needs root and iproute2")
+def test_a_worker_on_a_second_host_takes_gpu_steps_and_its_logs_show_from_the_first(chain: Stack, tmp_path: Path):
+    tracking_port = int(chain.tracking.rsplit(":", 1)[1])
+    with _second_host([5432, 5672, 6379, tracking_port]) as (namespace, services):
+        broker = tmp_path / "broker"  # the dedicated user's password, in a file only its owner reads
+        broker.write_text(f"amqp://{chain.name}:{chain.broker_password}@{services}:5672/{chain.name}")
+        broker.chmod(0o600)
+        env = {**chain.env, "FLOWER_PIPELINE_CELERY_BROKER_FILE": str(broker),
+               "DAGSTER_POSTGRES_URL": chain.env["DAGSTER_POSTGRES_URL"].replace("127.0.0.1", services),
+               "FLOWER_PIPELINE_MLFLOW_BACKEND": "unused-on-a-worker",
+               "MLFLOW_TRACKING_URI": f"http://{services}:{tracking_port}",
+               "FLOWER_PIPELINE_CELERY_BACKEND": f"redis://{services}:6379/{chain.redis_db}"}
+        env.pop("FLOWER_PIPELINE_CELERY_BROKER")
+        for worker in ("gpu0", "gpu1"):  # the second host's worker is the only one on the gpu queue
+            os.kill(chain.record(worker)["pid"], signal.SIGTERM)
+        for worker in ("gpu0", "gpu1"):
+            while (chain.home / "stack" / f"{worker}.child").exists():
+                time.sleep(0.2)
+        log = tmp_path / "hostb.log"
+        with open(log, "wb") as out:
+            worker = subprocess.Popen(["ip", "netns", "exec", namespace, str(Path(sys.executable).parent / "celery"),
+                                       "-A", "flower_pipeline.worker", "worker", "-Q", "gpu", "-c", "1", "-n",
+                                       "hostb@%h"], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+        try:
+            deadline = time.monotonic() + 120
+            while "hostb" not in _answering(chain):
+                assert time.monotonic() < deadline and worker.poll() is None, log.read_text()[-3000:]
+            chain.cli("train", "--variant", "synthetic-color-32", "--arch", "arch1", *train_flags(40))
+            instance = chain.instance
+            run = instance.get_runs(limit=1)[0]
+            assert {w for w, step in _started_steps(instance, run.run_id)
+                    if step in ("trained_generator", "generator_evaluation")} == {"hostb"}
+            step_logs = _graphql_step_logs(chain.webserver, run.run_id, "trained_generator")
+            assert "iter 40/40" in step_logs  # written on the second host, read through this host's UI
+            assert chain.broker_password not in Path(f"/proc/{worker.pid}/cmdline").read_text()
+        finally:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+
+
+def _progress(instance, run_id: str) -> list[tuple[float, int]]:
+    """(time, iteration) of each progress line of a run's training step."""
+    import re
+
+    found = []
+    for entry in instance.all_logs(run_id):
+        match = re.search(r"iter (\d+)/\d+ ", entry.message or "") if entry.step_key == "trained_generator" else None
+        if match:
+            found.append((entry.timestamp, int(match.group(1))))
+    return found
+
+
+def _rate(progress: list[tuple[float, int]], start: float, end: float) -> float:
+    inside = [(t, it) for t, it in progress if start <= t <= end]
+    assert len(inside) >= 2, f"too few progress lines between {start} and {end}: {progress}"
+    return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
+
+
+def test_training_goes_on_at_speed_while_mlflow_is_down_for_a_minute(chain: Stack):
+    """Metrics and sample grids wait in a queue while the server is down; the step registers with every metric
+    once it is back (within FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS)."""
+    import dagster as dg
+
+    instance = chain.instance
+    earlier = next(r for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
+                   if _progress(instance, r.run_id))
+    speed = _rate(_progress(instance, earlier.run_id), 0, time.time())
+    iterations = max(200, int(speed * 110) // 20 * 20)  # about 110 s: 25 before, 60 without MLflow, 25 after
+    training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2",
+                           *train_flags(iterations, "--checkpoint-seconds", "0", "--seed", "5"))
+    deadline = time.monotonic() + 120
+    while not (run := instance.get_runs(limit=1)[0]) or len(_progress(instance, run.run_id)) < 4:
+        assert time.monotonic() < deadline and training.poll() is None, "training did not start"
+        time.sleep(1)
+    time.sleep(10)
+    stopped = time.time()
+    os.kill(chain.record("mlflow")["pid"], signal.SIGTERM)
+    time.sleep(60)
+    back = time.time()
+    chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
+    _, err = training.communicate(timeout=600)
+    assert training.returncode == 0, err[-3000:]
+    progress = _progress(instance, run.run_id)
+    before, during = _rate(progress, 0, stopped), _rate(progress, stopped, back)
+    assert during >= 0.5 * before, (before, during)
+    client = chain.mlflow()
+    (trained,) = [r for r in client.search_runs([client.get_experiment_by_name("flower-pipeline").experiment_id],
+                                                f"tags.dagster_run_id = '{run.run_id}'") if "loss_d" in r.data.metrics]
+    steps = {m.step for m in client.get_metric_history(trained.info.run_id, "loss_d")}
+    assert steps >= set(range(20, iterations + 1, 20))  # every logged iteration, the outage's included

@@ -186,8 +186,21 @@ def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
     if instance().get_run_by_id(run.run_id).status.value == "CANCELED":
         raise KeyboardInterrupt
     if not result.success:
-        raise PipelineError(_failure_message(result))
+        raise PipelineError(_refusal(run.run_id) or _failure_message(result))
     return _FinishedRun(result, str(partition_key), data_dir.resolve())
+
+
+def _refusal(run_id: str) -> str | None:
+    """A worker's refusal of a step (its code is not the run's), which fails the run before any step does."""
+    from dagster._core.events import DagsterEventType
+
+    from flower_pipeline.scaleout import REFUSAL
+
+    for entry in instance().all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
+        metadata = entry.dagster_event.engine_event_data.metadata
+        if REFUSAL in metadata:
+            return str(metadata[REFUSAL].value)
+    return None
 
 
 def _failure_message(result: Any) -> str:

@@ -400,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
+        from flower_pipeline.scaleout import read_secret_files
+
+        read_secret_files()
         args.run(args)
     except PipelineError as err:
         print(f"error: {printable(str(err))}", file=sys.stderr)

@@ -13,7 +13,7 @@ from dagster._core.execution.retries import RetryMode
 from dagster._core.execution.step_dependency_config import StepDependencyConfig
 from dagster._core.executor.in_process import InProcessExecutor
 
-from flower_pipeline.scaleout import celery_enabled, celery_executor
+from flower_pipeline.scaleout import celery_enabled, celery_executor, tag_code_version
 
 from .heartbeat import heartbeat
 
@@ -28,6 +28,7 @@ def beating_in_process_executor(init_context: dg.InitExecutorContext) -> InProce
 
 class Beating(InProcessExecutor):
     def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
+        tag_code_version(plan_context.instance, plan_context.run_id)
         with heartbeat(plan_context.instance, plan_context.run_id):
             yield from super().execute(plan_context, execution_plan)
 

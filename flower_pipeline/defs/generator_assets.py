@@ -40,7 +40,7 @@ from .data_assets import OWNERS
 from .heartbeat import step_key, step_watch
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, rows_table, table, user_errors
+from .support import image_markdown, mlflow_link, rows_table, step_log, table, user_errors
 
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
 FINAL_SHOWN = ("loss_d", "loss_g", "d_real", "d_fake")  # a training's final log window, as the UI shows it
@@ -108,7 +108,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         if sweep:
             context.log.info(f"seed sweep: {len(runs)} seeds trained side by side in one fused step")
         group = train_and_log_group(tracker, tensor_cache, runs, group_dir, device=config.device,
-                                    log=context.log.info, stop=run_ended)
+                                    log=step_log(context), stop=run_ended)
     (trained, result), out_dir = group[0], out_dirs[0]
     trained = replace(trained, sweep=tuple(member for member, _ in group[1:]))
 
@@ -142,7 +142,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         settings = settings_from(config, EvalSettings)
         evaluation = best_of([evaluate_and_log(tracker, trained, feature_network, settings,
                                                partition=str(context.partition_key), device=config.device,
-                                               log=context.log.info)
+                                               log=step_log(context))
                               for trained in (trained_generator, *trained_generator.sweep)])
         if evaluation.sweep:  # which seed of the sweep goes on to the registry, on every member's run
             chosen = f"seed {evaluation.training.config['seed']} of {len(evaluation.sweep) + 1}"

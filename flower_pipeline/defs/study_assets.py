@@ -23,7 +23,7 @@ from .data_assets import OWNERS
 from .generator_assets import dagster_tags
 from .heartbeat import step_key, step_watch
 from .resources import FlowerStorage, MlflowTracking, pick
-from .support import image_markdown, mlflow_link, user_errors
+from .support import image_markdown, mlflow_link, step_log, user_errors
 
 study_run_partitions = dg.DynamicPartitionsDefinition(name="study_runs")
 study_partitions = dg.DynamicPartitionsDefinition(name="studies")
@@ -65,7 +65,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         variant = variants.pop()
         results = run_group(
             tracker, storage.layout, study, profile, labels, pick(tensor_cache, variant, "variant"),
-            pick(feature_network, variant, "variant"), device=config.device, log=context.log.info, stop=run_ended,
+            pick(feature_network, variant, "variant"), device=config.device, log=step_log(context), stop=run_ended,
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     for key, (result, reused) in zip(keys, results, strict=True):
         if reused:

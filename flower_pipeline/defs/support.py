@@ -3,6 +3,7 @@
 
 import base64
 import contextlib
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -86,3 +87,18 @@ def rows_table(rows: list[dict[str, str | float]]) -> dg.MetadataValue:
     schema = dg.TableSchema(columns=[dg.TableColumn(c, kinds[c]) for c in columns])
     return dg.MetadataValue.table([dg.TableRecord({c: float(r[c]) if kinds[c] == "float" else str(r.get(c, ""))
                                                    for c in columns}) for r in rows], schema=schema)
+
+
+def step_log(context: dg.AssetExecutionContext) -> Callable[[str], None]:
+    """The step's log lines: into Dagster's event log and, on a Celery worker, into the step's captured stderr
+    too, which the UI shows for a step that ran on any host (command-line runs keep the console logger quiet)."""
+    from celery import current_task
+
+    if not (current_task and current_task.request.id):
+        return context.log.info
+
+    def log(line: str) -> None:
+        context.log.info(line)
+        print(line, file=sys.stderr, flush=True)
+
+    return log
