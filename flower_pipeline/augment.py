@@ -8,6 +8,10 @@ strengths are the paper's: `color` (brightness ±0.5, saturation ×0–2, contra
 zeroed square of half the side). Each policy is applied to an image with
 probability p.
 
+ADA (Karras et al., 2020) adapts p while training: it rises while D is sure of
+the real images it sees (r_t = E[sign(D's logit)] above a target, 0.6 in the
+paper: overfitting) and falls while it is not, kept on the device.
+
 Everything is on the device from given uniform numbers, with fixed shapes, so
 the step stays one CUDA graph, and a run's augmentations come from its own
 generator (a fused member augments as its solo run does). Images are K×B×C×H×W
@@ -75,3 +79,10 @@ def diff_augment(x: torch.Tensor, uniform: torch.Tensor, enabled: torch.Tensor, 
     inside_c = (cols >= left[..., None]) & (cols < left[..., None] + size_w)
     hole = (inside_r[..., :, None] & inside_c[..., None, :]).unsqueeze(2)  # K×B×1×H×W
     return torch.where(apply[:, :, 2] & hole, torch.zeros((), device=x.device, dtype=x.dtype), x)
+
+
+def ada_adjust(p: torch.Tensor, real_logits: torch.Tensor, target: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """Each run's next p (K) from D's logits on the real images it saw (B×K): one `step` up while r_t =
+    E[sign(logit)] is above `target`, one down while below, within [0, 1]. A run with step 0 keeps its p."""
+    overfitting = torch.sign(real_logits).mean(0)
+    return (p + torch.sign(overfitting - target) * step).clamp(0, 1)

@@ -45,6 +45,8 @@ def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None
     losses.legend()
     scores.plot(steps, [h["d_real"] for h in history], label="D(x)")
     scores.plot(steps, [h["d_fake"] for h in history], label="D(G(z))")
+    if "augment_p" in history[0]:
+        scores.plot(steps, [h["augment_p"] for h in history], label="ADA p", linestyle="--")
     scores.axhline(0.5, color="grey", linestyle=":", linewidth=1)
     scores.set_ylim(0, 1)
     scores.set_xlabel("iteration")

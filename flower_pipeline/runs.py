@@ -116,8 +116,9 @@ def best_of(evaluations: Sequence[Evaluation]) -> Evaluation:
 
 
 def progress_line(record: dict[str, float], iterations: int) -> str:
+    ada = f" ADA p {record['augment_p']:.2f}" if "augment_p" in record else ""
     return (f"iter {int(record['iteration'])}/{iterations} {record['it_per_s']:.1f} it/s loss D {record['loss_d']:.3f} "
-            f"G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} D(G(z)) {record['d_fake']:.3f} "
+            f"G {record['loss_g']:.3f} D(x) {record['d_real']:.3f} D(G(z)) {record['d_fake']:.3f}{ada} "
             f"ETA {record['eta_s']:.0f} s")
 
 
@@ -165,28 +166,40 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
         prefixes = [f"{run.label}: " if run.label and len(runs) > 1 else "" for run in runs]
         background = InBackground()  # the MLflow server down for a while: training goes on
 
+        def log_record(k: int, record: dict[str, float]) -> None:
+            metrics = {key: v for key, v in record.items() if key != "iteration"}
+            background.call(tracker.log_metrics, run_ids[k], metrics, int(record["iteration"]))
+
         def on_log(k: int, record: dict[str, float]) -> None:
             log(prefixes[k] + progress_line(record, settings[k].iterations))
-            background.call(tracker.log_metrics, run_ids[k],
-                            {key: v for key, v in record.items() if key != "iteration"}, int(record["iteration"]))
+            log_record(k, record)
+
+        def on_resume(iteration: int, histories: list[list[dict[str, float]]]) -> None:
+            log(f"resumed from iteration {iteration} of a checkpoint")
+            for k, history in enumerate(histories):  # this attempt's tracked run gets the earlier metrics too
+                for record in history:
+                    log_record(k, record)
+
+        def track(results: list[TrainResult]) -> None:
+            """Before the final checkpoint goes: if MLflow fails here, a retry resumes at the end."""
+            background.flush()  # every metric in MLflow, or MLflow's failure once out of time
+            for run_id, run, result in zip(run_ids, runs, results, strict=True):
+                for file in ("final_grid", "curves", "history", "generator"):
+                    if file in result.files:
+                        tracker.log_artifact(run_id, result.files[file])
+                tracker.log_artifact(run_id, run.out_dir / "samples", "samples")
+                tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
 
         try:
             results = train_fused(settings, cache, [run.out_dir for run in runs], group_dir, device=device,
                                   snapshots=tuple(run.snapshots for run in runs), on_log=on_log,
                                   on_sample=lambda k, it, png: background.call(tracker.log_image, run_ids[k], png,
                                                                                "samples", it),
-                                  on_resume=lambda it: log(f"resumed from iteration {it} of a checkpoint"),
-                                  stop=stop, labels=tuple(run.label or run.name for run in runs))
+                                  on_resume=on_resume, on_trained=track, stop=stop,
+                                  labels=tuple(run.label or run.name for run in runs))
         except BaseException:
-            background.close()
+            background.close()  # training failed: nothing waits for the queue
             raise
-        background.flush()  # every metric in MLflow before the run ends, or MLflow's failure once out of time
-        for run_id, run, result in zip(run_ids, runs, results, strict=True):
-            for file in ("final_grid", "curves", "history", "generator"):
-                if file in result.files:
-                    tracker.log_artifact(run_id, result.files[file])
-            tracker.log_artifact(run_id, run.out_dir / "samples", "samples")
-            tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
     except BaseException as err:
         if not isinstance(err, MLFLOW_FAILURES):  # with the tracker down, the next training marks this run KILLED
             for run_id in run_ids:

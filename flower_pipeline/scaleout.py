@@ -43,10 +43,16 @@ CELERY_SETTINGS: dict[str, Any] = {
     "worker_prefetch_multiplier": 1,  # a busy GPU worker holds no second step another worker could run
     "broker_connection_retry_on_startup": True,
     "result_expires": 7 * 24 * 3600,
-    "task_track_started": True,  # a step's state names the worker running it: a redelivered copy asks it
+    # RabbitMQ closes the channel of a step unacknowledged past its consumer timeout; the step goes on (Celery
+    # says this default will change), and its redelivered copy is dropped while it runs (GuardedStep).
+    "worker_cancel_long_running_tasks_on_connection_loss": False,
+    # A step's stdout and stderr stay the process's own, which Dagster's compute log manager captures into the
+    # shared folder: Celery's logging proxy, its default, has no file descriptor, so nothing was captured.
+    "worker_redirect_stdouts": False,
 }
 CODE_VERSION_TAG = "flower_pipeline/code_version"
 REFUSAL = "refusal"  # the metadata key of a worker's engine event when it refuses a step
+NO_RETRY = ("dagster/max_retries", "0")  # the run tag that keeps Dagster's run retries from retrying a run
 
 
 @functools.cache
@@ -162,8 +168,7 @@ class GuardedStep(Task):
     - **one delivery**: steps are acknowledged when they end, so the broker hands a step out again when its
       worker's connection drops: a killed worker (the copy must run, and resumes from the checkpoint), or
       RabbitMQ's consumer timeout on a step longer than it (30 min by default; the original still runs). A
-      redelivered copy asks the worker the step's state names whether it still runs the step, and is dropped
-      if so, or if the step has already ended.
+      redelivered copy runs only when the step has not ended and its heartbeat has stopped.
     """
 
     def __call__(self, execute_step_args_packed: dict, executable_dict: dict) -> Any:
@@ -182,29 +187,50 @@ class GuardedStep(Task):
             refusal = (f"worker {me} refuses step {steps}: it runs code version {code_version()}, the run was "
                        f"launched with {launched} (`flower-pipeline stack up` restarts workers whose code changed)")
             instance.report_engine_event(refusal, run, EngineEventData({REFUSAL: refusal}), step_key=step_key)
+            # Not retried: code skew is not a passing fault, and a retry would meet the same worker.
+            instance.add_run_tags(run.run_id, {NO_RETRY[0]: NO_RETRY[1]})
             raise RefusedStep(refusal)
-        if (self.request.delivery_info or {}).get("redelivered"):
-            running_on = self._still_running_elsewhere()
-            if running_on:
-                instance.report_engine_event(f"{me} dropped a redelivered copy of step {steps}: {running_on}", run,
+        if run is not None and step_key and (self.request.delivery_info or {}).get("redelivered"):
+            why = not_to_run_again(instance, run.run_id, step_key)
+            if why:
+                instance.report_engine_event(f"{me} dropped a redelivered copy of step {steps}: {why}", run,
                                              step_key=step_key)
                 raise Ignore()
         return super().__call__(execute_step_args_packed, executable_dict)
 
-    def _still_running_elsewhere(self, tries: int = 3) -> str:
-        """Why a redelivered step must not run here ("" when it must: its worker is gone)."""
-        state = self.AsyncResult(self.request.id)
-        if state.state in ("SUCCESS", "FAILURE", "REVOKED"):
-            return f"the step already ended ({state.state})"
-        holder = (state.info or {}).get("hostname") if state.state == "STARTED" else None
-        if not holder or holder == self.request.hostname:  # one step at a time: not running here any more
-            return ""
-        for _ in range(tries):  # a worker whose connection the broker just closed answers once reconnected
-            replies = self.app.control.inspect([holder], timeout=2.0).active() or {}
-            if holder in replies:
-                ids = {task["id"] for task in replies[holder]}
-                return f"it still runs on {holder}" if self.request.id in ids else ""
-        return ""
+
+def not_to_run_again(instance: Any, run_id: str, step_key: str) -> str:
+    """Why a redelivered copy of a step must not run ("" when it must: the worker that ran it is gone).
+    Celery's own task state cannot tell: a copy is marked STARTED on its own worker before it gets here. The
+    run's event log and the step's heartbeat (defs/heartbeat.py, every STEP_EVERY seconds) can."""
+    from dagster._core.events import DagsterEventType
+
+    from flower_pipeline.defs.heartbeat import STEP_ENDED, STEP_EVERY, step_beat
+
+    run = instance.get_run_by_id(run_id)
+    if run is None or run.is_finished:
+        return f"its run has ended ({run.status.value if run else 'deleted'})"
+    events = [e for e in instance.all_logs(run_id, of_type={
+        DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
+        DagsterEventType.ENGINE_EVENT}) if e.step_key == step_key]
+    if any(e.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
+           for e in events):
+        return "the step already ended"
+    holders = [e.dagster_event.engine_event_data.metadata["Celery worker"].value for e in events
+               if e.dagster_event.event_type == DagsterEventType.ENGINE_EVENT
+               and "Celery worker" in (e.dagster_event.engine_event_data.metadata or {})]
+    if not holders:
+        return ""  # it never started: this copy is the step
+    first = step_beat(instance, run_id)
+    deadline = time.monotonic() + 2.5 * STEP_EVERY  # a live step beats twice in that time
+    while time.monotonic() < deadline:
+        beat = step_beat(instance, run_id)
+        if beat == STEP_ENDED:
+            return "the step already ended"
+        if beat != first:
+            return f"it still runs on {holders[-1]}"
+        time.sleep(0.5)
+    return ""
 
 
 DEFINITIONS = ("flower_pipeline.definitions", "defs")  # the module and attribute every process loads

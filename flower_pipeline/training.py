@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flower_pipeline.augment import DRAWS, diff_augment, parse_policies, policy_mask
+from flower_pipeline.augment import DRAWS, ada_adjust, diff_augment, parse_policies, policy_mask
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import (
     ARCHITECTURES,
@@ -88,7 +88,13 @@ class TrainConfig:
                                           bounds=(0, 1))
     augment: str = setting("", "DiffAugment policies on everything D sees, comma-separated: color, translation, "
                                "cutout (empty: off, the source's runs).")
-    augment_p: float = setting(1.0, "Probability that each augment policy is applied to an image.", bounds=(0, 1))
+    augment_p: float = setting(1.0, "Probability that each augment policy is applied to an image (with ADA: its "
+                                    "start).", bounds=(0, 1))
+    augment_target: float = setting(0.0, "ADA: adapt augment_p so that D's overfitting signal E[sign(D's logit on "
+                                         "real images)] stays at this target (the paper's 0.6; 0: p fixed).",
+                                    bounds=(0, 1))
+    augment_speed: float = setting(500.0, "ADA: thousands of images over which p can go from 0 to 1 (the paper's "
+                                          "500).", bounds=(0.001, 1_000_000))
     g_ema: float = setting(0.0, "Decay of an EMA of G's weights, e.g. 0.999 (0: off), warmed up as min(decay, "
                                 "(1 + t) / (10 + t)) at step t; when on, the EMA generator is the one sampled, "
                                 "evaluated and registered.", bounds=(0, 0.99999))
@@ -120,7 +126,8 @@ class TrainConfig:
             raise PipelineError(f"latent noise must be one of {', '.join(NOISES)}, got {self.latent_noise!r}")
         if self.iterations < 1 or self.batch_size < 2:
             raise PipelineError("iterations must be at least 1 and batch size at least 2")
-        parse_policies(self.augment)
+        if not parse_policies(self.augment) and self.augment_target:
+            raise PipelineError("augment_target adapts the probability of augment's policies: set augment too")
         if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
@@ -194,7 +201,7 @@ def deterministic(device: torch.device | str) -> Iterator[None]:
 # shapes the shared network or the shared loop (architecture, batch, optimizer type, iterations, …), so runs
 # that differ in it go to different buckets.
 FUSABLE = ("seed", "lr", "real_label", "fake_label", "instance_noise", "instance_noise_decay", "minibatch_weight",
-           "dropout", "latent_noise", "augment", "augment_p", "g_ema", "lecam")
+           "dropout", "latent_noise", "augment", "augment_p", "augment_target", "augment_speed", "g_ema", "lecam")
 
 
 def fusion_bucket(config: TrainConfig) -> str:
@@ -311,6 +318,11 @@ class Trainer:
         self.augmenting = any(c.augment for c in configs)
         self.augment_enabled = policy_mask([parse_policies(c.augment) for c in configs], device)
         self.augment_p = torch.tensor([c.augment_p for c in configs], device=device)
+        # ADA: a step moves each member's p by batch / (augment_speed × 1000) towards its target (0: p fixed).
+        self.adapting = any(c.augment_target > 0 for c in configs)
+        self.ada_target = torch.tensor([c.augment_target for c in configs], device=device)
+        self.ada_step = torch.tensor([batch / (c.augment_speed * 1000) if c.augment_target > 0 else 0.0
+                                      for c in configs], device=device)
         # LeCam: D's logits are pulled towards running means of the other side's (decay LECAM_DECAY).
         self.lecam = torch.tensor([c.lecam for c in configs], device=device)
         self.lecam_on = any(c.lecam for c in configs)
@@ -322,7 +334,8 @@ class Trainer:
             decay = torch.tensor([c.g_ema for c in configs], device=device)
             self.ema_decays = [decay.repeat_interleave(p.shape[0] // k).view(-1, *(1,) * (p.dim() - 1))
                                for p in self.generator.parameters()]
-        self.stats = torch.zeros(k, 4, device=device)  # per member: loss_d, loss_g, D(x), D(G(z)) sums
+        self.stat_names = ("loss_d", "loss_g", "d_real", "d_fake", *(("augment_p",) if self.adapting else ()))
+        self.stats = torch.zeros(k, len(self.stat_names), device=device)  # per member: their sums
         self.first_bad = torch.full((k,), -1, dtype=torch.long, device=device)
         self.step_index = torch.zeros((), dtype=torch.long, device=device)
         self.iteration = 0
@@ -401,7 +414,10 @@ class Trainer:
 
         with torch.no_grad():
             self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(0),
-                                       torch.sigmoid(d_fake.float()).mean(0)], dim=1)
+                                       torch.sigmoid(d_fake.float()).mean(0),
+                                       *([self.augment_p] if self.adapting else [])], dim=1)
+            if self.adapting:  # after this step's augmentations, from D's logits on the reals it saw
+                self.augment_p.copy_(ada_adjust(self.augment_p, d_real.float(), self.ada_target, self.ada_step))
             bad = ~torch.isfinite(loss_d + loss_g) & (self.first_bad < 0)
             self.first_bad.copy_(torch.where(bad, self.step_index, self.first_bad))
             self.step_index += 1
@@ -475,7 +491,11 @@ class Trainer:
         values = (self.stats / max(steps, 1)).tolist()
         first_bad = self.first_bad.tolist()
         self.stats.zero_()
-        return [dict(zip(("loss_d", "loss_g", "d_real", "d_fake"), row, strict=True)) for row in values], first_bad
+        rows = [dict(zip(self.stat_names, row, strict=True)) for row in values]
+        for row, config in zip(rows, self.configs, strict=True):
+            if not config.augment_target:  # a solo run's record: p only where it adapts
+                row.pop("augment_p", None)
+        return rows, first_bad
 
     def output_generator(self, k: int) -> nn.Module:
         """Member k's generator as sampled, evaluated and registered: its EMA when it keeps one."""
@@ -517,6 +537,7 @@ class Trainer:
             "opt_g": self._member_optimizer(self.opt_g, k), "opt_d": self._member_optimizer(self.opt_d, k),
             "first_bad": int(self.first_bad[k]), "step_index": int(self.step_index),
             "rng": self.randomness[k].state(), "lecam_means": self.lecam_means[:, k].clone(),
+            "augment_p": self.augment_p[k].clone(),
             **({"generator_ema": ema} if ema is not None else {}),
         }
 
@@ -528,6 +549,7 @@ class Trainer:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "first_bad": self.first_bad.clone(), "step_index": int(self.step_index),
             "rng": [r.state() for r in self.randomness], "lecam_means": self.lecam_means.clone(),
+            "augment_p": self.augment_p.clone(),
             **({"generator_ema": self.generator_ema.state_dict()} if self.generator_ema is not None else {}),
         }
 
@@ -539,6 +561,7 @@ class Trainer:
         if self.generator_ema is not None:
             self.generator_ema.load_state_dict(state["generator_ema"])
         self.lecam_means.copy_(state["lecam_means"])
+        self.augment_p.copy_(state["augment_p"])
         self.first_bad.copy_(state["first_bad"])
         self.step_index.fill_(state["step_index"])
         self.iteration = state["iteration"]
@@ -618,7 +641,8 @@ def _train(
     on_log: FusedLogFn | None = None,
     on_sample: FusedSampleFn | None = None,
     snapshots: tuple[tuple[int, ...], ...] = (),
-    on_resume: Callable[[int], None] | None = None,
+    on_resume: Callable[[int, list[list[dict[str, float]]]], None] | None = None,
+    on_trained: Callable[[list[TrainResult]], None] | None = None,
     stop: threading.Event | None = None,
     labels: tuple[str, ...] = (),
 ) -> list[TrainResult]:
@@ -645,7 +669,7 @@ def _train(
         trainer.load_state(state)
         histories = state["histories"]
         if on_resume:
-            on_resume(trainer.iteration)
+            on_resume(trainer.iteration, histories)
 
     started = window_start = last_checkpoint = time.perf_counter()
     window_iter = resumed_from = trainer.iteration
@@ -692,11 +716,16 @@ def _train(
                 _save_generator(trainer, k, out_dirs[k] / f"generator_{it:06d}.pt", cache)
 
     seconds = time.perf_counter() - started
+    if trainer.iteration > resumed_from:  # the end state, kept until on_trained is through: a retry of a run
+        state = trainer.state(histories)  # whose tracking failed (MLflow down) resumes here and trains nothing
+        atomic_write(checkpoint, lambda f: torch.save(state, f))
     results = []
     for k in members:
         files = _write_outputs(trainer, k, out_dirs[k], histories[k], cache)
         results.append(TrainResult(out_dirs[k], trainer.iteration, seconds, histories[k], str(torch_device),
                                    captured, files, resumed_from))
+    if on_trained:
+        on_trained(results)
     checkpoint.unlink(missing_ok=True)  # complete: each member's generator.pt and final_state.pt replace it
     return results
 
@@ -801,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = TensorCache.load(args.cache)
         out = args.out or Path("runs") / f"{config.arch}-{cache.content_hash[:12]}"
         result = train(config, cache, out, device=args.device, resume=not args.no_resume, on_log=log,
-                       on_resume=lambda it: print(f"resumed from iteration {it}", flush=True))
+                       on_resume=lambda it, _: print(f"resumed from iteration {it}", flush=True))
     except PipelineError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -169,19 +169,19 @@ def wait_until_serving(url: str, process, seconds: float = 120) -> None:
 
 
 @pytest.fixture(autouse=True)
-def mlflow_global_uri_restored() -> Iterator[None]:
-    """Tests that call mlflow.set_tracking_uri (which also sets $MLFLOW_TRACKING_URI) leave no trace."""
+def environment_restored() -> Iterator[None]:
+    """No test leaves a trace in os.environ (a Celery broker left there sends every later in-process run to
+    Celery), nor in MLflow's global tracking URI (mlflow.set_tracking_uri)."""
     import os
 
     from mlflow.tracking._tracking_service import utils
 
-    saved, saved_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    saved, saved_env = utils._tracking_uri, dict(os.environ)
     yield
     utils._tracking_uri = saved
-    if saved_env is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = saved_env
+    if dict(os.environ) != saved_env:
+        os.environ.clear()
+        os.environ.update(saved_env)
 
 
 def webhook_receiver() -> tuple[ThreadingHTTPServer, list[dict]]:

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from flower_pipeline.augment import DRAWS, POLICIES, diff_augment, parse_policies, policy_mask
+from flower_pipeline.augment import DRAWS, POLICIES, ada_adjust, diff_augment, parse_policies, policy_mask
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.training import TrainConfig, train
 
@@ -82,3 +82,47 @@ def test_with_g_ema_the_ema_generator_is_the_output_and_the_state_keeps_both(sma
     assert not all(torch.equal(output[k], state["generator"][k]) for k in output)  # the average, not the last
     plain = train(replace(config, g_ema=0.0), small_cache, tmp_path / "plain", device="cpu")
     assert "generator_ema" not in torch.load(plain.files["final_state"], weights_only=True)
+
+
+def test_ada_moves_p_one_step_towards_what_d_says_of_the_real_images():
+    """Sure of every real image (r_t = 1 > 0.6): up a step; doubtful of all (r_t = -1): down; within [0, 1];
+    a run with step 0 (ADA off) keeps its p."""
+    p, target = torch.tensor([0.5, 0.5, 0.0, 0.95, 0.5]), torch.full((5,), 0.6)
+    step = torch.tensor([0.1, 0.1, 0.1, 0.1, 0.0])
+    logits = torch.tensor([3.0, -3.0, -3.0, 3.0, 3.0]).repeat(4, 1)  # B×K: 4 real images each
+    torch.testing.assert_close(ada_adjust(p, logits, target, step), torch.tensor([0.6, 0.4, 0.0, 1.0, 0.5]))
+    mixed = torch.tensor([[1.0], [1.0], [1.0], [-1.0]])  # r_t = 0.5, below 0.6: down
+    torch.testing.assert_close(ada_adjust(torch.tensor([0.5]), mixed, torch.tensor([0.6]), torch.tensor([0.1])),
+                               torch.tensor([0.4]))
+
+
+def test_ada_raises_p_while_d_memorizes_and_a_resumed_training_keeps_it(small_cache, tmp_path):
+    """40 random images: D soon tells them from G's, r_t goes above 0.6 and p must rise from 0. Towards a target
+    D cannot pass (1.0), p can only fall. The checkpoint keeps p: a resumed training ends where an unbroken one
+    does."""
+    config = TrainConfig(iterations=100, batch_size=8, features=8, minibatch_kernels=8, log_every=10,
+                         checkpoint_seconds=0, augment="color,translation,cutout", augment_p=0.0,
+                         augment_target=0.6, augment_speed=0.4)  # from 0 to 1 in 400 images: 0.02 a step
+    rising = train(config, small_cache, tmp_path / "rising", device="cpu")
+    assert rising.history[0]["augment_p"] == 0.0 and rising.history[-1]["augment_p"] > 0.1  # window averages
+    falling = train(replace(config, augment_p=1.0, augment_target=1.0), small_cache, tmp_path / "falling",
+                    device="cpu")
+    assert falling.history[-1]["augment_p"] < 0.5
+    assert "augment_p" not in train(replace(config, augment_target=0.0), small_cache, tmp_path / "fixed",
+                                    device="cpu").history[-1]
+
+    def killed(record):
+        if record["iteration"] == 50:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, small_cache, tmp_path / "resumed", device="cpu", on_log=killed)
+    resumed = train(config, small_cache, tmp_path / "resumed", device="cpu")
+    assert [h["augment_p"] for h in resumed.history] == [h["augment_p"] for h in rising.history]
+    final_p = [torch.load(r.files["final_state"], weights_only=True)["augment_p"] for r in (rising, resumed)]
+    assert torch.equal(*final_p)
+
+
+def test_ada_needs_augment():
+    with pytest.raises(PipelineError, match=r"^augment_target adapts the probability of augment's policies"):
+        TrainConfig(augment_target=0.6).resolved()

@@ -14,13 +14,15 @@ BASE = TrainConfig(iterations=50, batch_size=4, features=8, minibatch_kernels=8,
 
 def members(arch: str, seed: int = 0) -> list[TrainConfig]:
     """Three runs differing in every fusable kind of setting: seed, labels, learning rate, latent noise,
-    dropout, minibatch weight, instance noise and its decay, augmentation, G's EMA and LeCam."""
+    dropout, minibatch weight, instance noise and its decay, augmentation (fixed and adaptive), G's EMA and
+    LeCam."""
     base = replace(BASE, arch=arch)
     return [replace(base, seed=seed),
             replace(base, seed=seed + 1, real_label=0.8, fake_label=0.2, lr=1e-4, latent_noise="uniform",
                     augment="color,translation,cutout", augment_p=0.6, g_ema=0.9),
             replace(base, seed=seed + 2, dropout=0.0 if arch == "arch2" else 0.3, minibatch_weight=2.0,
-                    instance_noise=0.2, instance_noise_decay=0.3, augment="translation", lecam=0.1)]
+                    instance_noise=0.2, instance_noise_decay=0.3, augment="translation", augment_target=0.6,
+                    augment_speed=0.2, lecam=0.1)]
 
 
 def distance(a: dict, b: dict) -> float:
@@ -103,8 +105,8 @@ def test_a_killed_fused_group_resumes_every_member_from_its_checkpoint(small_cac
         run(tmp_path / "killed", on_log=kill_after_checkpoint)
     assert (tmp_path / "killed" / "group" / "checkpoint.pt").exists()
     resumed_at = []
-    resumed = run(tmp_path / "killed", on_resume=resumed_at.append)
-    assert resumed_at == [8] and not (tmp_path / "killed" / "group" / "checkpoint.pt").exists()
+    resumed = run(tmp_path / "killed", on_resume=lambda it, histories: resumed_at.append((it, len(histories[0]))))
+    assert resumed_at == [(8, 2)] and not (tmp_path / "killed" / "group" / "checkpoint.pt").exists()
     for a, b in zip(full, resumed, strict=True):
         first, second = (torch.load(r.files["generator"], weights_only=True)["state_dict"] for r in (a, b))
         assert all(torch.equal(first[k], second[k]) for k in first)
@@ -118,3 +120,22 @@ def test_only_fusable_settings_may_differ_and_buckets_say_so():
     with pytest.raises(PipelineError, match=r"^runs differing in batch_size \(16 against 8\) cannot be trained "):
         Trainer([arch1, replace(arch1, batch_size=8)], torch.zeros(40, 3, 32, 32, dtype=torch.uint8).numpy(),
                 torch.device("cpu"))
+
+
+def test_a_training_whose_tracking_failed_resumes_at_its_end_and_trains_nothing_again(small_cache, tmp_path):
+    """MLflow down when a training ends: its step fails, and the retry must not pay for the training again."""
+    config = replace(members("arch1")[0], iterations=12, log_every=4, deterministic=False)
+
+    def tracking_down(results):
+        raise ConnectionError("MLflow is down")
+
+    with pytest.raises(ConnectionError):
+        train(config, small_cache, tmp_path, device="cpu", on_trained=tracking_down)
+    first = torch.load(tmp_path / "generator.pt", weights_only=True)["state_dict"]
+    resumed_at, logged = [], []
+    train(config, small_cache, tmp_path, device="cpu", on_log=logged.append,
+          on_resume=lambda it, histories: resumed_at.append((it, len(histories[0]))))
+    assert resumed_at == [(12, 3)] and logged == []  # at the end, with its three records; no step trained
+    assert not (tmp_path / "checkpoint.pt").exists()
+    second = torch.load(tmp_path / "generator.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)

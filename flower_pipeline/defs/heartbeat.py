@@ -99,7 +99,12 @@ def step_key(context: dg.AssetExecutionContext) -> str:
     return str(context.op_execution_context.op_handle)
 
 
+def step_beat(instance: dg.DagsterInstance, run_id: str) -> str | None:
+    """The last beat of a step of the run: a time, STEP_ENDED, or None when none ever beat."""
+    return instance.run_storage.get_cursor_values({_step_key(run_id)}).get(_step_key(run_id))
+
+
 def step_silent_for(instance: dg.DagsterInstance, run_id: str, now: float) -> float:
     """Seconds since a step of the run last beat; infinite when none ever did or the last one has ended."""
-    beat = instance.run_storage.get_cursor_values({_step_key(run_id)}).get(_step_key(run_id))
+    beat = step_beat(instance, run_id)
     return float("inf") if beat in (None, STEP_ENDED) else now - float(beat)
