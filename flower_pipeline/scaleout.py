@@ -52,7 +52,7 @@ CELERY_SETTINGS: dict[str, Any] = {
 }
 CODE_VERSION_TAG = "flower_pipeline/code_version"
 REFUSAL = "refusal"  # the metadata key of a worker's engine event when it refuses a step
-NO_RETRY = ("dagster/max_retries", "0")  # the run tag that keeps Dagster's run retries from retrying a run
+NO_RETRY = {"dagster/max_retries": "0"}  # run tags that keep Dagster's run retries from retrying a run
 
 
 @functools.cache
@@ -188,7 +188,7 @@ class GuardedStep(Task):
                        f"launched with {launched} (`flower-pipeline stack up` restarts workers whose code changed)")
             instance.report_engine_event(refusal, run, EngineEventData({REFUSAL: refusal}), step_key=step_key)
             # Not retried: code skew is not a passing fault, and a retry would meet the same worker.
-            instance.add_run_tags(run.run_id, {NO_RETRY[0]: NO_RETRY[1]})
+            instance.add_run_tags(run.run_id, NO_RETRY)
             raise RefusedStep(refusal)
         if run is not None and step_key and (self.request.delivery_info or {}).get("redelivered"):
             why = not_to_run_again(instance, run.run_id, step_key)
@@ -211,8 +211,8 @@ def not_to_run_again(instance: Any, run_id: str, step_key: str) -> str:
     if run is None or run.is_finished:
         return f"its run has ended ({run.status.value if run else 'deleted'})"
     events = [e for e in instance.all_logs(run_id, of_type={
-        DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE,
-        DagsterEventType.ENGINE_EVENT}) if e.step_key == step_key]
+        DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE, DagsterEventType.ENGINE_EVENT})
+              if e.step_key == step_key]
     if any(e.dagster_event.event_type in (DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE)
            for e in events):
         return "the step already ended"

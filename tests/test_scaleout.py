@@ -372,7 +372,7 @@ def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_free
     assert run.status == dg.DagsterRunStatus.STARTED
     # Not retried (run retries would resume it at once, writing the same checkpoint; test_ui tests the retry):
     # what stops here is the step of the killed driver's run, and the module's GPU workers are free after it.
-    chain.instance.add_run_tags(run.run_id, {NO_RETRY[0]: NO_RETRY[1]})
+    chain.instance.add_run_tags(run.run_id, NO_RETRY)
     training.kill()
     training.wait(timeout=30)
 
