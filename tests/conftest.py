@@ -1,6 +1,18 @@
-"""Shared fixtures: a real HTTP server on 127.0.0.1, archive and image builders."""
+"""Shared fixtures: a real HTTP server on 127.0.0.1, archive and image builders, the tiny training.
+
+The suite is three tiers by folder: unit/ (no Dagster run, no subprocess, no server, no real data: the edit
+loop), integration/ (Dagster in-process, MLflow, the CLI) and system/ (`dg dev`, the scale-out stack and its
+services, real Flowers-17). `pytest` runs them all side by side (pytest-xdist, `-n 3` in pyproject.toml), the
+system tier's modules first, each module of it on one worker (its fixtures start services once).
+"""
 
 from __future__ import annotations
+
+import os
+
+# One thread per test worker, set before numpy, OpenCV or torch load: workers side by side on two cores run
+# three times slower with torch's default of a thread per core (README, "A shared CPU").
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import io
 import tarfile
@@ -15,7 +27,9 @@ import cv2
 import numpy as np
 import pytest
 
-SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+PROJECT = Path(__file__).resolve().parents[1]
+PROJECT_INSTANCE_CONFIG = PROJECT / "dagster_home" / "dagster.yaml"  # telemetry off, a gpu pool of 1
+SHARED_DATASETS = PROJECT.parent / "shared" / "datasets"
 FLOWERS17_TGZ = SHARED_DATASETS / "17flowers.tgz"
 FLOWERS17_SHA256 = "161093dfbd5fd2d5ff4e3f8728bd96b028cc0dfa6bc7338d88ec6cd7ce31dbe6"
 
@@ -287,3 +301,93 @@ def prepare(instance, data_dir: Path, variant: str, raw_config: dict | None = No
     if not dataset.success:
         return dataset
     return run_job(instance, "prepare_variant", variant, data_dir, {**QUICK_FEATURES, **(ops or {})})
+
+
+def measure_known_answers(cache, settings, out: Path) -> tuple[dict, float]:
+    """The feature network trained on `cache`, then fd_flowers, precision and recall of each known-answer set."""
+    from flower_pipeline.feature_network import (
+        flower_features,
+        flowers_measures,
+        known_answer_sets,
+        load_feature_network,
+        train_feature_network,
+    )
+
+    result = train_feature_network(cache, settings, out)
+    network = load_feature_network(result.path)
+    train = flower_features(network, cache.train_images())
+    table = {name: flowers_measures(train, flower_features(network, images))
+             for name, images in known_answer_sets(cache.train_images(), cache.holdout_images()).items()}
+    return table, result.accuracy
+
+
+def assert_known_answers(table: dict) -> None:
+    # Bounds that hold for every network seed measured (benchmarks/known_answers.py: seeds 0-2 at 1 and 2
+    # threads on real Flowers-17), not for one run: noise's precision, for one, ranges 0.01-0.37 over seeds.
+    fd = {name: row["fd_flowers"] for name, row in table.items()}
+    assert min(fd, key=fd.get) in ("held-out photos", "checkerboard"), fd  # blind to a ±12 checkerboard: see
+    assert fd["checkerboard"] < fd["blur σ=1"], fd  # checkerboard_ratio, which is not (test_evaluation.py)
+    assert fd["held-out photos"] < fd["blur σ=1"] < fd["blur σ=2"] < fd["blur σ=3"] < fd["noise"] / 2, fd
+    collapsed, varied = table["two colours only"], table["held-out photos"]
+    assert collapsed["precision"] > 0.8 and collapsed["recall"] < varied["recall"] / 2, (collapsed, varied)
+    assert table["noise"]["precision"] < 0.45 and table["noise"]["recall"] < 0.05, table["noise"]
+
+
+# One tiny training for every test that needs a trained generator but not a good one: seconds on a CPU.
+TINY_TRAINING = {"iterations": 6, "batch_size": 8, "features": 8, "log_every": 3, "sample_every": 3,
+                 "checkpoint_seconds": 0}
+
+
+def tiny_training(**changes) -> dict:
+    """The tiny training as a run's config (trained_generator's, or the CLI's flags), on the CPU."""
+    return {**TINY_TRAINING, "device": "cpu", **changes}
+
+
+def tiny_config(**changes):
+    """The tiny training as the core's TrainConfig."""
+    from flower_pipeline.training import TrainConfig
+
+    return TrainConfig(**{**TINY_TRAINING, **changes})
+
+
+
+
+class Payload:
+    """What an attacker who can write to the data folder or the artifact store would leave: a pickle that runs
+    code (here: writes a marker file) when it is loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return Path.write_text, (self.marker, "ran")
+
+
+def plant(path: Path, marker: Path) -> None:
+    """A torch file at `path` whose loading, were it unpickled, would write `marker`."""
+    import torch
+
+    torch.save({"state_dict": Payload(marker)}, path)
+
+
+@pytest.fixture
+def trained(small_cache, tmp_path) -> Path:
+    """A finished tiny training's folder."""
+    from flower_pipeline.training import train
+
+    config = tiny_config(iterations=8, batch_size=4, minibatch_kernels=8, log_every=4, sample_every=8)
+    return train(config, small_cache, tmp_path / "run", device="cpu").out_dir
+
+
+TIER_ORDER = ("system", "integration", "unit")  # the longest first, so no worker is left with a long test at the end
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The system tier first; each of its modules one xdist group (its module fixtures start services once)."""
+    def tier(item: pytest.Item) -> str:
+        return Path(item.path).parent.name
+
+    for item in items:
+        if tier(item) == "system":
+            item.add_marker(pytest.mark.xdist_group(Path(item.path).stem))
+    items.sort(key=lambda item: TIER_ORDER.index(tier(item)) if tier(item) in TIER_ORDER else len(TIER_ORDER))

@@ -6,7 +6,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import FLOWERS17_TGZ, real_flowers17
 from torch import nn
 
 from flower_pipeline.effnet import Effnet
@@ -262,51 +261,3 @@ def test_d_scores_on_training_images_agree_with_the_last_training_window(tmp_pat
     assert abs(scores.mean() - result.final["d_real"]) < 0.06, (scores.mean(), result.final["d_real"])
     again = discriminator_scores(trained.discriminator, cache.train_images(), config.batch_size)
     np.testing.assert_array_equal(scores, again)  # same seed, same batches: and D's saved state is untouched
-
-
-@pytest.mark.real_data
-@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
-def test_checkerboard_and_blockiness_see_what_the_eye_sees_on_real_photos(tmp_path):
-    """Held-out photos score like the photos; checkerboard, pixelation and shuffled tiles are caught; blur is
-    not mistaken for either."""
-    from flower_pipeline.evaluation import artefact_ratios
-    from flower_pipeline.feature_network import known_answer_sets
-
-    cache = real_flowers17(tmp_path, 32)
-    train = cache.train_images()
-    ratios = {name: artefact_ratios(train, images)
-              for name, images in known_answer_sets(train, cache.holdout_images()).items()}
-    photos = ratios["held-out photos"]
-    assert 0.8 < photos["checkerboard_ratio"] < 1.25 and 0.9 < photos["blockiness_ratio"] < 1.1, photos
-    assert ratios["checkerboard"]["checkerboard_ratio"] > 5, ratios["checkerboard"]
-    assert ratios["pixelated 4 px"]["blockiness_ratio"] > 3, ratios["pixelated 4 px"]
-    assert ratios["shuffled 8 px tiles"]["blockiness_ratio"] > 1.4, ratios["shuffled 8 px tiles"]
-    for sigma in (1, 2, 3):  # blur is smooth, not blocky and not checkered
-        blurred = ratios[f"blur σ={sigma}"]
-        assert blurred["checkerboard_ratio"] < 0.5 and blurred["blockiness_ratio"] < 1.2, blurred
-
-
-SPECIES = ("daffodil", "snowdrop", "lily of the valley", "bluebell", "crocus", "iris", "tigerlily", "tulip",
-           "fritillary", "sunflower", "daisy", "colts' foot", "dandelion", "cowslip", "buttercup", "windflower",
-           "pansy")
-EXPECTED_FAMILY = {"daffodil": "yellow", "snowdrop": "white", "bluebell": "blue", "crocus": "purple",
-                   "tigerlily": "orange", "daisy": "white", "colts' foot": "yellow", "dandelion": "yellow",
-                   "cowslip": "yellow", "buttercup": "yellow", "windflower": "white", "pansy": "purple"}
-
-
-@pytest.mark.real_data
-@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
-def test_colour_families_name_each_species_as_people_do(tmp_path):
-    """The colour families on the real photos, species by species: white flowers come out white (the green
-    background pulled them to pink or green before), and a collapsed set cannot pass for the photos."""
-    from flower_pipeline.colours import FAMILIES, colour_families, colour_family_shares
-
-    cache = real_flowers17(tmp_path, 32)
-    images, labels = np.asarray(cache.images), cache.labels
-    for species, family in EXPECTED_FAMILY.items():
-        found = np.bincount(colour_families(images[labels == SPECIES.index(species)]), minlength=len(FAMILIES))
-        assert FAMILIES[found.argmax()] == family, (species, dict(zip(FAMILIES, found.tolist(), strict=True)))
-    real = colour_family_shares(images)
-    assert real["white"] > 0.15 and real["yellow"] > 0.3, real  # the photos: about a fifth white
-    yellow = images[labels == SPECIES.index("buttercup")]
-    assert colour_family_shares(yellow)["white"] < real["white"] / 4  # a yellow-only set shows almost no white

@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
-from conftest import prepare, run_job
+from conftest import PROJECT_INSTANCE_CONFIG, prepare, run_job
 
 from flower_pipeline import source_version
 from flower_pipeline.errors import PipelineError
@@ -16,7 +16,7 @@ from flower_pipeline.study import judge, load_study, run_key, study_run_key
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 
-TINY = {
+TINY_STUDY = {
     "name": "tiny", "title": "A tiny study",
     "profiles": {"quick": {"size": 16, "iterations": 40, "evaluation": {"samples": 40, "kid_subsets": 5},
                            "settings": {"features": 8, "log_every": 10, "sample_every": 20, "checkpoint_seconds": 0}}},
@@ -52,10 +52,10 @@ def test_the_source_study_lists_every_run_of_the_source():
 
 
 def test_changing_a_setting_or_the_data_changes_the_run_key(tmp_path):
-    run = load_study(str(_write(tmp_path, TINY))).plan("quick")[0]
+    run = load_study(str(_write(tmp_path, TINY_STUDY))).plan("quick")[0]
     key = run_key(run, "cache-a", "1.0")
     assert key == run_key(run, "cache-a", "1.0") and key != run_key(run, "cache-b", "1.0")
-    changed = {**TINY, "profiles": {"quick": {**TINY["profiles"]["quick"], "iterations": 80}}}
+    changed = {**TINY_STUDY, "profiles": {"quick": {**TINY_STUDY["profiles"]["quick"], "iterations": 80}}}
     assert run_key(load_study(str(_write(tmp_path, changed))).plan("quick")[0], "cache-a", "1.0") != key
 
 
@@ -77,11 +77,11 @@ def test_bad_study_files_are_one_line_and_start_nothing(tmp_path, capsys, monkey
 
     from flower_pipeline.cli import main
 
-    study = copy.deepcopy(TINY)
+    study = copy.deepcopy(TINY_STUDY)
     edit(study)
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     code = main(["study", "run", str(_write(tmp_path, study)), "--data-dir", str(tmp_path / "data")])
     err = capsys.readouterr().err
@@ -92,7 +92,7 @@ def test_bad_study_files_are_one_line_and_start_nothing(tmp_path, capsys, monkey
 
 
 def test_a_verdict_needs_the_difference_to_exceed_the_seeds_spread(tmp_path):
-    study = load_study(str(_write(tmp_path, {**TINY, "profiles": {"quick": {**TINY["profiles"]["quick"],
+    study = load_study(str(_write(tmp_path, {**TINY_STUDY, "profiles": {"quick": {**TINY_STUDY["profiles"]["quick"],
                                                                               "seeds": 3}}})))
 
     def verdict(fd16: list[float], fd8: list[float], fd32: list[float]) -> str:
@@ -111,7 +111,7 @@ def test_a_verdict_needs_the_difference_to_exceed_the_seeds_spread(tmp_path):
 
 
 def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_killed_one(tmp_path):
-    path, data = _write(tmp_path, TINY), tmp_path / "data"
+    path, data = _write(tmp_path, TINY_STUDY), tmp_path / "data"
     study = load_study(str(path))
     config = {"study_run": {"config": {"study_file": str(path)}}}
     with dg.instance_for_test() as instance:
@@ -162,10 +162,10 @@ def test_a_dataset_that_cannot_be_had_is_skipped_with_its_runs(tmp_path, capsys,
     from flower_pipeline.cli import main
 
     run = {"label": "f102-color-arch1", "variant": "flowers102-color", "arch": "arch1"}
-    study = {**TINY, "claims": [{"id": "flowers102", "text": "Flowers-102 changes the results.", "runs": [run]}]}
+    study = {**TINY_STUDY, "claims": [{"id": "flowers102", "text": "Flowers-102 changes the results.", "runs": [run]}]}
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     code = main(["study", "run", str(_write(tmp_path, study)), "--data-dir", str(tmp_path / "data")])
     err = capsys.readouterr().err.splitlines()
@@ -202,7 +202,7 @@ def test_study_run_fuses_compatible_runs_into_one_step_each_and_gives_the_unfuse
     for mode in ("fused", "unfused"):
         home = tmp_path / mode / "home"
         home.mkdir(parents=True)
-        shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+        shutil.copy(PROJECT_INSTANCE_CONFIG, home)
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         data = tmp_path / mode / "data"
         args = ["study", "run", str(path), "--data-dir", str(data), "--device", "cpu"]

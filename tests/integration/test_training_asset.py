@@ -1,14 +1,13 @@
 """The training partition materialized through Dagster, its run checked in a real (SQLite) MLflow store."""
 
 import dagster as dg
-from conftest import prepare, run_job
+from conftest import prepare, run_job, tiny_training
 
 from flower_pipeline.defs.generator_assets import trained_generator
 from flower_pipeline.defs.partitions import training_key
 from flower_pipeline.registry import tracking
 
-CONFIG = {"iterations": 6, "batch_size": 4, "features": 8, "log_every": 2, "sample_every": 3,
-          "checkpoint_seconds": 0, "device": "cpu"}
+TINY = tiny_training(batch_size=4, log_every=2)
 
 
 def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path, monkeypatch):
@@ -17,7 +16,7 @@ def test_training_partition_materializes_and_is_tracked_in_mlflow(tmp_path, monk
     key = training_key("synthetic-gray-32", "arch1")
     with dg.instance_for_test() as instance:
         cache = prepare(instance, data, "synthetic-gray-32").output_for_node("tensor_cache")
-        result = run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": CONFIG}},
+        result = run_job(instance, "retrain_generators", key, data, {"trained_generator": {"config": TINY}},
                          assets=["trained_generator"])
         assert result.success
         trained = result.output_for_node("trained_generator")

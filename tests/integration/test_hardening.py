@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import flowers_like, make_tgz
+from conftest import PROJECT_INSTANCE_CONFIG, flowers_like, make_tgz
 from test_cli import _files_outside, _main
 
 from flower_pipeline.errors import PipelineError
@@ -99,12 +99,11 @@ def test_first_commands_started_together_on_a_fresh_instance_do_not_race(tmp_pat
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     for round_ in range(2):
         home = tmp_path / f"home{round_}"
         home.mkdir()
-        shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+        shutil.copy(PROJECT_INSTANCE_CONFIG, home)
         env = {**os.environ, "DAGSTER_HOME": str(home)}
         commands = [subprocess.Popen([sys.executable, "-m", "flower_pipeline.cli", "train", "--variant",
                                       "nope-color-16", "--arch", "arch1", "--data-dir", str(tmp_path / "data")],
@@ -149,3 +148,21 @@ def test_a_read_only_dagster_home_is_one_line(tmp_path, capsys, monkeypatch):
     finally:
         subprocess.run(["umount", str(home)], check=True)
     assert code == 1 and err.startswith("error: Read-only file system (") and err.count("\n") == 1
+
+
+def test_a_full_disk_is_called_a_full_disk_and_leaves_nothing_behind(tmp_path):
+    import os
+    import subprocess
+
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(tiny)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        archive = tmp_path / "big.tgz"
+        archive.write_bytes(make_tgz({f"{i}.jpg": os.urandom(40_000) for i in range(4)}))
+        with pytest.raises(PipelineError, match=r"^disk full while extracting big\.tgz into "):
+            extract_archive(archive, tiny / "out", archive_sha256="x")
+        assert list(tiny.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(tiny)], check=True)

@@ -4,7 +4,7 @@ import datetime
 
 import dagster as dg
 import pytest
-from conftest import prepare, run_job, webhook_receiver
+from conftest import PROJECT_INSTANCE_CONFIG, prepare, run_job, tiny_training, webhook_receiver
 
 from flower_pipeline.catalog import Variant
 from flower_pipeline.defs.automation import (
@@ -18,7 +18,7 @@ from flower_pipeline.defs.automation import (
 from flower_pipeline.defs.partitions import add_variant, training_key
 from flower_pipeline.errors import PipelineError
 
-TINY = {"iterations": 4, "batch_size": 8, "features": 8, "log_every": 2, "checkpoint_seconds": 0, "device": "cpu"}
+TINY = tiny_training(iterations=4, log_every=2)
 
 
 def _cache(instance: dg.DagsterInstance, variant: str, content_hash: str) -> None:
@@ -161,11 +161,10 @@ def test_ctrl_c_cancels_a_cli_training_frees_its_gpu_slot_and_kills_its_mlflow_r
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     home = tmp_path / "home"
     home.mkdir()
-    shutil.copy(Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml", home)
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
     env = {**os.environ, "DAGSTER_HOME": str(home)}
     cli = [sys.executable, "-m", "flower_pipeline.cli"]
     data = ["--data-dir", str(tmp_path / "data")]

@@ -11,11 +11,11 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import pytest
-from conftest import prepare, run_job, stop_process_group, wait_until_serving
+from conftest import prepare, run_job, stop_process_group, tiny_training, wait_until_serving
 
 from flower_pipeline.defs.partitions import training_key
 
-TINY = {"iterations": 4, "batch_size": 8, "features": 8, "log_every": 2, "checkpoint_seconds": 0, "device": "cpu"}
+TINY = tiny_training(iterations=4, log_every=2)
 LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0, "max_near_copy_share": 1.0,
            "min_recall": 0.0}
 

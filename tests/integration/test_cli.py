@@ -8,9 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import flowers_like, make_tgz
+from conftest import PROJECT, PROJECT_INSTANCE_CONFIG, flowers_like, make_tgz
 
-PROJECT_INSTANCE_CONFIG = Path(__file__).resolve().parents[1] / "dagster_home" / "dagster.yaml"
 MODELS = ["synthetic-color-32-arch1", "synthetic-color-32-arch2", "synthetic-gray-32-arch1", "synthetic-gray-32-arch2"]
 
 
@@ -196,7 +195,7 @@ def test_a_command_line_run_can_be_re_executed_through_dagster(tmp_path, capsys,
     with dg.DagsterInstance.get() as instance:
         (run,) = instance.get_runs(dg.RunsFilter(job_name="prepare_variant"))
         job = ReconstructableRepository.for_module("flower_pipeline.definitions", "defs",
-                                                   str(Path(__file__).resolve().parents[1]))
+                                                   str(PROJECT))
         again = dg.execute_job(job.get_reconstructable_job(run.job_name), instance, run_config=run.run_config,
                                tags=run.tags, reexecution_options=dg.ReexecutionOptions(
                                    parent_run_id=run.run_id, step_selection=["tensor_cache"]))
@@ -236,3 +235,14 @@ def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, 
     chosen = next(r for r in runs if r.info.run_id == version.run_id)
     assert chosen.data.params["seed"] == ranked[0][0]
     assert {r.data.tags["sweep_choice"] for r in runs} == {f"seed {ranked[0][0]} of 3"}
+
+
+def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(small_cache.path),
+                           "--arch", "arch2", "--iterations", "4", "--batch-size", "4", "--features", "8",
+                           "--log-every", "2", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "iter      4/4" in done.stdout and list(Path(tmp_path, "runs").glob("arch2-*/generator.pt"))
+    missing = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(tmp_path / "nope")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 1 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from conftest import graphql, launch_retraining, reexecute, stop_process_group, webhook_receiver
+from conftest import PROJECT, graphql, launch_retraining, reexecute, stop_process_group, webhook_receiver
 
-ROOT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).with_name("flower-pipeline"))
 QUERY = ("{ assetNodes { assetKey { path } } workspaceOrError { ... on Workspace { locationEntries { name } } } }")
 VARIANT = "synthetic-color-16"
@@ -97,7 +96,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dg.Dagst
     tmp = tmp_path_factory.mktemp("ui")
     home, data = tmp / "home", tmp / "data"
     home.mkdir()
-    shutil.copy(ROOT / "dagster_home" / "dagster.yaml", home)
+    shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home)
     hook, received = webhook_receiver()
     env = {**os.environ, "DAGSTER_HOME": str(home), "FLOWER_PIPELINE_DATA_DIR": str(data), "OMP_NUM_THREADS": "1",
            "FLOWER_PIPELINE_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_address[1]}/hook",
@@ -110,7 +109,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dg.Dagst
         port = s.getsockname()[1]
     log = tmp / "dg.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([str(Path(sys.executable).with_name("dg")), "dev", "-p", str(port)], cwd=ROOT,
+        server = subprocess.Popen([str(Path(sys.executable).with_name("dg")), "dev", "-p", str(port)], cwd=PROJECT,
                                   env=env, stdout=out, stderr=out, start_new_session=True)
     webserver = f"http://127.0.0.1:{port}"
 

@@ -2,14 +2,11 @@
 
 import json
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import dagster as dg
 import pytest
+from conftest import PROJECT
 
-import flower_pipeline
 from flower_pipeline.defs.resources import RECORD_ALIASES, FlowerStorage, StageOutputs
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import DataLayout
@@ -17,33 +14,7 @@ from flower_pipeline.metrics import BY_NAME, HEADLINE, METRICS, run_metrics, ver
 from flower_pipeline.runs import Evaluation
 from flower_pipeline.sources import RawArchive
 
-PACKAGE = Path(flower_pipeline.__file__).parent
-RECORDS = Path(__file__).parent / "records"
-# The Dagster layer, the command line and the scale-out code may import Dagster; nothing else may.
-OUTSIDE_CORE = ("defs", "cli", "definitions", "scaleout", "stack", "worker")
-
-
-def core_modules() -> list[str]:
-    names = []
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        if parts[0] not in OUTSIDE_CORE:
-            names.append(".".join(("flower_pipeline", *parts)).removesuffix(".__init__"))
-    return names
-
-
-def test_the_core_never_imports_dagster():
-    """Each core module imported in a fresh interpreter; the first that brings Dagster in is named."""
-    modules = core_modules()
-    assert {"flower_pipeline.runs", "flower_pipeline.registry", "flower_pipeline.tracking",
-            "flower_pipeline.metrics", "flower_pipeline.layout", "flower_pipeline.sources"} <= set(modules)
-    script = ("import importlib, sys\n"
-              f"for name in {modules!r}:\n"
-              "    importlib.import_module(name)\n"
-              "    if 'dagster' in sys.modules:\n"
-              "        sys.exit(f'{name} imports dagster')\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+RECORDS = PROJECT / "tests" / "records"
 
 
 def test_each_metric_is_declared_once_and_reaches_mlflow_and_the_registry():

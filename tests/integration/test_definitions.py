@@ -1,11 +1,9 @@
 """The code location loads as `dagster dev -w workspace.yaml` loads it."""
 
-from pathlib import Path
 
 import dagster as dg
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import PROJECT
 
 
 def test_code_location_has_every_asset_check_job_and_resource():
@@ -32,9 +30,9 @@ def test_code_location_has_every_asset_check_job_and_resource():
 
 
 def test_instance_config_limits_the_gpu_pool_to_one():
-    config = yaml.safe_load((ROOT / "dagster_home" / "dagster.yaml").read_text())
+    config = yaml.safe_load((PROJECT / "dagster_home" / "dagster.yaml").read_text())
     assert config["concurrency"]["pools"]["default_limit"] == 1
-    workspace = yaml.safe_load((ROOT / "workspace.yaml").read_text())
+    workspace = yaml.safe_load((PROJECT / "workspace.yaml").read_text())
     assert workspace["load_from"][0]["python_module"]["module_name"] == "flower_pipeline.definitions"
 
 
@@ -63,7 +61,7 @@ def test_a_broker_in_the_environment_makes_celery_the_executor(monkeypatch):
 
 
 def test_the_postgres_instance_reads_its_database_from_the_environment():
-    config = yaml.safe_load((ROOT / "deploy" / "dagster_home" / "dagster.yaml").read_text())
+    config = yaml.safe_load((PROJECT / "deploy" / "dagster_home" / "dagster.yaml").read_text())
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     assert config["concurrency"]["pools"]["default_limit"] == 1
 

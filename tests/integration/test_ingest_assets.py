@@ -4,8 +4,7 @@ import hashlib
 
 import dagster as dg
 import numpy as np
-import pytest
-from conftest import FLOWERS17_SHA256, FLOWERS17_TGZ, flowers_like, jpeg, make_tgz, prepare
+from conftest import flowers_like, jpeg, make_tgz, prepare
 from scipy.io import savemat
 
 from flower_pipeline.tensor_cache import TensorCache
@@ -127,17 +126,3 @@ def test_custom_folder_with_class_subfolders(tmp_path):
         cache = TensorCache.load(result.output_for_node("tensor_cache").path)
         assert cache.meta["class_names"] == ["roses", "tulips"] and cache.labels.tolist() == [0, 0, 0, 1, 1]
     assert {p: p.stat().st_mtime_ns for p in photos.rglob("*")} == before  # the user's folder is only read
-
-
-@pytest.mark.real_data
-@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
-def test_real_flowers17_prepares_1360_balanced_images(tmp_path):
-    with dg.instance_for_test() as instance:
-        result = prepare(instance, tmp_path / "data", "flowers17-color-64",
-                         {"source": str(FLOWERS17_TGZ), "sha256": FLOWERS17_SHA256})
-        assert result.success
-        checks = _checks(result)
-        assert checks["image_count"] and checks["tensor_format"] and checks["class_balance"]
-        cache = TensorCache.load(result.output_for_node("tensor_cache").path)
-        assert cache.images.shape == (1360, 3, 64, 64)
-        assert np.bincount(cache.labels).tolist() == [80] * 17

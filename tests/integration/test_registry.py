@@ -14,7 +14,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pytest
-from conftest import prepare, run_job, wait_until_serving
+from conftest import prepare, run_job, tiny_training, wait_until_serving
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from flower_pipeline.defs.partitions import training_key
@@ -26,8 +26,7 @@ from flower_pipeline.tracking import MlflowTracker
 VARIANT = "synthetic-color-32"
 KEY = training_key(VARIANT, "arch1")
 MODEL = f"{VARIANT}-arch1"
-TINY = {"iterations": 6, "batch_size": 8, "features": 8, "log_every": 3, "sample_every": 3, "checkpoint_seconds": 0,
-        "device": "cpu"}
+TINY = tiny_training()
 LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0, "max_near_copy_share": 1.0,
            "min_recall": 0.0}
 STRICT = {**LENIENT, "max_fd_flowers": 0.0}  # no version can pass (a Fréchet distance is never 0): never promoted

@@ -25,11 +25,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import launch_retraining, reexecute
+from conftest import PROJECT, launch_retraining, reexecute
 
 pytestmark = pytest.mark.slow
 
-PROJECT = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "flower-pipeline")
 POSTGRES = "postgresql://root@127.0.0.1:5432"
 PREPARE = ["--dataset", "synthetic", "--size", "32", "--feature-net-epochs", "1", "--feature-net-width", "4",

@@ -1,19 +1,15 @@
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FLOWERS17_TGZ, real_flowers17
+from conftest import tiny_config
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.tensor_cache import TensorCache, write_cache
 from flower_pipeline.training import TrainConfig, load_trained, train
 
-TINY = TrainConfig(iterations=12, batch_size=4, features=8, minibatch_kernels=8, log_every=4, sample_every=6,
-                   checkpoint_seconds=0)
+TINY = tiny_config(iterations=12, batch_size=4, minibatch_kernels=8, log_every=4, sample_every=6)
 
 
 def test_every_numeric_setting_has_a_range_checked_wherever_it_enters():
@@ -113,28 +109,6 @@ def test_nan_stops_training_naming_the_iteration(small_cache, tmp_path, monkeypa
     monkeypatch.setattr(training.F, "binary_cross_entropy_with_logits", diverging)
     with pytest.raises(PipelineError, match=r"NaN or inf at iteration [345]$"):
         train(TINY, small_cache, tmp_path, device="cpu")
-
-
-def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(small_cache.path),
-                           "--arch", "arch2", "--iterations", "4", "--batch-size", "4", "--features", "8",
-                           "--log-every", "2", "--device", "cpu"], cwd=tmp_path, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert "iter      4/4" in done.stdout and list(Path(tmp_path, "runs").glob("arch2-*/generator.pt"))
-    missing = subprocess.run([sys.executable, "-m", "flower_pipeline.training", "--cache", str(tmp_path / "nope")],
-                             capture_output=True, text=True)
-    assert missing.returncode == 1 and missing.stderr.startswith("error:") and "Traceback" not in missing.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.real_data
-@pytest.mark.skipif(not FLOWERS17_TGZ.is_file(), reason="../shared/datasets/17flowers.tgz is not present")
-def test_short_cpu_training_on_real_flowers17_lowers_d_loss(tmp_path):
-    cache = real_flowers17(tmp_path, 32)
-    config = TrainConfig(iterations=150, batch_size=16, features=16, log_every=25, sample_every=150,
-                         checkpoint_seconds=0, instance_noise=0.0)
-    history = train(config, cache, tmp_path / "run", device="cpu").history
-    assert history[-1]["loss_d"] < history[0]["loss_d"]
 
 
 def test_untrainable_or_broken_caches_are_refused_in_one_line(tmp_path):

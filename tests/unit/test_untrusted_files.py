@@ -1,0 +1,114 @@
+"""Every file the pipeline loads is untrusted: each torch file on a load path, replaced by a pickle whose loading
+would write a marker file, is refused in one line, and the marker never appears."""
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import PROJECT, plant, tiny_config
+
+from flower_pipeline.errors import PipelineError
+from flower_pipeline.training import load_trained, train
+
+TINY = tiny_config(iterations=8, batch_size=4, minibatch_kernels=8, log_every=4, sample_every=8)
+
+
+def test_a_planted_checkpoint_generator_or_discriminator_file_is_refused_unrun(small_cache, trained, tmp_path):
+    marker = tmp_path / "marker"
+    for name in ("generator.pt", "final_state.pt"):
+        saved = (trained / name).read_bytes()
+        plant(trained / name, marker)
+        with pytest.raises(PipelineError, match=f"{re.escape(name)} is not a tensors-only file") as refused:
+            load_trained(trained)
+        assert "\n" not in str(refused.value)
+        (trained / name).write_bytes(saved)
+    assert load_trained(trained).generator.generate(2).shape == (2, 3, 32, 32)  # the real files still load
+
+    killed = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        train(TINY, small_cache, killed, device="cpu", on_log=lambda r: (_ for _ in ()).throw(KeyboardInterrupt))
+    plant(killed / "checkpoint.pt", marker)  # a retry resumes from the checkpoint
+    with pytest.raises(PipelineError, match=r"checkpoint\.pt is not a tensors-only file"):
+        train(TINY, small_cache, killed, device="cpu")
+    assert not marker.exists()
+
+
+def test_a_planted_feature_network_is_refused_unrun(tmp_path):
+    from flower_pipeline.feature_network import load_feature_network
+
+    marker = tmp_path / "marker"
+    plant(tmp_path / "model.pt", marker)
+    with pytest.raises(PipelineError, match=r"model\.pt is not a tensors-only file"):
+        load_feature_network(tmp_path / "model.pt")
+    assert not marker.exists()
+
+
+def test_planted_inception_weights_are_refused_by_checksum_and_read_tensors_only(tmp_path):
+    from flower_pipeline.evaluation import inception_features, resolve_inception_weights
+
+    marker, weights = tmp_path / "marker", tmp_path / "weights.pth"
+    plant(weights, marker)
+    found, why = resolve_inception_weights(str(weights), tmp_path)  # the setting, a study or the profile
+    assert found is None and "its sha256 does not start with 6726825d" in why
+    with pytest.raises(PipelineError, match="is not a usable Inception weights file"):
+        inception_features(weights)  # even past the checksum: torch-fidelity's own load reads tensors only
+    assert not marker.exists()
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n" for i in range(20))
+
+
+def test_settings_files_are_bounded_regular_files_without_alias_bombs(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from flower_pipeline.defs.automation import retraining_run_config
+    from flower_pipeline.study import load_study
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(BOMB)
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match="uses more than 100 YAML aliases; refused"):
+        load_study(str(bomb))
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(PipelineError, match=r"fifo\.yaml is not a regular file"):
+        load_study(str(fifo))  # would block forever waiting for a writer
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)
+    with pytest.raises(PipelineError, match="is larger than 1 MiB"):
+        load_study(str(huge))
+    for profile in (bomb, fifo, Path("/dev/zero")):
+        monkeypatch.setenv("FLOWER_PIPELINE_RETRAINING", str(profile))
+        with pytest.raises(PipelineError, match="retraining profile"):
+            retraining_run_config()
+    assert time.monotonic() - started < 10
+
+
+def test_unknown_keys_and_out_of_range_values_are_named_at_every_level(tmp_path, monkeypatch):
+    from flower_pipeline.defs.automation import retraining_run_config
+    from flower_pipeline.study import load_study
+
+    source = (PROJECT / "flower_pipeline" / "studies" / "source.yaml").read_text()
+    for old, new, message in (
+            ("\nprofiles:", "\nprofile_typo: 1\nprofiles:", "unknown key 'profile_typo'"),
+            ("    size: 32", "    size: 32\n    sizes: 64", "profile quick: unknown key 'sizes'"),
+            ("  - id: ", "  - idd: x\n    id: ", "unknown key 'idd'"),
+            ("{label: f17-color-arch2,", "{labl: x, label: f17-color-arch2,", "unknown key 'labl'"),
+            ("    iterations: 400", "    iterations: 1000000000000", "iterations must be a number from 1 to")):
+        assert old in source, old
+        study = tmp_path / "study.yaml"
+        study.write_text(source.replace(old, new, 1))
+        with pytest.raises(PipelineError, match=message):
+            load_study(str(study))
+    profile = tmp_path / "retraining.yaml"
+    monkeypatch.setenv("FLOWER_PIPELINE_RETRAINING", str(profile))
+    for text, message in (("trainig: {iterations: 5}\n", "unknown section 'trainig'"),
+                          ("training: {batch_size: 100000000}\n", "batch_size must be a number from 2 to 4096"),
+                          ("evaluation: {samples: -5}\n", "samples must be a number from 2 to 100000, got -5"),
+                          ("evaluation: {inception_weights: /etc/passwd}\n", "its sha256 does not start with")):
+        profile.write_text(text)
+        with pytest.raises(PipelineError, match=message):
+            retraining_run_config()
