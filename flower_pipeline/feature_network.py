@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -32,20 +33,26 @@ from torch import nn
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.models import to_unit_range
-from flower_pipeline.settings import setting
-from flower_pipeline.storage import atomic_write, load_tensors
+from flower_pipeline.settings import check_bounds, setting
+from flower_pipeline.storage import DataPath, atomic_write, load_tensors, load_weights, plain_number
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import deterministic
+
+MAX_CLASSES = 10_000  # classes a feature network may tell apart (Flowers-102: 102)
 
 
 @dataclass(frozen=True)
 class FeatureSettings:
-    epochs: int = setting(24, "Training epochs of the feature network.")
-    batch_size: int = setting(64, "Images per step.")
-    lr: float = setting(3e-3, "Peak learning rate (one-cycle schedule, AdamW).")
-    width: int = setting(16, "Channels of the first block; each of the four blocks doubles it.")
-    dim: int = setting(128, "Size of the feature vector the measures use.")
-    seed: int = setting(0, "Same settings, cache and seed give the same network on the same device.")
+    epochs: int = setting(24, "Training epochs of the feature network.", bounds=(1, 1000))
+    batch_size: int = setting(64, "Images per step.", bounds=(2, 4096))
+    lr: float = setting(3e-3, "Peak learning rate (one-cycle schedule, AdamW).", bounds=(1e-6, 1.0))
+    width: int = setting(16, "Channels of the first block; each of the four blocks doubles it.", bounds=(2, 128))
+    dim: int = setting(128, "Size of the feature vector the measures use.", bounds=(4, 1024))
+    seed: int = setting(0, "Same settings, cache and seed give the same network on the same device.",
+                        bounds=(0, 2**31 - 1))
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 class FeatureNet(nn.Module):
@@ -107,7 +114,7 @@ class FeatureNetworkRef:
 
     variant: str
     network_id: str  # cache content × settings: measures compare only under the same id
-    path: str | None  # model.pt, or None where the variant cannot have one
+    path: DataPath | None  # model.pt, or None where the variant cannot have one
     unavailable: str | None  # why not
     accuracy: float | None  # on the held-out images
     train_accuracy: float | None
@@ -142,15 +149,34 @@ def train_feature_network(cache: TensorCache, settings: FeatureSettings, out_dir
                           log: Callable[[str], None] | None = None) -> FeatureNetResult:
     """Train (or reuse, when out_dir already holds it) the variant's feature network on its training split."""
     path = out_dir / "model.pt"
-    if path.is_file():
-        saved = load_tensors(path)
-        return FeatureNetResult(path, saved["accuracy"], saved["train_accuracy"], saved["seconds"], saved["classes"],
-                                True)
+    if path.exists():
+        reused = _reusable(path, cache, settings)
+        if isinstance(reused, FeatureNetResult):
+            return reused
+        if log:
+            log(f"the feature network at {path} is not reused ({reused}); training it again")
     reason = feature_network_unavailable(cache, settings)
     if reason:
         raise PipelineError(reason)
     with deterministic(device):
         return _train(cache, settings, path, device, log)
+
+
+def _reusable(path: Path, cache: TensorCache, settings: FeatureSettings) -> FeatureNetResult | str:
+    """The finished network at `path` if it is whole and is the one these settings train on this cache (sizes,
+    channels, classes, finite weights), else why not."""
+    try:
+        load_feature_network(path)  # sizes in range, weights whole and finite
+        saved = load_tensors(path)
+    except PipelineError as err:
+        return str(err).removeprefix(f"{path}").strip(" :") or "unreadable"
+    wanted = {"channels": cache.images.shape[1], "classes": int(cache.labels.max()) + 1, "width": settings.width,
+              "dim": settings.dim, "cache_hash": cache.content_hash}
+    wrong = [key for key, value in wanted.items() if saved.get(key) != value]
+    numbers = [saved.get(key) for key in ("accuracy", "train_accuracy", "seconds")]
+    if wrong or not all(isinstance(n, float) and math.isfinite(n) for n in numbers):
+        return f"its {wrong[0] if wrong else 'accuracy'} is not this variant's"
+    return FeatureNetResult(path, *numbers[:2], numbers[2], wanted["classes"], True)
 
 
 def _train(cache: TensorCache, settings: FeatureSettings, path: Path, device: torch.device | str,
@@ -203,10 +229,24 @@ def classify_accuracy(model: FeatureNet, images: np.ndarray, labels: np.ndarray,
 
 
 def load_feature_network(path: Path, device: torch.device | str = "cpu") -> FeatureNet:
+    """A feature network file, its sizes held to the settings' ranges before the network is built and its
+    weights checked (names, shapes, finite) before they are used."""
     saved = load_tensors(path)
-    model = FeatureNet(saved["channels"], saved["classes"], saved["width"], saved["dim"])
-    model.load_state_dict(saved["state_dict"])
+    if not isinstance(saved, dict):
+        raise PipelineError(f"{path} is not a feature network file of this pipeline")
+    width_low, width_high = _bounds("width")
+    dim_low, dim_high = _bounds("dim")
+    model = FeatureNet(plain_number(saved, "channels", 1, 3, path),
+                       plain_number(saved, "classes", 2, MAX_CLASSES, path),
+                       plain_number(saved, "width", width_low, width_high, path),
+                       plain_number(saved, "dim", dim_low, dim_high, path))
+    load_weights(model, saved.get("state_dict"), path)
     return model.to(device).eval()
+
+
+def _bounds(name: str) -> tuple[int, int]:
+    low, high = next(f.metadata["bounds"] for f in fields(FeatureSettings) if f.name == name)
+    return int(low), int(high)
 
 
 @torch.no_grad()

@@ -25,7 +25,7 @@ from flower_pipeline.extract import ExtractLimits, extract_archive, list_images
 from flower_pipeline.imaging import ResizeSpec, resize_all
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.sources import Fetching, FileOrder, RawArchive, source_for
-from flower_pipeline.storage import atomic_save_npy
+from flower_pipeline.storage import DataPath, atomic_save_npy
 from flower_pipeline.tensor_cache import write_cache
 
 
@@ -46,7 +46,7 @@ class ExtractedImages:
 @dataclass(frozen=True)
 class ResizedImages:
     variant: str
-    file: str  # N×H×W×C uint8 .npy
+    file: DataPath  # N×H×W×C uint8 .npy
     names: list[str]
     skipped: dict[str, str]
     params: dict[str, object]
@@ -58,7 +58,7 @@ class TensorCacheRef:
     """A tensor cache: its folder and its identity (the content hash training and retraining compare)."""
 
     variant: str
-    path: str
+    path: DataPath
     content_hash: str
     count: int
     shape: list[int]

@@ -39,6 +39,7 @@ from flower_pipeline.registry import (
     ranking_metric,
     register_generator,
 )
+from flower_pipeline.storage import DataPath
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, InBackground, MlflowTracker, Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train_fused
@@ -55,7 +56,7 @@ PICTURES = {"samples": "generated samples", "timeline": "fixed-noise samples dur
 class TrainedRun:
     variant: str
     arch: str
-    path: str  # generator.pt, final_state.pt, samples/ …
+    path: DataPath  # generator.pt, final_state.pt, samples/ …
     mlflow_run_id: str
     cache: TensorCacheRef  # the cache it was trained on: evaluation judges against exactly this one
     config: dict[str, Any]
@@ -74,7 +75,7 @@ class Evaluation:
     unavailable: dict[str, str]  # metric → why it was not measured
     gate_passed: bool
     gate_reason: str
-    files: dict[str, str]
+    files: dict[str, DataPath]
     sweep: tuple[Evaluation, ...] = ()  # a seed sweep's other members, which this one ranked above
 
 

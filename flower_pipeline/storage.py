@@ -7,14 +7,16 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 import struct
 import tempfile
 import types
 import typing
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
 
 import numpy as np
 
@@ -78,26 +80,115 @@ def encode_record(value: Any) -> Any:
     return value
 
 
-def decode_record(cls: type, value: dict[str, Any]) -> Any:
-    """The record of type `cls` from `encode_record`'s data; nested records (also optional ones) included."""
-    hints = typing.get_type_hints(cls)
+# A record field holding a path the pipeline made: it must resolve inside the data root when read back. (A
+# dataset's own source, the archive or folder a user named at `prepare`, is a plain str: it may be anywhere.)
+DataPath = Annotated[str, "a path inside the data root"]
+MAX_RECORD_BYTES = 1 << 20  # a stage record is paths, hashes and counts: kilobytes
 
-    def field(kind: Any, item: Any) -> Any:
-        if isinstance(kind, types.UnionType) and item is not None:  # `Record | None`
-            kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if typing.get_origin(kind) is tuple and item is not None:  # `tuple[Record, ...]`
-            return tuple(field(typing.get_args(kind)[0], one) for one in item)
-        return decode_record(kind, item) if dataclasses.is_dataclass(kind) and item is not None else item
 
-    return cls(**{k: field(hints[k], v) for k, v in value.items()})
+def read_json(path: Path, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """A small JSON file read whole: a regular file of at most `max_bytes`, or a one-line error naming it."""
+    try:
+        with open(path, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise PipelineError(f"{what} {path} is not a regular file")
+            data = f.read(max_bytes + 1)
+    except OSError as err:
+        raise PipelineError(f"cannot read {what} {path}: {err.strerror or err}") from None
+    if len(data) > max_bytes:
+        raise PipelineError(f"{what} {path} is larger than {max_bytes >> 10} KiB; it is not one of ours")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as err:
+        raise PipelineError(f"{what} {path} is not valid JSON (truncated or damaged: "
+                            f"{str(err).splitlines()[0][:120]})") from None
+
+
+def decode_record(cls: type, value: Any, root: Path | None = None) -> Any:
+    """The record of type `cls` from `encode_record`'s data, every field checked against its declared type:
+    nested records (also optional ones and tuples of them), plain values and containers of them. Unknown or
+    missing fields, and values of another type, raise ValueError naming the field. With `root`, every `DataPath`
+    must resolve (symlinks followed) inside it."""
+    inside = root.resolve() if root is not None else None
+
+    def check(kind: Any, item: Any, where: str) -> Any:
+        if typing.get_origin(kind) is Annotated:
+            checked = check(typing.get_args(kind)[0], item, where)
+            if inside is not None and not Path(checked).resolve().is_relative_to(inside):
+                raise ValueError(f"{where} {str(checked)[:200]!r} is outside the data folder {inside}")
+            return checked
+        if kind is Any or kind is object:
+            return item
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin in (types.UnionType, typing.Union):
+            if item is None and type(None) in args:
+                return None
+            (kind,) = [a for a in args if a is not type(None)]  # the project's unions are `X | None`
+            return check(kind, item, where)
+        if dataclasses.is_dataclass(kind):
+            return decode(kind, item, where)
+        if origin is tuple:
+            _expect(item, list, where)
+            return tuple(check(args[0], one, f"{where}[{i}]") for i, one in enumerate(item))
+        if origin is list:
+            _expect(item, list, where)
+            return [check(args[0], one, f"{where}[{i}]") for i, one in enumerate(item)]
+        if origin is dict:
+            _expect(item, dict, where)
+            return {k: check(args[1], v, f"{where}[{k!r}]") for k, v in item.items()}
+        if kind is float:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise ValueError(f"{where} is {type(item).__name__}, not a number")
+            return item
+        _expect(item, kind, where)
+        return item
+
+    def decode(kind: type, item: Any, where: str) -> Any:
+        _expect(item, dict, where)
+        hints = typing.get_type_hints(kind, include_extras=True)
+        names = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(set(item) - names)
+        if unknown:
+            raise ValueError(f"{where} has an unknown field {unknown[0][:100]!r}")
+        try:
+            return kind(**{k: check(hints[k], v, f"{where}.{k}") for k, v in item.items()})
+        except TypeError as err:  # a required field missing
+            raise ValueError(f"{where}: {err}") from None
+
+    return decode(cls, value, cls.__name__)
+
+
+def _expect(item: Any, kind: type, where: str) -> None:
+    if not isinstance(item, kind) or (kind is int and isinstance(item, bool)):
+        raise ValueError(f"{where} is {type(item).__name__}, not {kind.__name__}")
 
 
 MAX_WEIGHTS_BYTES = 2 << 30  # no file the pipeline writes comes near it: a larger one is not ours
+MAX_PICKLE_BYTES = 16 << 20  # a weights file's structure (names, shapes, plain settings): kilobytes
+
+
+def _check_torch_zip(path: Path) -> None:
+    """Memory bounded by what the file holds, not by what it claims: torch's zip format, every record stored
+    as it is (torch.save compresses none, so nothing inflates past the file's size), the pickled structure
+    small."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError):
+        raise PipelineError(f"{path} is not a weights file of this pipeline (not torch's zip format)") from None
+    for member in members:
+        if member.compress_type != zipfile.ZIP_STORED:
+            raise PipelineError(f"{path} holds a compressed record ({member.filename[-60:]}), which torch never "
+                                "writes; it is refused unread")
+        if member.filename.endswith(".pkl") and member.file_size > MAX_PICKLE_BYTES:
+            raise PipelineError(f"{path}: its structure is {member.file_size >> 20} MiB, more than the "
+                                f"{MAX_PICKLE_BYTES >> 20} MiB of any weights file of ours; it is refused unread")
 
 
 def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
     """A torch file read as tensors and plain values only (`weights_only`): a pickle that would build other
-    objects or run code is refused in one line, never run."""
+    objects or run code is refused in one line, never run; so is a file whose records would inflate past
+    MAX_WEIGHTS_BYTES or whose structure is larger than any of ours."""
     import pickle
 
     import torch
@@ -107,13 +198,51 @@ def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
             raise PipelineError(f"{path} does not exist or is not a file")
         if path.stat().st_size > MAX_WEIGHTS_BYTES:
             raise PipelineError(f"{path} is larger than {MAX_WEIGHTS_BYTES >> 30} GiB; it is not a weights file")
+        _check_torch_zip(path)
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise PipelineError(f"{path} is not a tensors-only file: it holds objects whose loading could run code, "
                             "so it is refused") from None
+    except MemoryError:
+        raise PipelineError(f"{path} needs more memory than a weights file of ours; it is refused") from None
     except (OSError, RuntimeError, EOFError, ValueError) as err:
         raise PipelineError(f"{path} is not a readable weights file ({type(err).__name__}: "
                             f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else 'empty'})") from None
+
+
+def load_weights(model: Any, state: Any, path: Path) -> Any:
+    """`state` loaded into `model` after checking it is what the model expects: the same names, shapes and
+    dtypes, and every float finite. A file with NaN, infinite, int or reshaped weights is refused in one line."""
+    import torch
+
+    expected = model.state_dict()
+    if not isinstance(state, dict):
+        raise PipelineError(f"{path} holds no weights of this pipeline's networks")
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise PipelineError(f"{path} does not fit the network: {'missing' if missing else 'unexpected'} "
+                            f"weights {str(name)[:80]!r}")
+    for name, want in expected.items():
+        got = state[name]
+        if not isinstance(got, torch.Tensor) or got.dtype != want.dtype or got.shape != want.shape:
+            found = f"{got.dtype} {tuple(got.shape)}" if isinstance(got, torch.Tensor) else type(got).__name__
+            raise PipelineError(f"{path} does not fit the network: {name} is {found}, not {want.dtype} "
+                                f"{tuple(want.shape)}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise PipelineError(f"{path} holds NaN or infinite weights ({name}); it is refused")
+    model.load_state_dict(state)
+    return model
+
+
+def plain_number(saved: dict[str, Any], key: str, low: int, high: int, path: Path) -> int:
+    """An int a weights file states about its network (its image size, channels, widths), held to the range the
+    settings allow before any network is built from it: a file's own numbers never size the memory."""
+    value = saved.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise PipelineError(f"{path}: {key} is {str(value)[:40]}, outside {low}-{high}; it is not a weights file "
+                            "of this pipeline")
+    return value
 
 
 FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"  # torch's switch: every load reads tensors only

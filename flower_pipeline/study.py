@@ -41,7 +41,14 @@ from flower_pipeline.runs import (
     train_and_log_group,
 )
 from flower_pipeline.settings import read_settings_file
-from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, decode_record, encode_record
+from flower_pipeline.storage import (
+    DataPath,
+    atomic_write_bytes,
+    atomic_write_json,
+    decode_record,
+    encode_record,
+    read_json,
+)
 from flower_pipeline.tracking import Tracker
 from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig, TrainResult, fusion_bucket
 from flower_pipeline.verdicts import (
@@ -333,7 +340,7 @@ class StudyRunResult:
     arch: str
     cache_hash: str
     feature_network: str  # the network its fd_flowers was measured with
-    path: str
+    path: DataPath
     metrics: dict[str, float]
     snapshot_metrics: dict[str, float]  # the same measures for the generator kept at `snapshot`
     snapshot: int | None
@@ -348,7 +355,7 @@ class StudyRunResult:
 class StudyReport:
     study: str
     profile: str
-    path: str  # report.html
+    path: DataPath  # report.html
     verdicts: dict[str, str]
 
 
@@ -380,7 +387,7 @@ def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, 
     plans = {label: study.plan(profile, (label,))[0] for label in labels}
     keys = {label: run_key(run, cache_ref.content_hash, code) for label, run in plans.items()}
     folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in labels}
-    done = {label: decode_record(StudyRunResult, json.loads((folders[label] / "result.json").read_text()))
+    done = {label: _finished(folders[label] / "result.json", layout.root)
             for label in labels if (folders[label] / "result.json").is_file()}
     todo = [label for label in labels if label not in done]
     if len(todo) > 1:
@@ -401,6 +408,14 @@ def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, 
                                  study_run_key(study.name, profile, label), device,
                                  lambda line, label=label: log(f"{label}: {line}"))
     return [(done[label], label not in todo) for label in labels]
+
+
+def _finished(path: Path, root: Path) -> StudyRunResult:
+    """A finished study run's record, checked as a stage record is (types, paths inside the data root)."""
+    try:
+        return decode_record(StudyRunResult, read_json(path, "study run record"), root)
+    except ValueError as err:
+        raise PipelineError(f"study run record {path} is refused: {str(err)[:300]}") from None
 
 
 def _evaluated(tracker: Tracker, run: PlannedRun, key: str, trained: TrainedRun, result: TrainResult,

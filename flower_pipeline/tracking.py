@@ -16,6 +16,7 @@ import queue
 import tempfile
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -302,23 +303,47 @@ class MlflowTracker(Tracker):
         try:
             with self._fluent(), tempfile.TemporaryDirectory() as folder:
                 where = self.client().get_model_version_download_uri(name, str(version))
+                self._check_location(where, f"{uri} (v{version})")
                 model = read_settings_file(Path(mlflow.artifacts.download_artifacts(
                     artifact_uri=f"{where}/MLmodel", dst_path=folder)), "MLflow model file")
-                weights = ((model or {}).get("flavors", {}).get("python_function", {}).get("artifacts", {})
-                           .get(GENERATOR_ARTIFACT, {}).get("path"))
-                if not isinstance(weights, str) or not weights.startswith("artifacts/") or ".." in weights:
+                flavors = (model or {}).get("flavors", {}) if isinstance(model, dict) else {}
+                weights = (flavors.get("python_function", {}).get("artifacts", {}).get(GENERATOR_ARTIFACT, {})
+                           .get("path"))
+                if weights is None:
                     variant, _, arch = name.rpartition("-")
+                    old = "as a pickled PyTorch model" if "pytorch" in flavors else "without a weights file"
                     raise PipelineError(
-                        f"{uri} (v{version}) was registered by an earlier flower-pipeline as a pickled PyTorch model, "
-                        f"which could run code when loaded, so it is refused; register it again: flower-pipeline "
-                        f"train --variant {variant} --arch {arch}")
+                        f"{uri} (v{version}) was registered by an earlier flower-pipeline {old}, which could run "
+                        f"code when loaded, so it is refused; register it again: flower-pipeline train --variant "
+                        f"{variant} --arch {arch}")
+                if not isinstance(weights, str) or not weights.startswith("artifacts/") or ".." in weights:
+                    raise PipelineError(f"{uri} (v{version}): its MLmodel points the weights outside the model's "
+                                        f"folder ({str(weights)[:100]!r}), so it is refused")
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{where}/{weights}", dst_path=folder))
                 generator, _, _ = load_generator_file(local, device)
         except (MlflowException, OSError) as err:  # artifacts deleted or moved, store unreachable
             reason = redact(str(err).splitlines()[0][:200])
             raise PipelineError(f"cannot load {uri} from {redact(self.uri)}: {reason}") from None
+        row = next(r for r in rows if r["version"] == str(version))
+        _check_identity(generator, name, row["tags"], f"{uri} (v{version})")
         generator.info["registered"] = f"{name} v{version}"
         return generator
+
+    def _check_location(self, where: str, what: str) -> None:
+        """A version's files on this machine's disk must lie in the data folder or the experiment's own
+        artifact folder: a registry row pointing elsewhere (edited, or planted) is refused unread."""
+        parts = urllib.parse.urlsplit(where)
+        if parts.scheme not in ("", "file"):
+            return  # a server's or a bucket's: MLflow fetches it into a temporary folder
+        location = Path(urllib.parse.unquote(parts.path)).resolve()
+        homes = [self.layout.root.resolve()]
+        experiment = self.client().get_experiment_by_name(self.experiment)
+        stored = urllib.parse.urlsplit(experiment.artifact_location) if experiment else None
+        if stored is not None and stored.scheme in ("", "file"):
+            homes.append(Path(urllib.parse.unquote(stored.path)).resolve())
+        if not any(location.is_relative_to(home) for home in homes):
+            raise PipelineError(f"{what} is stored at {str(location)[:200]}, outside the data folder and the "
+                                "experiment's artifact folder, so it is refused")
 
     def _model_exists(self, name: str) -> bool:
         try:
@@ -383,3 +408,24 @@ def mlflow_errors(store: MlflowTracker) -> Iterator[None]:
         reason = next((f"unreachable ({marker.lower()})" for marker in UNREACHABLE if marker in text),
                       text.splitlines()[0][:300] if text else type(err).__name__)
         raise PipelineError(f"MLflow at {redact(store.uri)} failed: {redact(reason)}") from None
+
+
+def _check_identity(generator: FlowerGenerator, name: str, tags: dict[str, str], what: str) -> None:
+    """A loaded generator is what its registered name and tags say: the same variant and architecture, and
+    the channels and image size of that variant. Weights swapped in from another model are refused."""
+    from flower_pipeline.catalog import Variant
+
+    variant, _, arch = name.rpartition("-")
+    said = {"variant": variant, "arch": arch}
+    for key, value in said.items():
+        if tags.get(key, value) != value or generator.info.get(key) != value:
+            raise PipelineError(f"{what} holds the weights of {generator.info.get('variant')} × "
+                                f"{generator.info.get('arch')}, not of {variant} × {arch}; it is refused")
+    try:
+        expected = Variant.parse(variant)
+    except PipelineError:
+        return  # a name from before variants: its tags were compared above
+    shape = (3 if expected.mode == "color" else 1, expected.size)
+    if (generator.channels, generator.image_size) != shape:
+        raise PipelineError(f"{what} makes {generator.channels}×{generator.image_size} px images, not {variant}'s "
+                            f"{shape[0]}×{shape[1]} px; it is refused")

@@ -49,7 +49,14 @@ from flower_pipeline.models import (
 )
 from flower_pipeline.plots import curves_png, grid_png
 from flower_pipeline.settings import add_flags, check_bounds, given_flags, setting
-from flower_pipeline.storage import atomic_write, atomic_write_bytes, atomic_write_json, load_tensors
+from flower_pipeline.storage import (
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_json,
+    load_tensors,
+    load_weights,
+    plain_number,
+)
 from flower_pipeline.tensor_cache import TensorCache
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
@@ -784,7 +791,9 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu", iteration: i
         raise PipelineError(f"{out_dir} holds no finished training (no {name} and final_state.pt)")
     generator, config, saved = load_generator_file(out_dir / name, device)
     _, discriminator = config.networks(saved["channels"], saved["image_size"])
-    discriminator.load_state_dict(load_tensors(out_dir / "final_state.pt", device)["discriminator"])
+    final = load_tensors(out_dir / "final_state.pt", device)
+    load_weights(discriminator, final.get("discriminator") if isinstance(final, dict) else None,
+                 out_dir / "final_state.pt")
     return TrainedModels(generator, discriminator.to(device).eval(), config, saved["variant"], saved["cache_hash"])
 
 
@@ -792,14 +801,21 @@ def load_generator_file(path: Path, device: str | torch.device = "cpu") -> tuple
     """A generator file (what `_save_generator` writes: weights and plain values, read as tensors only), built
     with the installed package's networks: (generator in eval mode, its config, the file's contents)."""
     saved = load_tensors(path, device)
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise PipelineError(f"{path} is not a generator file of this pipeline (no settings in it)")
+    # The file's own numbers are held to the settings' ranges before they build a network.
+    channels = plain_number(saved, "channels", 1, 3, path)
+    image_size = plain_number(saved, "image_size", 16, 512, path)
     try:
+        if image_size & (image_size - 1) or channels == 2:
+            raise PipelineError(f"{image_size} px × {channels} channels is no variant's shape")
         known = {f.name for f in fields(TrainConfig)}
         config = TrainConfig(**{k: v for k, v in saved["config"].items() if k in known})
-        net, _ = config.networks(saved["channels"], saved["image_size"])
-        net.load_state_dict(saved["state_dict"])
-    except (KeyError, TypeError, AttributeError, RuntimeError) as err:
+        net, _ = config.networks(channels, image_size)
+    except (KeyError, TypeError, AttributeError, RuntimeError, PipelineError) as err:
         raise PipelineError(f"{path} is not a generator file of this pipeline ({type(err).__name__}: "
                             f"{str(err).splitlines()[0][:160]})") from None
+    load_weights(net, saved.get("state_dict"), path)
     generator = FlowerGenerator(net, latent_dim=config.latent_dim, latent_noise=config.latent_noise,
                                 channels=saved["channels"], image_size=saved["image_size"],
                                 batch_size=config.batch_size, info={"variant": saved["variant"], "arch": config.arch})

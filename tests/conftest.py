@@ -383,11 +383,9 @@ TIER_ORDER = ("system", "integration", "unit")  # the longest first, so no worke
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The system tier first; each of its modules one xdist group (its module fixtures start services once)."""
-    def tier(item: pytest.Item) -> str:
-        return Path(item.path).parent.name
+    """The system tier first. (A module whose fixtures start a service once names its own xdist_group.)"""
+    def tier(item: pytest.Item) -> int:
+        folder = Path(item.path).parent.name
+        return TIER_ORDER.index(folder) if folder in TIER_ORDER else len(TIER_ORDER)
 
-    for item in items:
-        if tier(item) == "system":
-            item.add_marker(pytest.mark.xdist_group(Path(item.path).stem))
-    items.sort(key=lambda item: TIER_ORDER.index(tier(item)) if tier(item) in TIER_ORDER else len(TIER_ORDER))
+    items.sort(key=tier)

@@ -1,6 +1,5 @@
 """Resources shared by the assets: the data folder, the MLflow tracker, and how stage records pass between assets."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +7,7 @@ import dagster as dg
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import DATA_DIR_ENV, DataLayout
-from flower_pipeline.storage import atomic_write_json, decode_record, encode_record
+from flower_pipeline.records import read_record, write_record
 from flower_pipeline.tracking import EXPERIMENT, MlflowTracker
 
 
@@ -38,26 +37,6 @@ class MlflowTracking(dg.ConfigurableResource):
         return MlflowTracker(self.storage.layout, self.tracking_uri, self.experiment)
 
 
-# Records stored by earlier versions name their class by its module path then: where a class has moved since,
-# its old name maps to the new one here, so every record ever written still loads.
-RECORD_ALIASES = {
-    "flower_pipeline.ingest:RawArchive": "flower_pipeline.sources:RawArchive",
-    "flower_pipeline.defs.training:TrainedRun": "flower_pipeline.runs:TrainedRun",
-    "flower_pipeline.defs.evaluation:Evaluation": "flower_pipeline.runs:Evaluation",
-    "flower_pipeline.defs.features:FeatureNetworkRef": "flower_pipeline.feature_network:FeatureNetworkRef",
-    "flower_pipeline.defs.study:StudyRunResult": "flower_pipeline.study:StudyRunResult",
-    "flower_pipeline.defs.study:StudyReport": "flower_pipeline.study:StudyReport",
-}
-
-
-def record_type(name: str) -> type:
-    """The record class stored as `module:Class` (through the alias table); only the project's own classes."""
-    module, _, qualname = RECORD_ALIASES.get(name, name).partition(":")
-    if not module.startswith("flower_pipeline.") or not qualname.isidentifier():
-        raise PipelineError(f"a stage record names {name!r}, which is not one of the pipeline's record types")
-    return getattr(__import__(module, fromlist=[qualname]), qualname)
-
-
 class StageOutputs(dg.ConfigurableIOManager):
     """Stage records (frozen dataclasses of paths, hashes and counts) as JSON, one file per asset partition.
 
@@ -82,9 +61,7 @@ class StageOutputs(dg.ConfigurableIOManager):
         self._write(context.asset_key, context.partition_key if context.has_partition_key else None, obj)
 
     def _write(self, asset_key: dg.AssetKey, partition: str | None, record: Any) -> None:
-        atomic_write_json(self._path(asset_key, partition), {"type": f"{type(record).__module__}:"
-                                                                     f"{type(record).__qualname__}",
-                                                             "value": encode_record(record)})
+        write_record(self._path(asset_key, partition), record)
 
     def load_input(self, context: dg.InputContext) -> Any:
         keys = context.asset_partition_keys if context.has_asset_partitions else [None]
@@ -110,10 +87,9 @@ class StageOutputs(dg.ConfigurableIOManager):
 
     def _load(self, asset_key: dg.AssetKey, partition: str | None) -> Any:
         path = self._path(asset_key, partition)
-        if not path.is_file():
+        if not path.exists():
             return None
-        stored = json.loads(path.read_text())
-        return decode_record(record_type(stored["type"]), stored["value"])
+        return read_record(path, self.storage.layout.root)
 
 
 def _materialized(instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition: str | None) -> bool:

@@ -21,7 +21,7 @@ from flower_pipeline.feature_network import FeatureSettings, known_answer_sets
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 
-pytestmark = pytest.mark.real_data
+pytestmark = [pytest.mark.real_data, pytest.mark.xdist_group("real_flowers17")]  # one prepare for the module
 
 if not FLOWERS17_TGZ.is_file():
     if os.environ.get("CI"):

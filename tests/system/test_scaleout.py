@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, launch_retraining, reexecute
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaleout")]  # one stack for the module
 
 CLI = str(Path(sys.executable).parent / "flower-pipeline")
 POSTGRES = "postgresql://root@127.0.0.1:5432"

@@ -1,13 +1,13 @@
 """The project's structure holds: a Dagster-free core, one home per fact, records of earlier versions still load."""
 
 import json
-import shutil
+from pathlib import Path
 
 import dagster as dg
 import pytest
 from conftest import PROJECT
 
-from flower_pipeline.defs.resources import RECORD_ALIASES, FlowerStorage, StageOutputs
+from flower_pipeline.defs.resources import FlowerStorage, StageOutputs
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.metrics import BY_NAME, HEADLINE, METRICS, run_metrics, version_tags
@@ -52,21 +52,82 @@ def test_records_written_by_earlier_versions_still_load(tmp_path):
     stage = tmp_path / "stage_outputs"
     for asset, partition in (("generator_evaluation", "arch1__synthetic-color-32"), ("raw_archive", "synthetic"),
                              ("feature_network", "synthetic-color-32")):
-        (stage / asset).mkdir(parents=True)
-        shutil.copy(RECORDS / f"{asset}-0.1.0.json", stage / asset / f"{partition}.json")
+        (stage / asset).mkdir(parents=True)  # written in a data folder at /tmp/base/data: moved here
+        text = (RECORDS / f"{asset}-0.1.0.json").read_text().replace("/tmp/base/data", str(tmp_path))
+        (stage / asset / f"{partition}.json").write_text(text)
     io = StageOutputs(storage=FlowerStorage(data_dir=str(tmp_path)))
     evaluation = io.load_record(dg.AssetKey("generator_evaluation"), "arch1|synthetic-color-32")
     assert isinstance(evaluation, Evaluation) and evaluation.training.arch == "arch1"
     assert evaluation.training.cache.variant == "synthetic-color-32" and evaluation.metrics["recall"] > 0
     assert isinstance(io.load_record(dg.AssetKey("raw_archive"), "synthetic"), RawArchive)
     assert io.load_record(dg.AssetKey("feature_network"), "synthetic-color-32").network_id
-    assert all(new.startswith("flower_pipeline.") for new in RECORD_ALIASES.values())
 
 
-def test_a_record_naming_a_foreign_class_is_refused(tmp_path):
-    path = DataLayout(tmp_path).stage_record(["raw_archive"], "synthetic")
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"type": "os:system", "value": {}}))
-    with pytest.raises(PipelineError, match="not one of the pipeline's record types"):
-        StageOutputs(storage=FlowerStorage(data_dir=str(tmp_path))).load_record(dg.AssetKey("raw_archive"),
-                                                                                "synthetic")
+def _plant(root: Path, asset: str, partition: str, record: object) -> StageOutputs:
+    path = DataLayout(root).stage_record([asset], partition)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(record if isinstance(record, str) else json.dumps(record))
+    return StageOutputs(storage=FlowerStorage(data_dir=str(root)))
+
+
+def _cache_record(path: str) -> dict:
+    return {"type": "flower_pipeline.ingest:TensorCacheRef", "value": {
+        "variant": "synthetic-color-32", "path": path, "content_hash": "h", "count": 1, "shape": [1, 3, 32, 32],
+        "class_counts": {"a": 1}, "expected_images": 1, "skipped": {}, "reused": False, "seconds": 0.1}}
+
+
+@pytest.mark.parametrize("name", ["os:system", "flower_pipeline.supervise:supervise", "flower_pipeline.cli.main:main",
+                                  "flower_pipeline.ingest:Variant", "flower_pipeline.storage:atomic_write_json", 7])
+def test_a_record_naming_anything_but_a_record_type_is_refused_and_nothing_is_called(tmp_path, monkeypatch, name):
+    import importlib
+
+    called = []  # what the record names, replaced by a recorder: were it called, the test would see it
+    for module, function in (("flower_pipeline.supervise", "supervise"), ("flower_pipeline.cli.main", "main")):
+        monkeypatch.setattr(importlib.import_module(module), function, lambda *a, **k: called.append(a))
+    io = _plant(tmp_path, "raw_archive", "synthetic", {"type": name, "value": {"argv": ["prepare"]}})
+    with pytest.raises(PipelineError, match=r"raw_archive/synthetic\.json names .* not one of the pipeline's record"):
+        io.load_record(dg.AssetKey("raw_archive"), "synthetic")
+    assert called == []
+
+
+def test_paths_in_records_stay_inside_the_data_root(tmp_path):
+    """Absolute, climbing and symlinked paths out of the data folder are refused before anything reads them."""
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    (outside / "cache").mkdir(parents=True)
+    (root / "synthetic" / "cache").mkdir(parents=True)
+    (root / "synthetic" / "cache" / "link").symlink_to(outside / "cache")
+    for path in (str(outside / "cache"), str(root / "synthetic" / ".." / ".." / "outside" / "cache"),
+                 str(root / "synthetic" / "cache" / "link"), "relative/cache"):
+        io = _plant(root, "tensor_cache", "synthetic-color-32", _cache_record(path))
+        with pytest.raises(PipelineError, match=r"tensor_cache/synthetic-color-32\.json is refused: "
+                                                r"TensorCacheRef\.path .* is outside the data folder"):
+            io.load_record(dg.AssetKey("tensor_cache"), "synthetic-color-32")
+    inside = str(root / "synthetic" / "cache" / "abc")
+    io = _plant(root, "tensor_cache", "synthetic-color-32", _cache_record(inside))
+    assert io.load_record(dg.AssetKey("tensor_cache"), "synthetic-color-32").path == inside
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"count": "1"}, r"TensorCacheRef\.count is str, not int"),
+    ({"shape": {"a": 1}}, r"TensorCacheRef\.shape is dict, not list"),
+    ({"reused": 1}, r"TensorCacheRef\.reused is int, not bool"),
+    ({"surprise": 1}, r"TensorCacheRef has an unknown field 'surprise'"),
+    ({"variant": None}, r"TensorCacheRef\.variant is NoneType, not str"),
+])
+def test_record_fields_are_checked_against_their_types(tmp_path, change, message):
+    record = _cache_record(str(tmp_path / "synthetic" / "cache" / "abc"))
+    record["value"].update(change)
+    io = _plant(tmp_path, "tensor_cache", "synthetic-color-32", record)
+    with pytest.raises(PipelineError, match=message):
+        io.load_record(dg.AssetKey("tensor_cache"), "synthetic-color-32")
+
+
+def test_a_missing_field_a_truncated_or_a_huge_record_names_its_file(tmp_path):
+    record = _cache_record(str(tmp_path / "synthetic" / "cache" / "abc"))
+    del record["value"]["count"]
+    for planted, message in ((record, r"is refused: TensorCacheRef: .*missing 1 required .*'count'"),
+                             (json.dumps(_cache_record("x"))[:60], r"is not valid JSON \(truncated or damaged"),
+                             (" " * (1 << 20) + "{}", r"is larger than 1024 KiB")):
+        io = _plant(tmp_path, "tensor_cache", "synthetic-color-32", planted)
+        with pytest.raises(PipelineError, match=r"stage record \S*tensor_cache/synthetic-color-32\.json " + message):
+            io.load_record(dg.AssetKey("tensor_cache"), "synthetic-color-32")

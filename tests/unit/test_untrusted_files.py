@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PROJECT, plant, tiny_config
 
 from flower_pipeline.errors import PipelineError
@@ -53,6 +54,78 @@ def test_planted_inception_weights_are_refused_by_checksum_and_read_tensors_only
     with pytest.raises(PipelineError, match="is not a usable Inception weights file"):
         inception_features(weights)  # even past the checksum: torch-fidelity's own load reads tensors only
     assert not marker.exists()
+
+
+
+def _rewrite(path: Path, **changes) -> None:
+    """The weights file at `path` with some of its plain values or weights replaced, saved as torch saves."""
+    saved = torch.load(path, weights_only=True)
+    state = changes.pop("state_dict", {})
+    saved.update(changes)
+    saved["state_dict"] = {**saved["state_dict"], **state}
+    torch.save(saved, path)
+
+
+def test_a_file_that_would_inflate_or_whose_structure_is_huge_is_refused_before_it_is_read(trained, tmp_path):
+    """Memory is bounded by what the file holds: a deflated record (torch writes none) and a structure of
+    millions of small ints are refused from the zip's own directory, before torch reads a byte of them."""
+    import tracemalloc
+    import zipfile
+
+    from flower_pipeline.storage import load_tensors
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:  # 200 MB of zeros in a few hundred kB
+        archive.writestr("bomb/data.pkl", b"\x80\x02}q\x00.")
+        archive.writestr("bomb/data/0", b"\0" * (200 << 20))
+    assert bomb.stat().st_size < 1 << 20
+    ints = tmp_path / "ints.pt"
+    torch.save({"state_dict": list(range(4_000_000))}, ints)  # 20 MB of pickled ints: gigabytes as objects
+    tracemalloc.start()
+    for path, message in ((bomb, "holds a compressed record"), (ints, "its structure is .* MiB, more than")):
+        with pytest.raises(PipelineError, match=message):
+            load_tensors(path)
+    assert tracemalloc.get_traced_memory()[1] < 50 << 20
+    tracemalloc.stop()
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"image_size": 2**20}, r"image_size is 1048576, outside 16-512"),
+    ({"channels": 4096}, r"channels is 4096, outside 1-3"),
+    ({"image_size": "64"}, r"image_size is 64, outside 16-512"),
+    ({"image_size": 48}, r"48 px × 3 channels is no variant's shape"),
+])
+def test_a_generator_file_stating_an_oversized_network_is_refused_before_one_is_built(trained, changes, message):
+    _rewrite(trained / "generator.pt", **changes)
+    with pytest.raises(PipelineError, match=message):
+        load_trained(trained)
+
+
+@pytest.mark.parametrize(("weight", "message"), [
+    (float("nan"), "holds NaN or infinite weights"), (float("inf"), "holds NaN or infinite weights"),
+    ("int", r"is torch.int64 .*, not torch.float32"), ("shape", r"is torch.float32 \(2,\), not torch.float32"),
+])
+def test_nan_infinite_int_or_reshaped_weights_are_refused(trained, weight, message):
+    state = torch.load(trained / "generator.pt", weights_only=True)["state_dict"]
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    value = {"int": state[name].long(), "shape": torch.zeros(2)}.get(weight)
+    _rewrite(trained / "generator.pt", state_dict={name: state[name].fill_(weight) if value is None else value})
+    with pytest.raises(PipelineError, match=f"generator.pt .*{message}"):
+        load_trained(trained)
+
+
+def test_prepare_trains_a_damaged_feature_network_again_instead_of_reusing_it(small_cache, tmp_path):
+    from flower_pipeline.feature_network import FeatureSettings, train_feature_network
+
+    settings, said = FeatureSettings(epochs=1, width=4, dim=8), []
+    first = train_feature_network(small_cache, settings, tmp_path)
+    assert train_feature_network(small_cache, settings, tmp_path).reused
+    weights = torch.load(first.path, weights_only=True)["state_dict"]["embed.0.weight"]
+    for damage in ({"state_dict": {"embed.0.weight": weights.fill_(float("nan"))}}, {"width": 8}):
+        _rewrite(first.path, **damage)
+        again = train_feature_network(small_cache, settings, tmp_path, log=said.append)
+        assert not again.reused and "is not reused" in said[-1] and "training it again" in said[-1]
+    assert train_feature_network(small_cache, settings, tmp_path).reused  # the retrained one is whole
 
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
