@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, quoted
 
 POLICIES = ("color", "translation", "cutout")
 DRAWS = 3 + 2 + 2 + len(POLICIES)  # uniforms per image: colour 3, shift 2, cutout centre 2, apply-or-not 1 each
@@ -36,7 +36,7 @@ def parse_policies(text: str) -> tuple[str, ...]:
     policies = tuple(p.strip() for p in text.split(",") if p.strip())
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or len(set(policies)) < len(policies):
-        raise PipelineError(f"augment takes a comma-separated list of {', '.join(POLICIES)}, got {text!r}")
+        raise PipelineError(f"augment takes a comma-separated list of {', '.join(POLICIES)}, got {quoted(text)}")
     return policies
 
 

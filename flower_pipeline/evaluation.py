@@ -47,7 +47,8 @@ from flower_pipeline.download import fetch
 from flower_pipeline.effnet import Effnet, effnet_measures, repeated_mode
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
-from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, INCEPTION_MEASURES
+from flower_pipeline.layout import RunFiles
+from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, GATED, INCEPTION_MEASURES
 from flower_pipeline.models import Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.settings import check_bounds, setting
@@ -459,19 +460,20 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         metrics.update(fid_kid(np.concatenate([real_train, real_holdout]), fake, settings))
         metrics.update(memorization_report(real_train, real_holdout, fake, settings, "inception")[0])
 
-    out = training_dir / ("evaluation" if iteration is None else f"evaluation_{iteration:06d}")
+    run = RunFiles(training_dir)
+    out = run.evaluation(iteration)
     files = {
-        "samples": atomic_write_bytes(out / "samples.png", grid_png(samples[:64], columns=8)),
-        "nearest_pairs": atomic_write_bytes(out / "nearest_pairs.png",
+        "samples": atomic_write_bytes(out.samples, grid_png(samples[:64], columns=8)),
+        "nearest_pairs": atomic_write_bytes(out.nearest_pairs,
                                             nearest_pairs_png(samples, train_images, nearest_index, nearest_distance)),
-        "colours": atomic_write_bytes(out / "colours.png", colour_swatch_png(clusters)),
+        "colours": atomic_write_bytes(out.colours, colour_swatch_png(clusters)),
     }
     if "mode_share" in metrics:
-        files["mode"] = atomic_write_bytes(out / "mode.png", mode_png(samples[mode_samples], real[mode_photos]))
-    timeline = timeline_png(training_dir / "samples")
+        files["mode"] = atomic_write_bytes(out.mode, mode_png(samples[mode_samples], real[mode_photos]))
+    timeline = timeline_png(run.samples)
     if timeline is not None:
-        files["timeline"] = atomic_write_bytes(out / "timeline.png", timeline)
-    files["metrics"] = atomic_write_json(out / "metrics.json", {"metrics": metrics, "unavailable": unavailable})
+        files["timeline"] = atomic_write_bytes(out.timeline, timeline)
+    files["metrics"] = atomic_write_json(out.metrics, {"metrics": metrics, "unavailable": unavailable})
     return EvalResult(metrics, unavailable, files)
 
 
@@ -489,29 +491,19 @@ def scores_in_range(metrics: dict[str, float]) -> tuple[bool, str]:
 
 
 def quality_gate(metrics: dict[str, float], settings: EvalSettings) -> tuple[bool, str]:
-    """Whether a version may become champion, and why: FID (only where measured), colour coverage,
-    near-copy share, and D scores in (0, 1)."""
+    """Whether a version may become champion, and why: each gated metric (metrics.GATED) within its limit, where
+    both are present, and D scores in (0, 1)."""
     failures, passes = [], []
-    tests: list[tuple[str, float | None, float | None, str]] = [
-        ("fid", metrics.get("fid"), settings.max_fid, "<="),
-        ("fd_flowers", metrics.get("fd_flowers"), settings.max_fd_flowers, "<="),
-        ("recall", metrics.get("recall"), settings.min_recall, ">="),
-        ("colour_coverage", metrics.get("colour_coverage"), settings.min_colour_coverage, ">="),
-        ("near_copy_share_pixels", metrics.get("near_copy_share_pixels"), settings.max_near_copy_share, "<="),
-        ("mode_share_ratio", metrics.get("mode_share_ratio"), settings.max_mode_share_ratio, "<="),
-    ]
-    for name, value, limit, op in tests:
+    for metric in GATED:
+        value, limit = metrics.get(metric.name), getattr(settings, metric.gate)
         if value is None or limit is None:
             continue
-        ok = value <= limit if op == "<=" else value >= limit
-        (passes if ok else failures).append(f"{name} {value:.3g} {op if ok else _negate(op)} {limit:g}")
+        ok = value <= limit if metric.gate_op == "<=" else value >= limit
+        shown_op = metric.gate_op if ok else {"<=": ">", ">=": "<"}[metric.gate_op]
+        (passes if ok else failures).append(f"{metric.name} {value:.3g} {shown_op} {limit:g}")
     ok, scores = scores_in_range(metrics)
     if not ok:
         failures.append(scores)
     if failures:
         return False, "failed: " + "; ".join(failures)
     return True, "passed: " + "; ".join(passes)
-
-
-def _negate(op: str) -> str:
-    return ">" if op == "<=" else "<"

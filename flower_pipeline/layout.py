@@ -13,6 +13,10 @@
       stage_outputs/<asset>/<partition>.json    the records Dagster hands between assets
       mlflow.db, mlartifacts/                   the local MLflow store (when no server is set)
 
+A training's folder (RunFiles) holds generator.pt, final_state.pt, checkpoint.pt while it trains,
+generator_<iteration>.pt snapshots, samples/iter_<iteration>.png, final_grid.png, history.json, curves.png,
+result.json (a study run), and evaluation/ (or evaluation_<iteration>/ for a snapshot; EvaluationFiles).
+
 The data root is $FLOWER_PIPELINE_DATA_DIR, else `data/` beside the Dagster
 home: one root per instance, wherever a command runs. A name becomes a path
 part only after `path_part` checked it: no separator, no `..`, nothing hidden.
@@ -123,3 +127,83 @@ class DataLayout:
 
     def demo_grid(self, model: str) -> Path:
         return self.root / f"demo-{path_part(model, 'model')}.png"
+
+
+@dataclass(frozen=True)
+class EvaluationFiles:
+    """What one evaluation writes: its pictures and its numbers."""
+
+    root: Path
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples.png"
+
+    @property
+    def nearest_pairs(self) -> Path:
+        return self.root / "nearest_pairs.png"
+
+    @property
+    def colours(self) -> Path:
+        return self.root / "colours.png"
+
+    @property
+    def mode(self) -> Path:
+        return self.root / "mode.png"
+
+    @property
+    def timeline(self) -> Path:
+        return self.root / "timeline.png"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The files of one training's folder (a solo training, a member of a fused group, a study run)."""
+
+    root: Path
+
+    @property
+    def generator(self) -> Path:
+        return self.root / "generator.pt"
+
+    def snapshot(self, iteration: int) -> Path:
+        return self.root / f"generator_{iteration:06d}.pt"
+
+    @property
+    def final_state(self) -> Path:
+        return self.root / "final_state.pt"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pt"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def sample_grid(self, iteration: int) -> Path:
+        return self.samples / f"iter_{iteration:06d}.png"
+
+    @property
+    def final_grid(self) -> Path:
+        return self.root / "final_grid.png"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.json"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    def evaluation(self, iteration: int | None = None) -> EvaluationFiles:
+        """The final generator's evaluation, or a snapshot's."""
+        return EvaluationFiles(self.root / ("evaluation" if iteration is None else f"evaluation_{iteration:06d}"))

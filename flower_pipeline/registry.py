@@ -18,14 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flower_pipeline.layout import DataLayout
-from flower_pipeline.metrics import from_version_tags
+from flower_pipeline.layout import DataLayout, RunFiles
+from flower_pipeline.metrics import RANKING, SPACE_TAGS, from_version_tags
 from flower_pipeline.models import FlowerGenerator
 from flower_pipeline.tracking import CHAMPION, MlflowTracker, mlflow_errors
-
-FEATURE_NETWORK = "feature_network"  # version tag: the id of the network its fd_flowers was measured with
-EFFNET_SPACE = "effnet_space"  # version tag: the EfficientNet set-up its fd_effnet was measured in
-SPACE_TAGS = (FEATURE_NETWORK, EFFNET_SPACE)
 
 
 def model_name(variant: str, arch: str) -> str:
@@ -50,7 +46,7 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
     spaces its numbers were measured in (SPACE_TAGS): only numbers from the same space are compared."""
     version = store.version_of_run(name, run_id)
     if version is None:
-        model = store.log_generator(run_id, name, training_dir / "generator.pt")
+        model = store.log_generator(run_id, name, RunFiles(training_dir).generator)
         version = store.register(name, run_id, model, tags, description)
     else:
         log(f"{name} version {version.version} was already registered from run {run_id}")
@@ -77,23 +73,19 @@ def register_generator(store: MlflowTracker, name: str, run_id: str, training_di
 # --- what may become the champion -------------------------------------------------------------------------
 
 
-RANKING = ("fid", "fd_effnet", "fd_flowers", "colour_distance")  # what ranks versions, in order; lower is better
-RANKING_SPACES = {"fd_effnet": EFFNET_SPACE, "fd_flowers": FEATURE_NETWORK}  # comparable only in the same space
-
-
 def ranking_metric(*versions: dict[str, Any]) -> str:
-    """FID when all versions have it; else fd_effnet, then fd_flowers, when all were measured in the same
-    feature space; else the colour distance. Lower is better for all four.
+    """The first ranked metric (metrics.RANKING: FID, then fd_effnet, then fd_flowers) that every version has,
+    measured in one feature space where it has one; else the last, colour distance. Lower is better for all.
 
     D scores do not rank versions: each version is judged by its own discriminator.
     """
     for metric in RANKING[:-1]:
-        space = RANKING_SPACES.get(metric)
-        if all(v.get(metric) is not None for v in versions) and (
-                space is None or (versions[0].get(space) is not None
-                                  and all(v.get(space) == versions[0].get(space) for v in versions))):
-            return metric
-    return RANKING[-1]
+        if all(v.get(metric.name) is not None for v in versions) and (
+                metric.space is None or (versions[0].get(metric.space) is not None
+                                         and all(v.get(metric.space) == versions[0].get(metric.space)
+                                                 for v in versions))):
+            return metric.name
+    return RANKING[-1].name
 
 
 def promotion_decision(gate_passed: bool, gate_reason: str, new: dict[str, Any],

@@ -29,16 +29,9 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalResult, EvalSettings, evaluate, inception_for, quality_gate
 from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, load_feature_network
 from flower_pipeline.ingest import TensorCacheRef
-from flower_pipeline.layout import DataLayout
-from flower_pipeline.metrics import run_metrics, summary_line, version_tags
-from flower_pipeline.registry import (
-    EFFNET_SPACE,
-    FEATURE_NETWORK,
-    RegisteredVersion,
-    model_name,
-    ranking_metric,
-    register_generator,
-)
+from flower_pipeline.layout import DataLayout, RunFiles
+from flower_pipeline.metrics import EFFNET_SPACE, FEATURE_NETWORK, run_metrics, summary_line, version_tags
+from flower_pipeline.registry import RegisteredVersion, model_name, ranking_metric, register_generator
 from flower_pipeline.storage import DataPath
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, InBackground, MlflowTracker, Tracker
@@ -188,7 +181,7 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
                 for file in ("final_grid", "curves", "history", "generator"):
                     if file in result.files:
                         tracker.log_artifact(run_id, result.files[file])
-                tracker.log_artifact(run_id, run.out_dir / "samples", "samples")
+                tracker.log_artifact(run_id, RunFiles(run.out_dir).samples, "samples")
                 tracker.set_tags(run_id, {"device": result.device, "cuda_graph": result.cuda_graph})
 
         try:

@@ -69,23 +69,37 @@ def code_version() -> str:
 code_version()  # at import: the version of the code this process loaded, not of files edited after
 
 
+MAX_SECRET_BYTES = 64 << 10  # a password or a URL: a few hundred bytes
+
+
 def read_secret_files() -> None:
     """NAME from the file NAME_FILE, for each setting of SECRET_ENV given so (a 0600 file: a Docker or systemd
     secret, a mounted Kubernetes secret); the processes this one starts inherit it."""
     from flower_pipeline.errors import PipelineError
+    from flower_pipeline.storage import read_bounded
 
     for name in SECRET_ENV:
         file = os.environ.get(f"{name}_FILE")
         if not file or os.environ.get(name):
             continue
         try:
-            mode = os.stat(file).st_mode
-            if mode & 0o077:
-                raise PipelineError(f"{name}_FILE {file} may be read by others (mode {mode & 0o777:o}): "
-                                    f"`chmod 600 {file}`")
-            os.environ[name] = Path(file).read_text().strip()
+            status = os.stat(file)
         except OSError as err:
             raise PipelineError(f"{name}_FILE {file} cannot be read: {err.strerror or err}") from None
+        if status.st_mode & 0o077:
+            raise PipelineError(f"{name}_FILE {file} may be read by others (mode {status.st_mode & 0o777:o}): "
+                                f"`chmod 600 {file}`")
+        if status.st_uid != os.getuid():
+            raise PipelineError(f"{name}_FILE {file} belongs to another user (uid {status.st_uid}); a secret "
+                                "is read only from the reader's own file")
+        data = read_bounded(file, f"{name}_FILE", MAX_SECRET_BYTES)
+        try:
+            secret = data.decode()
+        except UnicodeDecodeError:
+            raise PipelineError(f"{name}_FILE {file} is not UTF-8 text") from None
+        if "\0" in secret:
+            raise PipelineError(f"{name}_FILE {file} holds a NUL byte; a secret is one line of text")
+        os.environ[name] = secret.strip()
 
 
 def celery_enabled() -> bool:

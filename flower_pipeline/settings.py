@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.storage import read_bounded
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | None = None,
@@ -80,8 +80,6 @@ def read_settings_file(path: Path, what: str) -> Any:
     """A YAML settings file (a study, the retraining profile, an MLflow model's MLmodel), bounded: a regular
     file of at most 1 MiB (never a FIFO or a device, which would block or never end), safely parsed with at
     most MAX_ALIASES aliases. Every failure is one line naming the file."""
-    import stat
-
     import yaml
 
     class Bounded(yaml.SafeLoader):
@@ -94,16 +92,7 @@ def read_settings_file(path: Path, what: str) -> Any:
                     raise PipelineError(f"{what} {path} uses more than {MAX_ALIASES} YAML aliases; refused")
             return super().compose_node(parent, index)
 
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens without waiting for a writer
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise PipelineError(f"{what} {path} is not a regular file")
-            text = f.read(MAX_SETTINGS_BYTES + 1)
-    except OSError as err:
-        raise PipelineError(f"cannot read the {what} {path}: {err.strerror or err}") from None
-    if len(text) > MAX_SETTINGS_BYTES:
-        raise PipelineError(f"{what} {path} is larger than {MAX_SETTINGS_BYTES >> 20} MiB; refused")
+    text = read_bounded(path, what, MAX_SETTINGS_BYTES)
     try:
         return yaml.load(text, Loader=Bounded)
     except yaml.YAMLError as err:

@@ -86,17 +86,26 @@ DataPath = Annotated[str, "a path inside the data root"]
 MAX_RECORD_BYTES = 1 << 20  # a stage record is paths, hashes and counts: kilobytes
 
 
-def read_json(path: Path, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
-    """A small JSON file read whole: a regular file of at most `max_bytes`, or a one-line error naming it."""
+def read_bounded(path: Path | str, what: str, max_bytes: int) -> bytes:
+    """A small file read whole, or a one-line error naming it: a regular file (never a FIFO or a device, which
+    would block or never end; opened without waiting for a writer) of at most `max_bytes`."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 raise PipelineError(f"{what} {path} is not a regular file")
             data = f.read(max_bytes + 1)
     except OSError as err:
-        raise PipelineError(f"cannot read {what} {path}: {err.strerror or err}") from None
+        raise PipelineError(f"cannot read the {what} {path}: {err.strerror or err}") from None
     if len(data) > max_bytes:
-        raise PipelineError(f"{what} {path} is larger than {max_bytes >> 10} KiB; it is not one of ours")
+        size = f"{max_bytes >> 20} MiB" if max_bytes >= 1 << 20 else f"{max_bytes >> 10} KiB"
+        raise PipelineError(f"{what} {path} is larger than {size}; refused")
+    return data
+
+
+def read_json(path: Path, what: str, max_bytes: int = MAX_RECORD_BYTES) -> Any:
+    """A small JSON file read whole (`read_bounded`), or a one-line error naming it."""
+    data = read_bounded(path, what, max_bytes)
     try:
         return json.loads(data)
     except (ValueError, RecursionError) as err:

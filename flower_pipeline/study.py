@@ -29,7 +29,7 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalSettings
 from flower_pipeline.feature_network import FeatureNetworkRef
 from flower_pipeline.ingest import TensorCacheRef
-from flower_pipeline.layout import DataLayout, path_part
+from flower_pipeline.layout import DataLayout, RunFiles, path_part
 from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.runs import (
@@ -387,8 +387,8 @@ def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, 
     plans = {label: study.plan(profile, (label,))[0] for label in labels}
     keys = {label: run_key(run, cache_ref.content_hash, code) for label, run in plans.items()}
     folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in labels}
-    done = {label: _finished(folders[label] / "result.json", layout.root)
-            for label in labels if (folders[label] / "result.json").is_file()}
+    done = {label: _finished(RunFiles(folders[label]).result, layout.root)
+            for label in labels if RunFiles(folders[label]).result.is_file()}
     todo = [label for label in labels if label not in done]
     if len(todo) > 1:
         log(f"training {len(todo)} runs side by side as one model: {', '.join(todo)}")
@@ -431,7 +431,7 @@ def _evaluated(tracker: Tracker, run: PlannedRun, key: str, trained: TrainedRun,
                             network.network_id, trained.path, final.metrics, early.metrics if early else {}, snapshot,
                             final.unavailable, result.iterations / max(result.seconds, 1e-9), result.seconds,
                             trained.mlflow_run_id, final)
-    atomic_write_json(Path(trained.path) / "result.json", encode_record(record))
+    atomic_write_json(RunFiles(Path(trained.path)).result, encode_record(record))
     return record
 
 
@@ -443,14 +443,13 @@ def build_report(layout: DataLayout, study: Study, profile: str, records: dict[s
         record = records.get(study_run_key(study.name, profile, run.label))
         if record is None:
             continue
-        folder = Path(record.path)
-        timeline = folder / "evaluation" / "timeline.png"
-        pair = (folder / f"evaluation_{record.snapshot:06d}" / "samples.png", folder / "evaluation" / "samples.png") \
-            if record.snapshot else None
-        reports.append(RunReport(run, record.metrics, record.unavailable, str(folder / "final_grid.png"),
+        folder = RunFiles(Path(record.path))
+        timeline = folder.evaluation().timeline
+        pair = (folder.evaluation(record.snapshot).samples, folder.evaluation().samples) if record.snapshot else None
+        reports.append(RunReport(run, record.metrics, record.unavailable, str(folder.final_grid),
                                  (str(pair[0]), str(pair[1])) if pair and all(p.is_file() for p in pair) else None,
                                  str(timeline) if timeline.is_file() else None,
-                                 json.loads((folder / "history.json").read_text()), record.it_per_s, record.seconds,
+                                 json.loads(folder.history.read_text()), record.it_per_s, record.seconds,
                                  link(record.mlflow_run_id)))
         metrics[run.label] = record.metrics
         if record.snapshot_metrics:

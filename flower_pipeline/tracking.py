@@ -24,6 +24,7 @@ from typing import Any
 
 import mlflow
 import mlflow.pyfunc
+import mlflow.store.db.utils
 import numpy as np
 import requests
 import sqlalchemy.exc
@@ -52,6 +53,9 @@ MLFLOW_FAILURES = (MlflowException, requests.RequestException, sqlalchemy.exc.SQ
 UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Connection aborted")
 # How long a training's tracker calls may keep failing (the MLflow server down) before the step fails; until
 # then the calls wait in a bounded queue and training goes on.
+# MLflow retries a database it cannot reach ten times, 102 s in all; six tries (6 s) tell a blip from an
+# unreachable store, and a command says so in seconds (a server's outage is ridden out by InBackground below).
+mlflow.store.db.utils.MAX_RETRY_COUNT = 6
 OUTAGE_SECONDS = float(os.environ.get("FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS", 900))
 
 
@@ -124,15 +128,30 @@ class MlflowTracker(Tracker):
                 os.environ[TRACKING_ENV] = saved_env
 
     def experiment_id(self) -> str:
-        client = self.client()
-        found = client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        location = None
-        if self.uri.startswith("sqlite:"):  # a local store keeps its artifacts inside the data folder
-            location = self.layout.mlflow_artifacts.as_uri()
-        return client.create_experiment(self.experiment, artifact_location=location, tags={
-            "mlflow.experimentKind": "custom_model_development"})  # MLflow's UI opens on the runs table
+        with self._first_use():
+            client = self.client()
+            found = client.get_experiment_by_name(self.experiment)
+            if found is not None:
+                return found.experiment_id
+            location = None
+            if self.uri.startswith("sqlite:"):  # a local store keeps its artifacts inside the data folder
+                location = self.layout.mlflow_artifacts.as_uri()
+            return client.create_experiment(self.experiment, artifact_location=location, tags={
+                "mlflow.experimentKind": "custom_model_development"})  # MLflow's UI opens on the runs table
+
+    @contextlib.contextmanager
+    def _first_use(self) -> Iterator[None]:
+        """A local store is created (tables, then the experiment) by one process at a time: two first commands
+        at once would both create its tables and one would fail. A server or a shared database serializes
+        that itself."""
+        if not self.uri.startswith("sqlite:"):
+            yield
+            return
+        import fcntl
+
+        with open(self.layout.root / ".mlflow.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str:
         """A run or model version as a URL into the MLflow UI when the store is a server, else its id."""

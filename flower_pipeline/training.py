@@ -33,6 +33,7 @@ from torch import nn
 
 from flower_pipeline.augment import DRAWS, ada_adjust, diff_augment, parse_policies, policy_mask
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import RunFiles
 from flower_pipeline.models import (
     ARCHITECTURES,
     NOISES,
@@ -658,14 +659,14 @@ def _train(
     members = range(len(configs))
     snapshots = snapshots or tuple(() for _ in members)
     for out_dir in out_dirs:
-        (out_dir / "samples").mkdir(parents=True, exist_ok=True)
+        RunFiles(out_dir).samples.mkdir(parents=True, exist_ok=True)
     images = cache.train_images()
     config = configs[0]
     if config.batch_size > len(images):
         raise PipelineError(f"batch size {config.batch_size} is larger than the {len(images)} training images of "
                             f"{cache.variant}; use at most {len(images)}")
     trainer = Trainer(configs, images, torch_device)
-    checkpoint = group_dir / "checkpoint.pt"
+    checkpoint = RunFiles(group_dir).checkpoint
     histories: list[list[dict[str, float]]] = [[] for _ in members]
     pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)
     if resume and checkpoint.is_file():
@@ -720,7 +721,7 @@ def _train(
                 _save_grid(trainer, k, out_dirs[k], on_sample)
         for k in members:
             if it in snapshots[k] and it < config.iterations:
-                _save_generator(trainer, k, out_dirs[k] / f"generator_{it:06d}.pt", cache)
+                _save_generator(trainer, k, RunFiles(out_dirs[k]).snapshot(it), cache)
 
     seconds = time.perf_counter() - started
     if trainer.iteration > resumed_from:  # the end state, kept until on_trained is through: a retry of a run
@@ -738,7 +739,7 @@ def _train(
 
 
 def _save_grid(trainer: Trainer, k: int, out_dir: Path, on_sample: FusedSampleFn | None) -> None:
-    path = atomic_write_bytes(out_dir / "samples" / f"iter_{trainer.iteration:06d}.png",
+    path = atomic_write_bytes(RunFiles(out_dir).sample_grid(trainer.iteration),
                               grid_png(trainer.samples(k), columns=8))
     if on_sample:
         on_sample(k, trainer.iteration, path)
@@ -755,20 +756,16 @@ def _save_generator(trainer: Trainer, k: int, path: Path, cache: TensorCache) ->
 
 def _write_outputs(trainer: Trainer, k: int, out_dir: Path, history: list[dict[str, float]],
                    cache: TensorCache) -> dict[str, Path]:
-    cfg = trainer.configs[k]
-    files = {
-        "generator": out_dir / "generator.pt",
-        "final_state": out_dir / "final_state.pt",
-        "final_grid": out_dir / "final_grid.png",
-        "history": out_dir / "history.json",
-    }
+    cfg, run = trainer.configs[k], RunFiles(out_dir)
+    files = {"generator": run.generator, "final_state": run.final_state, "final_grid": run.final_grid,
+             "history": run.history}
     _save_generator(trainer, k, files["generator"], cache)
     atomic_write(files["final_state"], lambda f: torch.save(trainer.member_state(k, history), f))
     atomic_write_bytes(files["final_grid"], grid_png(trainer.samples(k), columns=8))
     atomic_write_json(files["history"], history)
     curves = curves_png(history, title=f"{cfg.arch} on {cache.variant}")
     if curves is not None:
-        files["curves"] = atomic_write_bytes(out_dir / "curves.png", curves)
+        files["curves"] = atomic_write_bytes(run.curves, curves)
     return files
 
 
@@ -786,14 +783,14 @@ def load_trained(out_dir: Path, device: str | torch.device = "cpu", iteration: i
 
     `iteration` takes the generator of a snapshot instead (the discriminator stays the final one).
     """
-    name = "generator.pt" if iteration is None else f"generator_{iteration:06d}.pt"
-    if not (out_dir / name).is_file() or not (out_dir / "final_state.pt").is_file():
-        raise PipelineError(f"{out_dir} holds no finished training (no {name} and final_state.pt)")
-    generator, config, saved = load_generator_file(out_dir / name, device)
+    run = RunFiles(out_dir)
+    weights = run.generator if iteration is None else run.snapshot(iteration)
+    if not weights.is_file() or not run.final_state.is_file():
+        raise PipelineError(f"{out_dir} holds no finished training (no {weights.name} and {run.final_state.name})")
+    generator, config, saved = load_generator_file(weights, device)
     _, discriminator = config.networks(saved["channels"], saved["image_size"])
-    final = load_tensors(out_dir / "final_state.pt", device)
-    load_weights(discriminator, final.get("discriminator") if isinstance(final, dict) else None,
-                 out_dir / "final_state.pt")
+    final = load_tensors(run.final_state, device)
+    load_weights(discriminator, final.get("discriminator") if isinstance(final, dict) else None, run.final_state)
     return TrainedModels(generator, discriminator.to(device).eval(), config, saved["variant"], saved["cache_hash"])
 
 

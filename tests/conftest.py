@@ -226,7 +226,8 @@ def small_cache(tmp_path_factory):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     path, *_ = write_cache(tmp_path_factory.mktemp("cache"), images, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
-                           class_names=["a", "b", "c", "d"], params={"dataset": "test", "size": 32})
+                           class_names=["a", "b", "c", "d"],
+                           params={"dataset": "synthetic", "size": 32, "variant": "synthetic-color-32"})
     return TensorCache.load(path)
 
 

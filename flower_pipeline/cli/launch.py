@@ -151,10 +151,20 @@ def _cancel_on_interrupt(run: Any) -> Iterator[None]:
                 return
             if not received:
                 return
-            if signal.SIGINT in received:
-                instance().report_run_canceling(instance().get_run_by_id(run.run_id),
-                                                message="Canceled from the terminal (Ctrl-C).")
-                return
+            stop = next((s for s in (signal.SIGINT, signal.SIGTERM) if s in received), None)
+            if stop is None:
+                continue
+            if _waiting_for_slot(run.run_id) is not None:  # nothing of it computes yet: end at once
+                instance().report_run_canceled(instance().get_run_by_id(run.run_id),
+                                               message=f"Canceled from the terminal ({stop.name}) while waiting "
+                                                       "for a pool slot.")
+                instance().event_log_storage.free_concurrency_slots_for_run(run.run_id)
+                print(f"error: canceled while waiting for a pool slot ({stop.name})", file=sys.stderr, flush=True)
+                sys.stdout.flush()
+                os._exit(128 + stop)
+            instance().report_run_canceling(instance().get_run_by_id(run.run_id),
+                                            message=f"Canceled from the terminal ({stop.name}).")
+            return
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -165,6 +175,70 @@ def _cancel_on_interrupt(run: Any) -> Iterator[None]:
         writer.close()
         watcher.join(timeout=5)
         reader.close()
+
+
+SLOT_LOOK_EVERY, SLOT_SAY_EVERY = 5.0, 30.0  # seconds between looks at the pools, and between lines about them
+
+
+def _waiting_for_slot(run_id: str) -> Any:
+    """The pool's state if a step of the run waits for one of its slots and none of its steps holds one, else
+    None."""
+    storage = instance().event_log_storage
+    for pool in storage.get_concurrency_keys():
+        info = storage.get_concurrency_info(pool)
+        if run_id in info.pending_run_ids and run_id not in info.active_run_ids:
+            return info
+    return None
+
+
+@contextlib.contextmanager
+def _slot_guard(run_id: str) -> Iterator[None]:
+    """While the run executes: when it waits for a pool slot, the runs holding the pool whose heartbeat has
+    stopped are reaped here, as the daemon's reaper would (a command line runs no daemon), each with a line;
+    and every 30 s a line says which runs it waits for."""
+    import threading
+    import time
+
+    import dagster as dg
+
+    from flower_pipeline.defs.automation import reap_dead_runs
+    from flower_pipeline.defs.heartbeat import DEAD_AFTER, silent_for
+
+    done, said = threading.Event(), [0.0]
+
+    def look() -> None:
+        info = _waiting_for_slot(run_id)
+        if info is None:
+            return
+        for reaped in reap_dead_runs(instance()):
+            print(f"run {reaped} had no heartbeat for over {DEAD_AFTER:.0f} s (its process was killed): marked "
+                  "failed, its pool slot freed", flush=True)
+        now = time.time()
+        if now - said[0] < SLOT_SAY_EVERY or (info := _waiting_for_slot(run_id)) is None:
+            return
+        said[0] = now
+        holders = []
+        for holder in sorted(info.active_run_ids):
+            record = next(iter(instance().get_run_records(dg.RunsFilter(run_ids=[holder]))), None)
+            if record is not None:
+                holders.append(f"run {holder} ({record.dagster_run.job_name} "
+                               f"{record.dagster_run.tags.get('dagster/partition', '')}, last heartbeat "
+                               f"{silent_for(instance(), record, now):.0f} s ago)")
+        print(f"waiting for a {info.concurrency_key} slot ({info.slot_count} in all), held by "
+              f"{', '.join(holders) or 'no run'}", flush=True)
+
+    def loop() -> None:
+        while not done.wait(SLOT_LOOK_EVERY):
+            with contextlib.suppress(Exception):  # a storage hiccup: the next look tries again
+                look()
+
+    watcher = threading.Thread(target=loop, daemon=True, name="slot-guard")
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join(timeout=10)
 
 
 def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
@@ -181,7 +255,7 @@ def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
     run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage}, last_key)
     from dagster._core.execution.api import execute_run
 
-    with _cancel_on_interrupt(run):
+    with _cancel_on_interrupt(run), _slot_guard(run.run_id):
         result = execute_run(ReconstructableJob(code_location(), name), run, instance())
     if instance().get_run_by_id(run.run_id).status.value == "CANCELED":
         raise KeyboardInterrupt
@@ -208,9 +282,15 @@ def _failure_message(result: Any) -> str:
         data = event.step_failure_data
         if data.user_failure_data and data.user_failure_data.description:
             return data.user_failure_data.description
+        error, chain = data.error, []
+        while error is not None:  # every exception, and what each was raised while handling
+            chain.append(error.message)
+            error = error.cause or error.context
+        if any("No space left on device" in text or "database or disk is full" in text for text in chain):
+            return f"{event.step_key} failed: disk full"  # whatever a library raised on top of it
         error = data.error
         while error is not None and error.cause is not None:  # the user code's own exception
             error = error.cause
         if error is not None:
-            return f"{event.step_key} failed: {error.message.strip().splitlines()[0]}"
+            return f"{event.step_key} failed: {error.message.strip().splitlines()[0][:300]}"
     return "the run failed; see the Dagster UI for its log"

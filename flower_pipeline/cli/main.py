@@ -29,7 +29,7 @@ from flower_pipeline.catalog import (
 )
 from flower_pipeline.cli import study
 from flower_pipeline.cli.launch import dagster_home, instance, run_job
-from flower_pipeline.errors import PipelineError, os_error_line, printable
+from flower_pipeline.errors import PipelineError, os_error_line, printable, unexpected_line
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.training import DEFAULT_DEVICE
@@ -111,6 +111,7 @@ def train(args: argparse.Namespace) -> None:
     --seeds, a sweep of seeds trained side by side, the best registered."""
     from flower_pipeline.defs.partitions import existing_variant, training_key
     from flower_pipeline.evaluation import EvalSettings
+    from flower_pipeline.metrics import terminal_line
     from flower_pipeline.settings import given_flags
     from flower_pipeline.training import TrainConfig
 
@@ -128,13 +129,7 @@ def train(args: argparse.Namespace) -> None:
     registered, metrics = result.output_for_node("registered_generator"), evaluated.metrics
     print(f"{variant.name} × {args.arch}: {trained.iterations} iterations in {trained.seconds:.1f} s "
           f"on {trained.device}; outputs in {trained.path}")
-    fid = f"FID {metrics['fid']:.1f}" if "fid" in metrics else "FID n/a"
-    flowers = (f"fd_flowers {metrics['fd_flowers']:.2f}, precision {metrics['precision']:.2f}, recall "
-               f"{metrics['recall']:.2f}" if "fd_flowers" in metrics else "fd_flowers n/a")
-    flowers += f"; fd_effnet {metrics['fd_effnet']:.1f}" if "fd_effnet" in metrics else "; fd_effnet n/a"
-    print(f"  D(x) train {metrics['d_real_train_mean']:.3f}, held-out {metrics['d_real_holdout_mean']:.3f}, "
-          f"D(G(z)) {metrics['d_fake_mean']:.3f}; {flowers}; {fid}, colour coverage "
-          f"{metrics['colour_coverage']:.2f}, near-copies {metrics['near_copy_share_pixels']:.0%}")
+    print(f"  {terminal_line(metrics, evaluated.unavailable)}")
     if "fd_flowers" in evaluated.unavailable:
         print(f"  fd_flowers unavailable: {evaluated.unavailable['fd_flowers']}")
     if "fid" in evaluated.unavailable:
@@ -413,6 +408,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # a library's own failure (a broken dagster.yaml, a database down): still one line
+        print(f"error: {printable(unexpected_line(err))}", file=sys.stderr)
+        return 1
     return 0
 
 

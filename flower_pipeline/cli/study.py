@@ -13,6 +13,7 @@ from flower_pipeline.cli import launch
 from flower_pipeline.cli.launch import run_job
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import DataLayout
+from flower_pipeline.metrics import terminal_line
 from flower_pipeline.verdicts import STATUSES
 
 
@@ -129,10 +130,8 @@ def run_study(args: argparse.Namespace) -> None:
                 record = result.output_for_node("study_run", key)
                 records.append((run, record))
                 state = "reused" if reused.get(key) else f"{record.seconds:.0f} s"
-                fd = record.metrics.get("fd_flowers")
-                print(f"[{len(records)}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; fd_flowers "
-                      f"{'n/a' if fd is None else f'{fd:.2f}'}, recall "
-                      f"{record.metrics.get('recall', float('nan')):.2f}", flush=True)
+                print(f"[{len(records)}/{len(plan)}] {run.label} ({run.variant}, {run.arch}): {state}; "
+                      f"{terminal_line(record.metrics, record.unavailable, 'progress')}", flush=True)
         run_job("study_reports", report_key, {"study_report": {"config": config}}, args.data_dir)
     except BaseException:
         store.end_run(parent, "KILLED")

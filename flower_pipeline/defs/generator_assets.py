@@ -18,6 +18,7 @@ from flower_pipeline.catalog import Variant
 from flower_pipeline.evaluation import EvalSettings, scores_in_range
 from flower_pipeline.feature_network import FeatureNetworkRef
 from flower_pipeline.ingest import TensorCacheRef
+from flower_pipeline.metrics import gate_description
 from flower_pipeline.registry import RegisteredVersion
 from flower_pipeline.runs import (
     PICTURES,
@@ -186,9 +187,7 @@ evaluation_checks = [
     _evaluation_check("scores_in_range", "Mean D(x) on training and held-out images and mean D(G(z)), scored as D "
                       "was trained, are finite and strictly between 0 and 1.",
                       lambda evaluation: scores_in_range(evaluation.metrics), dg.AssetCheckSeverity.ERROR),
-    _evaluation_check("quality_gate", "FID (when measured), fd_flowers and mode share ratio (when limited), "
-                      "recall, colour coverage and near-copy share within the configured limits; a version that "
-                      "fails is registered but never promoted to champion.",
+    _evaluation_check("quality_gate", gate_description(),
                       lambda evaluation: (evaluation.gate_passed, evaluation.gate_reason),
                       dg.AssetCheckSeverity.WARN),
 ]

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from flower_pipeline import __version__
 from flower_pipeline.errors import PipelineError
+from flower_pipeline.layout import RunFiles
 from flower_pipeline.metrics import SUMMARY
 from flower_pipeline.scaleout import GPU_STEP
 from flower_pipeline.study import Study, StudyReport, build_report, load_study, run_group
@@ -71,7 +72,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         if reused:
             context.log.info(f"{result.label}: reused the finished run {result.run_key}")
         shown: dict[str, Any] = {k: round(result.metrics[k], 4) for k in SUMMARY if k in result.metrics}
-        grid = Path(result.path) / "final_grid.png"
+        grid = RunFiles(Path(result.path)).final_grid
         if grid.is_file():
             shown["samples"] = image_markdown(grid.read_bytes(), result.label)
         context.add_asset_metadata({"reused": reused, "run_key": result.run_key, **shown,

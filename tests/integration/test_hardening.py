@@ -1,12 +1,13 @@
 """Hostile and broken inputs get one clear line (or a reported skip), and nothing lands outside the data folder."""
 
 import os
+import shutil
 import socket
 import time
 
 import numpy as np
 import pytest
-from conftest import PROJECT_INSTANCE_CONFIG, flowers_like, make_tgz
+from conftest import PROJECT, PROJECT_INSTANCE_CONFIG, flowers_like, make_tgz
 from test_cli import _files_outside, _main
 
 from flower_pipeline.errors import PipelineError
@@ -166,3 +167,82 @@ def test_a_full_disk_is_called_a_full_disk_and_leaves_nothing_behind(tmp_path):
         assert list(tiny.iterdir()) == []
     finally:
         subprocess.run(["umount", str(tiny)], check=True)
+
+
+def test_a_garbage_instance_file_or_an_unreachable_instance_database_is_one_line(tmp_path, capsys, monkeypatch):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("storage: [this, is: not {an instance\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    from flower_pipeline.cli import main
+
+    assert main(["models", "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+
+    postgres = tmp_path / "postgres_home"
+    postgres.mkdir()
+    shutil.copy(PROJECT / "deploy" / "dagster_home" / "dagster.yaml", postgres)
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("DAGSTER_POSTGRES_URL", f"postgresql://root:s3cret@127.0.0.1:{closed.getsockname()[1]}/x")
+    monkeypatch.setenv("DAGSTER_HOME", str(postgres))
+    started = time.monotonic()
+    assert main(["prepare", "--dataset", "synthetic", "--data-dir", str(tmp_path / "data")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "s3cret" not in err, err
+    assert time.monotonic() - started < 60
+
+
+def test_an_unreachable_mlflow_database_is_one_line_within_seconds_without_its_password(tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://user:s3cret@nohost.invalid/x")
+    started = time.monotonic()
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    assert time.monotonic() - started < 15
+    _one_line(code, err, "MLflow at postgresql://***@nohost.invalid/x failed")
+    assert "s3cret" not in err
+
+
+def test_a_huge_flag_value_is_quoted_short(tmp_path, capsys, monkeypatch):
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch",
+                         "arch1", "--augment", "x" * 10_000)
+    assert code == 1 and err.count("\n") == 1 and len(err) < 400 and "(10002 characters)" in err, err[:500]
+
+
+def test_two_first_commands_on_a_fresh_mlflow_store_both_succeed(tmp_path):
+    """Both create the local store's tables and its experiment at once: a lock lets one go first."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from flower_pipeline.layout import DataLayout; from flower_pipeline.tracking import "
+              "MlflowTracker; print(MlflowTracker(DataLayout.at(sys.argv[1])).experiment_id())")
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    for round_ in range(2):
+        data = tmp_path / f"data{round_}"
+        data.mkdir()
+        first, second = (subprocess.Popen([sys.executable, "-c", script, str(data)], env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2))
+        (out1, err1), (out2, err2) = first.communicate(timeout=120), second.communicate(timeout=120)
+        assert first.returncode == second.returncode == 0, (err1[-1500:], err2[-1500:])
+        assert out1 == out2  # one experiment, found by the second
+
+
+def test_a_full_disk_during_training_is_called_a_full_disk(tmp_path, capsys, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+                         "--feature-net-epochs", "1", "--feature-net-width", "4", "--feature-net-dim", "8")
+    assert code == 0, err
+    trainings = tmp_path / "data" / "synthetic" / "training"
+    trainings.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(trainings)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch",
+                             "arch1", "--iterations", "40", "--features", "8", "--device", "cpu")
+        assert code == 1 and err.count("\n") == 1 and "disk full" in err, err[-2000:]
+    finally:
+        subprocess.run(["umount", str(trainings)], check=True)

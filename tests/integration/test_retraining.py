@@ -209,3 +209,73 @@ def test_a_second_training_of_a_partition_refuses_in_one_line_while_the_first_ru
     (failure,) = second.get_step_failure_events()
     assert failure.step_failure_data.user_failure_data.description.startswith(
         "arch1|synthetic-gray-32 is already being trained by run ")
+
+
+@pytest.mark.slow
+def test_with_no_daemon_a_waiting_command_says_whom_it_waits_for_ends_on_sigterm_and_reaps_a_dead_holder(tmp_path):
+    """The README's path runs no daemon: a training killed while it holds the gpu slot would hold it forever.
+    A command that waits for the slot names the run holding it, ends at once on SIGTERM, and reaps a holder
+    whose heartbeat has stopped itself, with a line saying so."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "FLOWER_PIPELINE_DEAD_AFTER": "6"}
+    cli, data = [sys.executable, "-m", "flower_pipeline.cli"], ["--data-dir", str(tmp_path / "data")]
+    subprocess.run([*cli, "prepare", "--dataset", "synthetic", "--size", "16", "--feature-net-epochs", "1", *data],
+                   env=env, check=True, capture_output=True, timeout=300)
+    train = [*cli, "train", "--variant", "synthetic-color-16", "--features", "8", "--device", "cpu",
+             "--eval-samples", "16", "--eval-inception-weights", "off", "--eval-min-recall", "0", *data]
+
+    def slots() -> tuple[set[str], set[str]]:
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            info = instance.event_log_storage.get_concurrency_info("gpu")
+            return info.active_run_ids, info.pending_run_ids
+
+    def wait_for(condition, what: str, seconds: float = 120) -> None:
+        deadline = time.monotonic() + seconds
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.5)
+
+    holder = subprocess.Popen([*train, "--arch", "arch2", "--iterations", "1000000"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    waiting = None
+    try:
+        wait_for(lambda: slots()[0], "the first training never took the slot")
+        (held_by,) = slots()[0]
+        waiting = subprocess.Popen([*train, "--arch", "arch1", "--iterations", "4"], env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_for(lambda: slots()[1], "the second training never waited for the slot")
+        (waiter,) = slots()[1]
+        time.sleep(6)  # one look of its guard (every 5 s): the line naming the holder
+        waiting.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        out, err = waiting.communicate(timeout=30)
+        assert waiting.returncode == 143 and time.monotonic() - started < 10, (waiting.returncode, err)
+        assert f"waiting for a gpu slot (1 in all), held by run {held_by} (retrain_generators" in out, out
+        assert err.strip() == "error: canceled while waiting for a pool slot (SIGTERM)", err
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_run_by_id(waiter).status == dg.DagsterRunStatus.CANCELED
+        assert slots() == ({held_by}, set())
+
+        holder.kill()  # SIGKILL: its run stays STARTED and keeps the slot, and no daemon runs
+        holder.wait(timeout=30)
+        done = subprocess.run([*train, "--arch", "arch1", "--iterations", "4"], env=env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert (f"run {held_by} had no heartbeat for over 6 s (its process was killed): marked failed, its pool "
+                "slot freed") in done.stdout, done.stdout
+        with dg.DagsterInstance.from_config(str(home)) as instance:
+            assert instance.get_run_by_id(held_by).status == dg.DagsterRunStatus.FAILURE
+        assert slots() == (set(), set())
+    finally:
+        for process in (holder, waiting):
+            if process is not None:
+                process.kill()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import plant
+from conftest import plant, tiny_config
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.training import load_trained
@@ -104,3 +104,55 @@ def test_passwords_never_reach_an_error_line(tmp_path, monkeypatch):
         store.experiment_id()
     assert "s3cret" not in str(failed.value) and "://***@nohost.invalid" in str(failed.value)
     assert "\n" not in str(failed.value)
+
+
+def test_a_registered_generator_must_be_what_its_name_says_and_live_where_its_store_keeps_files(trained, tmp_path,
+                                                                                                monkeypatch):
+    """A grey arch2 generator put in a colour arch1 version, a version whose stored location points outside
+    the data folder, and an MLmodel whose weights path climbs out are each refused in one line naming why."""
+    import shutil
+    import sqlite3
+
+    import yaml
+
+    from flower_pipeline.layout import DataLayout
+    from flower_pipeline.tensor_cache import TensorCache, write_cache
+    from flower_pipeline.tracking import MlflowTracker
+    from flower_pipeline.training import train
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store, name = MlflowTracker(DataLayout.at(tmp_path / "data")), "synthetic-color-32-arch1"
+    run_id = store.start_run("run", {})
+    store.register(name, run_id, store.log_generator(run_id, name, trained / "generator.pt"),
+                   {"variant": "synthetic-color-32", "arch": "arch1"}, "")
+    folder = Path(store.client().get_model_version_download_uri(name, "1").removeprefix("file://"))
+    stored, genuine = next(folder.rglob("generator.pt")), next(folder.rglob("generator.pt")).read_bytes()
+
+    grey = np.random.default_rng(1).integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)
+    path, *_ = write_cache(tmp_path / "grey", grey, np.arange(40) % 4, [f"{i}.jpg" for i in range(40)],
+                           class_names=list("abcd"), params={"dataset": "synthetic", "variant": "synthetic-gray-32"})
+    swapped = train(tiny_config(arch="arch2", batch_size=4), TensorCache.load(path), tmp_path / "g", device="cpu")
+    shutil.copy(swapped.out_dir / "generator.pt", stored)
+    with pytest.raises(PipelineError, match=r"holds the weights of synthetic-gray-32 × arch2, not of "
+                                            r"synthetic-color-32 × arch1; it is refused"):
+        store.load_generator(name, version=1)
+    stored.write_bytes(genuine)
+    assert store.load_generator(name, version=1).channels == 3
+
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(folder, outside)
+    with sqlite3.connect(tmp_path / "data" / "mlflow.db") as db:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(model_versions)")}
+        for column in {"source", "storage_location"} & columns:
+            db.execute(f"UPDATE model_versions SET {column} = ?", (f"file://{outside}",))
+    with pytest.raises(PipelineError, match=r"v1\) is stored at .*elsewhere, outside the data folder"):
+        store.load_generator(name, version=1)
+    with sqlite3.connect(tmp_path / "data" / "mlflow.db") as db:
+        for column in {"source", "storage_location"} & columns:
+            db.execute(f"UPDATE model_versions SET {column} = ?", (f"file://{folder}",))
+
+    model = yaml.safe_load((folder / "MLmodel").read_text())
+    model["flavors"]["python_function"]["artifacts"]["generator"]["path"] = "artifacts/../../../outside.pt"
+    (folder / "MLmodel").write_text(yaml.safe_dump(model))
+    with pytest.raises(PipelineError, match=r"its MLmodel points the weights outside the model's folder"):
+        store.load_generator(name, version=1)

@@ -22,7 +22,7 @@ from flower_pipeline.evaluation import (
     scores_in_range,
     timeline_png,
 )
-from flower_pipeline.metrics import EFFNET_MEASURES
+from flower_pipeline.metrics import EFFNET_MEASURES, known
 from flower_pipeline.registry import promotion_decision, ranking_metric
 from flower_pipeline.storage import png_bytes
 from flower_pipeline.tensor_cache import write_cache
@@ -195,6 +195,7 @@ def test_evaluate_a_finished_training(tmp_path):
                       no_inception_reason="unused", flowers=StandIn(), effnet=Effnet())
     metrics = result.metrics
     assert result.unavailable == {}
+    assert [name for name in metrics if not known(name)] == []  # computed but undeclared: it would reach nothing
     for key in ("d_real_holdout_mean", "d_real_train_mean", "d_fake_mean", "d_real_gap", "fid", "kid_mean",
                 "colour_distance", "colour_coverage", "near_copy_share_pixels", "near_copy_share_inception",
                 "fd_flowers", "kd_flowers", "precision", "recall", *EFFNET_MEASURES):

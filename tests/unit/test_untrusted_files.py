@@ -185,3 +185,33 @@ def test_unknown_keys_and_out_of_range_values_are_named_at_every_level(tmp_path,
         profile.write_text(text)
         with pytest.raises(PipelineError, match=message):
             retraining_run_config()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "zeros", "large", "nul", "latin1", "other owner"])
+def test_a_secret_file_is_a_small_text_file_of_the_readers_own_read_without_blocking(tmp_path, monkeypatch, kind):
+    import os
+    import time
+
+    from flower_pipeline.scaleout import BROKER_ENV, read_secret_files
+
+    secret = tmp_path / "secret"
+    if kind == "fifo":
+        os.mkfifo(secret, 0o600)
+    elif kind == "zeros":
+        secret = Path("/dev/zero")
+    else:
+        secret.write_bytes({"large": b"x" * 100_000, "nul": b"amqp://a\0b", "latin1": "pässword".encode("latin-1"),
+                            "other owner": b"amqp://guest@127.0.0.1//"}[kind])
+        secret.chmod(0o600)
+        if kind == "other owner":
+            os.chown(secret, 65534, 65534)  # nobody's
+    message = {"fifo": "is not a regular file", "zeros": "may be read by others|is not a regular file",
+               "large": "is larger than 64 KiB", "nul": "holds a NUL byte", "latin1": "is not UTF-8 text",
+               "other owner": "belongs to another user"}[kind]
+    monkeypatch.delenv(BROKER_ENV, raising=False)
+    monkeypatch.setenv(f"{BROKER_ENV}_FILE", str(secret))
+    started = time.monotonic()
+    with pytest.raises(PipelineError, match=message) as refused:
+        read_secret_files()
+    assert time.monotonic() - started < 5 and "\n" not in str(refused.value)
+    assert BROKER_ENV not in os.environ
