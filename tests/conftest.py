@@ -2,8 +2,8 @@
 
 The suite is three tiers by folder: unit/ (no Dagster run, no subprocess, no server, no real data: the edit
 loop), integration/ (Dagster in-process, MLflow, the CLI) and system/ (`dg dev`, the scale-out stack and its
-services, real Flowers-17). `pytest` runs them all side by side (pytest-xdist, `-n 3` in pyproject.toml), the
-system tier's modules first, each module of it on one worker (its fixtures start services once).
+services, real Flowers-17). `pytest` runs them all side by side (pytest-xdist, `-n 3` in pyproject.toml), each
+module on one worker (module fixtures start a service once), the system tier's modules first.
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ TIER_ORDER = ("system", "integration", "unit")  # the longest first, so no worke
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The system tier first. (A module whose fixtures start a service once names its own xdist_group.)"""
+    """The system tier first: its modules are the longest, and each runs on one worker."""
     def tier(item: pytest.Item) -> int:
         folder = Path(item.path).parent.name
         return TIER_ORDER.index(folder) if folder in TIER_ORDER else len(TIER_ORDER)

@@ -32,8 +32,6 @@ LENIENT = {"samples": 32, "inception_weights": "off", "min_colour_coverage": 0.0
 STRICT = {**LENIENT, "max_fd_flowers": 0.0}  # no version can pass (a Fréchet distance is never 0): never promoted
 
 
-pytestmark = pytest.mark.xdist_group("registry")  # one MLflow server for the module
-
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory) -> Iterator[str]:
     """A real MLflow tracking server with a SQLite store and proxied artifacts."""

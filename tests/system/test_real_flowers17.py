@@ -21,7 +21,7 @@ from flower_pipeline.feature_network import FeatureSettings, known_answer_sets
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import TrainConfig, train
 
-pytestmark = [pytest.mark.real_data, pytest.mark.xdist_group("real_flowers17")]  # one prepare for the module
+pytestmark = pytest.mark.real_data
 
 if not FLOWERS17_TGZ.is_file():
     if os.environ.get("CI"):
@@ -48,7 +48,7 @@ EXPECTED_FAMILY = {"daffodil": "yellow", "snowdrop": "white", "bluebell": "blue"
 
 @pytest.mark.slow
 def test_known_answers_on_real_flowers17(flowers17_32, tmp_path):
-    # The default network on the 32 px variant (82% held-out; 85% at 64 px, whose numbers are in the README):
+    # The default network on the 32 px variant (82% held-out; 85% at 64 px, whose numbers are in docs/design.md):
     # the same known answers, in a third of the suite's longest test.
     table, accuracy = measure_known_answers(flowers17_32, FeatureSettings(), tmp_path / "net")
     assert accuracy >= 0.6  # 17 species, chance 0.06

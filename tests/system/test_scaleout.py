@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT, launch_retraining, reexecute
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scaleout")]  # one stack for the module
+pytestmark = pytest.mark.slow
 
 CLI = str(Path(sys.executable).parent / "flower-pipeline")
 POSTGRES = "postgresql://root@127.0.0.1:5432"
@@ -757,7 +757,7 @@ def test_a_worker_on_a_second_host_takes_gpu_steps_and_its_logs_show_from_the_fi
         broker.write_text(f"amqp://{chain.name}:{chain.broker_password}@{services}:5672/{chain.name}")
         broker.chmod(0o600)
         bare = {k: v for k, v in os.environ.items() if not k.startswith(("FLOWER_PIPELINE_", "DAGSTER_", "MLFLOW_"))}
-        env = {**bare,  # the README's second-host recipe, and nothing of this host's settings
+        env = {**bare,  # docs/operations.md's second-host recipe, and nothing of this host's settings
                "FLOWER_PIPELINE_CELERY_BROKER_FILE": str(broker),
                "DAGSTER_POSTGRES_URL": chain.env["DAGSTER_POSTGRES_URL"].replace("127.0.0.1", services),
                "MLFLOW_TRACKING_URI": f"http://{services}:{tracking_port}",

@@ -17,7 +17,6 @@ import dagster as dg
 import pytest
 from conftest import PROJECT, graphql, launch_retraining, reexecute, stop_process_group, webhook_receiver
 
-pytestmark = pytest.mark.xdist_group("ui")  # one `dg dev` for the module
 CLI = str(Path(sys.executable).with_name("flower-pipeline"))
 QUERY = ("{ assetNodes { assetKey { path } } workspaceOrError { ... on Workspace { locationEntries { name } } } }")
 VARIANT = "synthetic-color-16"
