@@ -45,6 +45,7 @@ from flower_pipeline.colours import (
 )
 from flower_pipeline.download import fetch
 from flower_pipeline.effnet import Effnet, effnet_measures, repeated_mode
+from flower_pipeline.environment import INCEPTION_ENV
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
 from flower_pipeline.layout import RunFiles
@@ -56,7 +57,6 @@ from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_b
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import load_trained
 
-INCEPTION_ENV = "FLOWER_PIPELINE_INCEPTION_WEIGHTS"  # stands for the setting's "auto" when set
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch.hub's rule: a weights file's name carries its sha256's first digits
 INCEPTION_FILE = f"weights-inception-2015-12-05-{INCEPTION_SHA256_PREFIX}.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"

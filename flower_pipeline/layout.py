@@ -29,9 +29,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from flower_pipeline.environment import DAGSTER_HOME_ENV, DATA_DIR_ENV
 from flower_pipeline.errors import PipelineError
 
-DATA_DIR_ENV = "FLOWER_PIPELINE_DATA_DIR"
 PROJECT_DAGSTER_HOME = Path(__file__).resolve().parents[1] / "dagster_home"  # the instance of a source checkout
 _PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:|@+-]{0,199}")
 
@@ -42,7 +42,7 @@ def default_data_dir() -> Path:
     root, and the runs an instance records point at data that exists."""
     if os.environ.get(DATA_DIR_ENV):
         return Path(os.environ[DATA_DIR_ENV]).expanduser().resolve()
-    return Path(os.environ.get("DAGSTER_HOME") or PROJECT_DAGSTER_HOME).expanduser().resolve().parent / "data"
+    return Path(os.environ.get(DAGSTER_HOME_ENV) or PROJECT_DAGSTER_HOME).expanduser().resolve().parent / "data"
 
 
 def path_part(name: str, what: str = "name") -> str:

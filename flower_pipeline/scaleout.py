@@ -23,10 +23,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-BROKER_ENV = "FLOWER_PIPELINE_CELERY_BROKER"
-BACKEND_ENV = "FLOWER_PIPELINE_CELERY_BACKEND"
-POSTGRES_ENV = "DAGSTER_POSTGRES_URL"
-MLFLOW_BACKEND_ENV = "FLOWER_PIPELINE_MLFLOW_BACKEND"
+from flower_pipeline.environment import BACKEND_ENV, BROKER_ENV, MLFLOW_BACKEND_ENV, POSTGRES_ENV
+
 # Settings that may hold a password: each is read from the environment, or from the file NAME_FILE names, which
 # only its owner may read (never from a command line, so no password shows in `ps` or in `stack`'s records).
 SECRET_ENV = (POSTGRES_ENV, MLFLOW_BACKEND_ENV, BROKER_ENV, BACKEND_ENV, "MLFLOW_TRACKING_PASSWORD")

@@ -27,23 +27,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flower_pipeline.errors import PipelineError, redact
-from flower_pipeline.layout import DataLayout
-from flower_pipeline.scaleout import (
+from flower_pipeline.environment import (
     BACKEND_ENV,
     BROKER_ENV,
-    DEFAULT_QUEUE,
-    GPU_QUEUE,
+    COMPUTE_LOGS_ENV,
+    DAGSTER_HOME_ENV,
+    DATA_DIR_ENV,
     MLFLOW_BACKEND_ENV,
     POSTGRES_ENV,
-    code_version,
-    worker_app,
+    TRACKING_ENV,
+    WEBSERVER_ENV,
 )
+from flower_pipeline.errors import PipelineError, redact
+from flower_pipeline.layout import DataLayout
+from flower_pipeline.scaleout import DEFAULT_QUEUE, GPU_QUEUE, code_version, worker_app
 
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
-WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"
-COMPUTE_LOGS_ENV = "FLOWER_PIPELINE_COMPUTE_LOGS"  # steps' stdout/stderr, in a folder every host sees
-REQUIRED_ENV = ("DAGSTER_HOME", POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV,
+REQUIRED_ENV = (DAGSTER_HOME_ENV, POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV,
                 COMPUTE_LOGS_ENV)
 RUNS_NO_PROJECT_CODE = ("mlflow",)  # pieces a code change does not concern
 START_MARK = "stack: started "  # written to a piece's log at each `up`: what follows is this start's
@@ -116,7 +115,7 @@ def up(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path, sa
         down(say=lambda _: None, only=set(stale))
         running -= set(stale)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FLOWER_PIPELINE_DATA_DIR": str(data_dir), WEBSERVER_ENV: webserver}
+           DATA_DIR_ENV: str(data_dir), WEBSERVER_ENV: webserver}
     started = []
     try:
         for piece in pieces(workers, ingest_concurrency, webserver, data_dir):

@@ -36,13 +36,14 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 import flower_pipeline
+from flower_pipeline.environment import TRACKING_ENV
+from flower_pipeline.environment import outage_seconds as environment_outage_seconds
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
 from flower_pipeline.models import FlowerGenerator, sample_latent
 from flower_pipeline.settings import read_settings_file
 from flower_pipeline.training import load_generator_file
 
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
 EXPERIMENT = "flower-pipeline"
 CHAMPION = "champion"  # the alias of the best version that passed the quality gate
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # on a logged model: the registered versions made from it
@@ -56,7 +57,6 @@ UNREACHABLE = ("Connection refused", "Max retries exceeded", "timed out", "Conne
 # MLflow retries a database it cannot reach ten times, 102 s in all; six tries (6 s) tell a blip from an
 # unreachable store, and a command says so in seconds (a server's outage is ridden out by InBackground below).
 mlflow.store.db.utils.MAX_RETRY_COUNT = 6
-OUTAGE_SECONDS = float(os.environ.get("FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS", 900))
 
 
 class Tracker(ABC):
@@ -378,8 +378,9 @@ class InBackground:
     until it goes through, or until it has failed for `outage_seconds`; `flush` waits for the queue to empty
     and then raises that failure, if any. At most `limit` calls wait (then the caller waits: bounded memory)."""
 
-    def __init__(self, outage_seconds: float = OUTAGE_SECONDS, limit: int = 10_000, retry_every: float = 2.0):
-        self.outage_seconds, self.retry_every = outage_seconds, retry_every
+    def __init__(self, outage_seconds: float | None = None, limit: int = 10_000, retry_every: float = 2.0):
+        self.outage_seconds = outage_seconds if outage_seconds is not None else environment_outage_seconds()
+        self.retry_every = retry_every
         self.calls: queue.Queue[tuple[Callable[..., Any], tuple] | None] = queue.Queue(limit)
         self.failure: BaseException | None = None
         self.thread = threading.Thread(target=self._send, daemon=True, name="mlflow-in-background")

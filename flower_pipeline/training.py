@@ -379,7 +379,12 @@ class Trainer:
                 p.copy_((old.reshape(self.members, -1) + change).reshape(p.shape))
 
     def _step(self) -> None:
-        """One D update and one G update of every member, entirely on the device."""
+        """One D update and one G update of every member, entirely on the device. Regularizers, each marked
+        where it acts: instance noise and DiffAugment/ADA change what D sees (both updates), LeCam is a term of
+        D's loss, G's EMA follows G after its update, and ADA's p moves after the step."""
+        ###########################
+        # (0) This step's random numbers, each member's from its own generators; the real batch as D sees it
+        ###########################
         batch, k = self.config.batch_size, self.members
         shape = (batch, self.channels, self.image_size, self.image_size)
         drawn = [r.draw(self.data.shape[0], shape, self.dropout_sizes, self.augmenting) for r in self.randomness]
@@ -392,6 +397,9 @@ class Trainer:
         std = std.repeat_interleave(self.channels).view(1, -1, 1, 1)
         noises = [self._wide(noise[:, j]) * std for j in range(3)]
         dropout = [self._dropout_noise(uniform[:, j]) for j in range(3)] if self.dropout_sizes else [None] * 3
+        ###########################
+        # (1) Update D network: maximize log(D(x)) + log(1 - D(G(z)))   [instance noise, DiffAugment, LeCam]
+        ###########################
         with self.autocast:
             fake = self.generator(z.transpose(0, 1).reshape(batch, -1))
             d_real = self._judge(real + noises[0], dropout[0]).view(batch, k)
@@ -404,6 +412,9 @@ class Trainer:
         (loss_d.sum() + self._lecam(d_real.float(), d_fake.float())).backward()
         self._apply(self.opt_d)
 
+        ###########################
+        # (2) Update G network: maximize log(D(G(z)))   [instance noise, DiffAugment; then G's EMA]
+        ###########################
         with self.autocast:
             d_gen = self._judge(self._seen(fake, augment, 2) + noises[2], dropout[2]).view(batch, k)
         loss_g = F.binary_cross_entropy_with_logits(d_gen.float(), self.g_target, reduction="none").mean(0)
@@ -420,6 +431,9 @@ class Trainer:
                 for average, buffer in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
                     average.copy_(buffer)
 
+        ###########################
+        # (3) Statistics, ADA's p from D's logits on the reals it saw, the first non-finite step
+        ###########################
         with torch.no_grad():
             self.stats += torch.stack([loss_d, loss_g, torch.sigmoid(d_real.float()).mean(0),
                                        torch.sigmoid(d_fake.float()).mean(0),

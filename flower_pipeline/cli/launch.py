@@ -202,7 +202,8 @@ def _slot_guard(run_id: str) -> Iterator[None]:
     import dagster as dg
 
     from flower_pipeline.defs.automation import reap_dead_runs
-    from flower_pipeline.defs.heartbeat import DEAD_AFTER, silent_for
+    from flower_pipeline.defs.heartbeat import silent_for
+    from flower_pipeline.environment import dead_after
 
     done, said = threading.Event(), [0.0]
 
@@ -211,7 +212,7 @@ def _slot_guard(run_id: str) -> Iterator[None]:
         if info is None:
             return
         for reaped in reap_dead_runs(instance()):
-            print(f"run {reaped} had no heartbeat for over {DEAD_AFTER:.0f} s (its process was killed): marked "
+            print(f"run {reaped} had no heartbeat for over {dead_after():.0f} s (its process was killed): marked "
                   "failed, its pool slot freed", flush=True)
         now = time.time()
         if now - said[0] < SLOT_SAY_EVERY or (info := _waiting_for_slot(run_id)) is None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import dagster as dg
 
+from flower_pipeline.environment import PROFILE_ENV, WEBHOOK_ENV, dead_after, retrain_cron
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.evaluation import EvalSettings, resolve_inception_weights
 from flower_pipeline.models import ARCHITECTURES
@@ -32,12 +33,11 @@ from flower_pipeline.training import TrainConfig
 from .config import EvaluationConfig, TrainingConfig
 from .data_assets import tensor_cache
 from .generator_assets import generator_evaluation, registered_generator, trained_generator
-from .heartbeat import DEAD_AFTER, STEP_EVERY, silent_for, step_silent_for
+from .heartbeat import STEP_EVERY, silent_for, step_silent_for
 from .partitions import known_variants, training_key, variant_and_arch
 from .resources import MlflowTracking
 
-RETRAIN_CRON = os.environ.get("FLOWER_PIPELINE_RETRAIN_CRON", "0 3 * * 1")  # Mondays 03:00 UTC
-PROFILE_ENV, WEBHOOK_ENV = "FLOWER_PIPELINE_RETRAINING", "FLOWER_PIPELINE_ALERT_WEBHOOK"
+RETRAIN_CRON = retrain_cron()  # read when the code location loads: Dagster needs it then
 DEFAULT_PROFILE = Path(__file__).resolve().parents[1] / "retraining.yaml"
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
@@ -165,15 +165,15 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
     return dg.SensorResult(run_requests=requests)
 
 
-def reap_dead_runs(instance: dg.DagsterInstance, dead_after: float = DEAD_AFTER) -> list[str]:
+def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
     ran), marked failed; then the pool slots of ended runs freed once none of their steps still computes.
     Dagster's run monitoring cannot ask the local run launcher whether a worker lives; every run of this code
     location beats (defs/heartbeat.py). Returns the ids of the runs marked failed."""
-    reaped, now = [], time.time()
+    reaped, now, patience = [], time.time(), dead_after()
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         silent = silent_for(instance, record, now)
-        if silent < dead_after:
+        if silent < patience:
             continue
         instance.report_run_failed(record.dagster_run, f"no heartbeat from the run for {silent:.0f} s: the "
                                                        "process driving it was killed or its machine lost")

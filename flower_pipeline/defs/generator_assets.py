@@ -15,6 +15,7 @@ import dagster as dg
 
 from flower_pipeline import __version__, metrics
 from flower_pipeline.catalog import Variant
+from flower_pipeline.environment import WEBSERVER_ENV
 from flower_pipeline.evaluation import EvalSettings, scores_in_range
 from flower_pipeline.feature_network import FeatureNetworkRef
 from flower_pipeline.ingest import TensorCacheRef
@@ -43,7 +44,6 @@ from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
 from .support import image_markdown, mlflow_link, rows_table, step_log, table, user_errors
 
-WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
 FINAL_SHOWN = ("loss_d", "loss_g", "d_real", "d_fake")  # a training's final log window, as the UI shows it
 
 

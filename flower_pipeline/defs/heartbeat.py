@@ -7,7 +7,6 @@ A GPU step beats too, under its own key, and watches its run: a Celery step outl
 stops once its run has ended, and the reaper frees the run's pool slots only when its steps have gone silent."""
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,6 @@ from collections.abc import Callable, Iterator
 import dagster as dg
 
 BEAT_EVERY = 10.0  # seconds between a run's beats
-DEAD_AFTER = float(os.environ.get("FLOWER_PIPELINE_DEAD_AFTER", 60))  # a STARTED run silent this long is dead
 STEP_EVERY = 5.0  # seconds between a step's beats, and so between its looks at its run's status
 STEP_ENDED = "ended"
 ENDED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING)

@@ -5,8 +5,9 @@ from typing import Any
 
 import dagster as dg
 
+from flower_pipeline.environment import DATA_DIR_ENV
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.layout import DATA_DIR_ENV, DataLayout
+from flower_pipeline.layout import DataLayout
 from flower_pipeline.records import read_record, write_record
 from flower_pipeline.tracking import EXPERIMENT, MlflowTracker
 
