@@ -216,3 +216,9 @@ def test_a_secret_file_is_a_small_text_file_of_the_readers_own_read_without_bloc
         read_secret_files()
     assert time.monotonic() - started < 5 and "\n" not in str(refused.value)
     assert BROKER_ENV not in os.environ
+
+
+def test_a_bare_tensor_as_a_generator_file_is_one_line(trained):
+    torch.save(torch.zeros(3), trained / "generator.pt")
+    with pytest.raises(PipelineError, match=r"generator\.pt is not a generator file of this pipeline \(no settings"):
+        load_trained(trained)
