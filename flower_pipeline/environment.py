@@ -8,7 +8,7 @@ the retraining schedule's cron, which Dagster needs when the code location loads
 | DAGSTER_HOME | the Dagster instance | the project's dagster_home/ |
 | MLFLOW_TRACKING_URI | the MLflow store (a server, or a database URI) | sqlite:///<data folder>/mlflow.db |
 | FLOWER_PIPELINE_DAGSTER_URL | the Dagster UI, for links from MLflow | none |
-| FLOWER_PIPELINE_DEAD_AFTER | seconds of heartbeat silence before a started run is dead | 60 |
+| FLOWER_PIPELINE_DEAD_AFTER | seconds of heartbeat silence before a started run is dead | 60 (20 at least) |
 | FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS | how long training waits out an MLflow outage | 900 |
 | FLOWER_PIPELINE_RETRAIN_CRON | the weekly retraining's schedule | Mondays 03:00 UTC |
 | FLOWER_PIPELINE_RETRAINING | the retraining profile (YAML) | flower_pipeline/retraining.yaml |
@@ -47,9 +47,13 @@ def seconds(name: str, default: float) -> float:
     return float(os.environ.get(name) or default)
 
 
+BEAT_EVERY = 10.0  # seconds between a run's heartbeats (defs/heartbeat.py)
+
+
 def dead_after() -> float:
-    """Seconds of heartbeat silence after which a STARTED run is dead."""
-    return seconds(DEAD_AFTER_ENV, 60)
+    """Seconds of heartbeat silence after which a STARTED run is dead: never under two beats, which would call a
+    live run dead between its beats."""
+    return max(seconds(DEAD_AFTER_ENV, 60), 2 * BEAT_EVERY)
 
 
 def outage_seconds() -> float:

@@ -211,7 +211,7 @@ def _slot_guard(run_id: str) -> Iterator[None]:
         info = _waiting_for_slot(run_id)
         if info is None:
             return
-        for reaped in reap_dead_runs(instance()):
+        for reaped in reap_dead_runs(instance(), spare=run_id):
             print(f"run {reaped} had no heartbeat for over {dead_after():.0f} s (its process was killed): marked "
                   "failed, its pool slot freed", flush=True)
         now = time.time()

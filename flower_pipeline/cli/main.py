@@ -234,7 +234,7 @@ def sample(args: argparse.Namespace) -> None:
         raise PipelineError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     generator = load_generator(args.model, alias=args.alias, version=args.version, data_dir=args.data_dir)
     images = generator.generate(args.n, seed=args.seed)
-    which = f"v{args.version}" if args.version is not None else f"@{args.alias or 'champion'}"
+    which = f" v{args.version}" if args.version is not None else f"@{args.alias or 'champion'}"
     try:
         if args.dir:
             for i, image in enumerate(images):

@@ -165,15 +165,16 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
     return dg.SensorResult(run_requests=requests)
 
 
-def reap_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+def reap_dead_runs(instance: dg.DagsterInstance, spare: str | None = None) -> list[str]:
     """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
     ran), marked failed; then the pool slots of ended runs freed once none of their steps still computes.
     Dagster's run monitoring cannot ask the local run launcher whether a worker lives; every run of this code
-    location beats (defs/heartbeat.py). Returns the ids of the runs marked failed."""
+    location beats (defs/heartbeat.py). `spare`: the caller's own run, alive whatever its last beat says.
+    Returns the ids of the runs marked failed."""
     reaped, now, patience = [], time.time(), dead_after()
     for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         silent = silent_for(instance, record, now)
-        if silent < patience:
+        if silent < patience or record.dagster_run.run_id == spare:
             continue
         instance.report_run_failed(record.dagster_run, f"no heartbeat from the run for {silent:.0f} s: the "
                                                        "process driving it was killed or its machine lost")

@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-BEAT_EVERY = 10.0  # seconds between a run's beats
+from flower_pipeline.environment import BEAT_EVERY
+
 STEP_EVERY = 5.0  # seconds between a step's beats, and so between its looks at its run's status
 STEP_ENDED = "ended"
 ENDED = (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED, dg.DagsterRunStatus.CANCELING)
