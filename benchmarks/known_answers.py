@@ -1,7 +1,7 @@
 """The known-answer tables of both feature spaces on the real Flowers-17 photos, over seeds and thread counts.
 
-The suite's known-answer tests (tests/test_features.py) bound each measure; this prints the spread those bounds
-are set from: the flowers feature network trained with seeds 0-2 at 1 and 2 threads, and the known sets
+The suite's known-answer tests (tests/system/test_real_flowers17.py) bound each measure; this prints the spread
+those bounds are set from: the flowers feature network trained with seeds 0-2 at 1 and 2 threads, and the known sets
 (collapse, noise, tiles) drawn with seeds 0-2; EfficientNet needs no training, so only the sets vary.
 
     OMP_NUM_THREADS=1 python benchmarks/known_answers.py [--size 32] [--data /tmp/known-answers]

@@ -98,8 +98,8 @@ def colour_clusters(real: np.ndarray, fake: np.ndarray, k: int = 8, seed: int = 
 # image's centre half gets a family from its hue (OpenCV's 0–179 scale), or white when it is pale and bright;
 # shadows and greys get none. The image's family is the most common among its non-green pixels, so the green
 # background no longer pulls white flowers to pink or green; an image whose centre is mostly green counts as green.
-# Checked per species on the real Flowers-17 photos (tests/test_evaluation.py): snowdrops, daisies and windflowers
-# come out white, daffodils, dandelions and buttercups yellow, crocuses purple, bluebells blue.
+# Checked per species on the real Flowers-17 photos (tests/system/test_real_flowers17.py): snowdrops, daisies and
+# windflowers come out white, daffodils, dandelions and buttercups yellow, crocuses purple, bluebells blue.
 HUE_FAMILIES = ((0, "red"), (8, "orange"), (19, "yellow"), (34, "green"), (86, "blue"), (128, "purple"),
                 (150, "pink"), (170, "red"))  # (first hue, family) in hue order
 FAMILIES = ("yellow", "purple", "white", "red", "pink", "orange", "blue", "green")

@@ -7,7 +7,7 @@ Apache-2.0, 18.8 MB): no download at run time. They are read as tensors only, af
 
 Every image is resized to 64 px (antialiased), whatever the variant's side, grey repeated to three
 channels, and normalised as in ImageNet training. Layers, chosen by their known answers on the real
-Flowers-17 photos (`tests/test_effnet.py`, docs/design.md):
+Flowers-17 photos (`tests/system/test_real_flowers17.py`, docs/design.md):
 
 - `kd_effnet`: KID in the 1280-d pooled head, unbiased at any sample count;
 - `fd_effnet`, `precision_effnet`, `recall_effnet`: in the 112-d pooled output of stage 5. The Fréchet

@@ -154,7 +154,7 @@ def test_a_failed_retraining_is_alerted_and_leaves_no_mlflow_run_running(tmp_pat
 @pytest.mark.slow
 def test_ctrl_c_cancels_a_cli_training_frees_its_gpu_slot_and_kills_its_mlflow_run(tmp_path):
     """Ctrl-C of a training cancels its run, as the UI's Terminate would: CANCELED (not failed, not retried,
-    not alerted), slot freed, exit 130, its MLflow run KILLED. (A SIGKILLed one: tests/test_ui.py.)"""
+    not alerted), slot freed, exit 130, its MLflow run KILLED. (A SIGKILLed one: tests/system/test_ui.py.)"""
     import os
     import shutil
     import signal
