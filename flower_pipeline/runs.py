@@ -6,7 +6,7 @@ three functions, so a training logs, an evaluation measures and a version is
 tagged the same way whoever started it. Each step returns a small frozen record
 (paths, hashes, numbers) that the next step takes.
 
-    trained = train_and_log(tracker, cache_ref, settings, out_dir, name="flowers17-color-64-arch1", tags={...})
+    (trained, result), = train_and_log_group(tracker, cache_ref, [RunRequest(settings, out_dir, name, tags)], out_dir)
     evaluation = evaluate_and_log(tracker, trained, network_ref, EvalSettings(), partition="arch1|…")
     registered = register(tracker, evaluation)
 """
@@ -127,15 +127,6 @@ class RunRequest:
     params: dict[str, Any] | None = None
     snapshots: tuple[int, ...] = ()
     label: str = ""  # how the log names it when it trains beside others
-
-
-def train_and_log(tracker: Tracker, cache_ref: TensorCacheRef, settings: TrainConfig, out_dir: Path, *, name: str,
-                  tags: dict[str, str], params: dict[str, Any] | None = None, device: str = DEFAULT_DEVICE,
-                  snapshots: tuple[int, ...] = (), log: LogFn = print,
-                  stop: threading.Event | None = None) -> tuple[TrainedRun, TrainResult]:
-    """Train on the cache into out_dir (resuming its checkpoint) as one tracked run: a group of one."""
-    return train_and_log_group(tracker, cache_ref, [RunRequest(settings, out_dir, name, tags, params, snapshots)],
-                               out_dir, device=device, log=log, stop=stop)[0]
 
 
 def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[RunRequest], group_dir: Path, *,

@@ -366,13 +366,6 @@ def fusion_groups(study: Study, profile: str, labels: list[str]) -> list[list[st
     return list(groups.values())
 
 
-def run_one(tracker: Tracker, layout: DataLayout, study: Study, profile: str, label: str, cache_ref: TensorCacheRef,
-            network: FeatureNetworkRef, **options: Any) -> tuple[StudyRunResult, bool]:
-    """One study run through the pipeline's run path (train, evaluate, logged as a nested MLflow run), or the
-    finished result of the same settings, data and code. Returns the result and whether it was reused."""
-    return run_group(tracker, layout, study, profile, [label], cache_ref, network, **options)[0]
-
-
 def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, labels: list[str],
               cache_ref: TensorCacheRef, network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE,
               tags: dict[str, str] | None = None, log: Callable[[str], None] = print,
