@@ -2,7 +2,7 @@
 
 The suite is three tiers by folder: unit/ (no Dagster run, no subprocess, no server, no real data: the edit
 loop), integration/ (Dagster in-process, MLflow, the CLI) and system/ (`dg dev`, the scale-out stack and its
-services, real Flowers-17). `pytest` runs them all side by side (pytest-xdist, `-n 4` in pyproject.toml), each
+services, real Flowers-17). `pytest` runs them all side by side (pytest-xdist, `-n 3` in pyproject.toml), each
 module on one worker (module fixtures start a service once), the system tier's modules first.
 """
 
