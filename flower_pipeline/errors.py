@@ -40,6 +40,14 @@ def quoted(value: object) -> str:
     return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}… ({len(text)} characters)"
 
 
+DISK_FULL = ("No space left on device", "database or disk is full")  # the OS's words, and SQLite's
+
+
+def says_disk_full(text: str) -> bool:
+    """Whether an error message, whatever raised it, is a full disk underneath."""
+    return any(mark in text for mark in DISK_FULL)
+
+
 def unexpected_line(err: BaseException) -> str:
     """Any exception as one line: a full disk anywhere in its chain said as a full disk (not as the error a
     library raised on top of it), an unreachable database as unreachable, else its type and first line."""
@@ -52,8 +60,7 @@ def unexpected_line(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     for link in chain:
         text = str(link)
-        if (isinstance(link, OSError) and link.errno == errno.ENOSPC) or "No space left on device" in text \
-                or "database or disk is full" in text:
+        if (isinstance(link, OSError) and link.errno == errno.ENOSPC) or says_disk_full(text):
             return "disk full" + (f" ({link.filename})" if isinstance(link, OSError) and link.filename else "")
     for link in chain:
         text = str(link)

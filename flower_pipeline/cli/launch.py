@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flower_pipeline.errors import PipelineError
+from flower_pipeline.errors import PipelineError, says_disk_full
 
 QUIET_LOGGERS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
@@ -287,7 +287,7 @@ def _failure_message(result: Any) -> str:
         while error is not None:  # every exception, and what each was raised while handling
             chain.append(error.message)
             error = error.cause or error.context
-        if any("No space left on device" in text or "database or disk is full" in text for text in chain):
+        if any(says_disk_full(text) for text in chain):
             return f"{event.step_key} failed: disk full"  # whatever a library raised on top of it
         error = data.error
         while error is not None and error.cause is not None:  # the user code's own exception
