@@ -100,6 +100,38 @@ class Effnet:
         return computed
 
 
+DUPLICATE_QUANTILE = 0.02  # "a near-duplicate": closer than the closest 2% of the photos are to one another
+
+
+def _relative_nearest(x: np.ndarray) -> np.ndarray:
+    """Each point's distance to its nearest other point, over its median distance to the others: a blurred or
+    recoloured set, whose features draw together as a whole, keeps its relative distances; copies sit at 0."""
+    squared = (x * x).sum(1)
+    d = np.sqrt(np.maximum(squared[:, None] + squared[None] - 2 * x @ x.T, 0))
+    np.fill_diagonal(d, np.nan)
+    nearest, median = np.nanmin(d, 1), np.nanmedian(d, 1)
+    return np.where(nearest <= 1e-9 * np.maximum(median, 1e-12), 0.0, nearest / np.maximum(median, 1e-12))
+
+
+def duplicate_ratio(real: np.ndarray, fake: np.ndarray, draws: int = 5, seed: int = 0) -> dict[str, float]:
+    """Repeated modes as near-duplicate pairs: the share of samples whose nearest other sample is closer (relative
+    to their median distance) than the closest DUPLICATE_QUANTILE of photo pairs, over the photos' own share,
+    on equal-sized sets (photo subsets drawn `draws` times). About 1 for distinct images, damaged or not;
+    far above for repeats (known answers: docs/design.md, "Repeated modes")."""
+    mean, scale = real.mean(0), real.std(0) + 1e-8
+    real, fake = (real - mean) / scale, (fake - mean) / scale
+    rng = np.random.default_rng(seed)
+    size = min(len(real), len(fake))
+    fake_nearest = _relative_nearest(fake[rng.choice(len(fake), size, replace=False)])
+    shares = []
+    for _ in range(draws):
+        photos = _relative_nearest(real[rng.choice(len(real), size, replace=False)])
+        limit = np.quantile(photos, DUPLICATE_QUANTILE)
+        shares.append(((fake_nearest <= limit).mean(), (photos <= limit).mean()))
+    fake_share, photo_share = np.mean(shares, axis=0)
+    return {"duplicate_ratio": float(fake_share / max(photo_share, 1 / size)), "duplicate_share": float(fake_share)}
+
+
 def repeated_mode(real: np.ndarray, fake: np.ndarray, clusters: int = 16, min_share: float = 0.02,
                   seed: int = 0) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """The samples' most over-represented mode: the photos' features in k-means clusters, each sample in its

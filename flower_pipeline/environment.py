@@ -8,6 +8,7 @@ the retraining schedule's cron, which Dagster needs when the code location loads
 | DAGSTER_HOME | the Dagster instance | the project's dagster_home/ |
 | MLFLOW_TRACKING_URI | the MLflow store (a server, or a database URI) | sqlite:///<data folder>/mlflow.db |
 | FLOWER_PIPELINE_DAGSTER_URL | the Dagster UI, for links from MLflow | none |
+| FLOWER_PIPELINE_MLFLOW_UI | the MLflow UI over a database store, for links to it | http://127.0.0.1:5000 |
 | FLOWER_PIPELINE_DEAD_AFTER | seconds of heartbeat silence before a started run is dead | 60 (20 at least) |
 | FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS | how long training waits out an MLflow outage | 900 |
 | FLOWER_PIPELINE_RETRAIN_CRON | the weekly retraining's schedule | Mondays 03:00 UTC |
@@ -25,6 +26,7 @@ DATA_DIR_ENV = "FLOWER_PIPELINE_DATA_DIR"
 DAGSTER_HOME_ENV = "DAGSTER_HOME"
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 WEBSERVER_ENV = "FLOWER_PIPELINE_DAGSTER_URL"  # e.g. http://127.0.0.1:3000
+MLFLOW_UI_ENV = "FLOWER_PIPELINE_MLFLOW_UI"
 DEAD_AFTER_ENV = "FLOWER_PIPELINE_DEAD_AFTER"
 OUTAGE_ENV = "FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS"
 RETRAIN_CRON_ENV = "FLOWER_PIPELINE_RETRAIN_CRON"
@@ -47,7 +49,7 @@ def seconds(name: str, default: float) -> float:
     return float(os.environ.get(name) or default)
 
 
-BEAT_EVERY = 10.0  # seconds between a run's heartbeats (defs/heartbeat.py)
+BEAT_EVERY = 10.0  # seconds between a run's heartbeats (scaleout/heartbeat.py)
 
 
 def dead_after() -> float:
@@ -59,6 +61,11 @@ def dead_after() -> float:
 def outage_seconds() -> float:
     """How long training rides out an MLflow outage before the step fails."""
     return seconds(OUTAGE_ENV, 900)
+
+
+def mlflow_ui() -> str:
+    """Where the MLflow UI over a database store is: `mlflow ui`'s own address, which the demo prints."""
+    return text(MLFLOW_UI_ENV, "http://127.0.0.1:5000").rstrip("/")
 
 
 def retrain_cron() -> str:

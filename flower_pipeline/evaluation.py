@@ -44,7 +44,7 @@ from flower_pipeline.colours import (
     jensen_shannon,
 )
 from flower_pipeline.download import fetch
-from flower_pipeline.effnet import Effnet, effnet_measures, repeated_mode
+from flower_pipeline.effnet import Effnet, duplicate_ratio, effnet_measures, repeated_mode
 from flower_pipeline.environment import INCEPTION_ENV
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
@@ -273,6 +273,22 @@ def high_frequency_ratio(real: np.ndarray, fake: np.ndarray) -> float:
     return share(fake) / max(share(real), 1e-12)
 
 
+def _gradient_magnitudes(images: np.ndarray) -> np.ndarray:
+    grey = _grey(images) / 255
+    return np.hypot(np.diff(grey, axis=2)[:, :-1, :], np.diff(grey, axis=1)[:, :, :-1]).ravel()
+
+
+def edge_distance(real: np.ndarray, fake: np.ndarray) -> float:
+    """How far the samples' edges are from the photos': the Wasserstein-1 distance between the two distributions
+    of gradient magnitude (grey, forward differences), over the photos' mean gradient. 0 is like the photos;
+    blur (too few strong edges), added noise and checkerboards (too many) all raise it, so a noisier generator
+    never reads as a sharper one (known answers: docs/design.md, "Sharpness")."""
+    from scipy.stats import wasserstein_distance
+
+    photos = _gradient_magnitudes(real)
+    return float(wasserstein_distance(_gradient_magnitudes(fake), photos) / max(photos.mean(), 1e-12))
+
+
 def _grey(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float64).mean(axis=1)
 
@@ -423,6 +439,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
     colours, clusters = colour_report(real, samples, settings)
     metrics.update(colours)
     metrics["high_frequency_ratio"] = high_frequency_ratio(real, samples)
+    metrics["edge_distance"] = edge_distance(real, samples)
     metrics.update(artefact_ratios(real, samples))
     for family, share in colour_family_shares(samples).items():
         metrics[f"share_{family}"] = share
@@ -451,6 +468,7 @@ def evaluate(training_dir: Path, cache: TensorCache, settings: EvalSettings, *, 
         mode, mode_samples, mode_photos = repeated_mode(reference.stage5, generated.stage5, settings.mode_clusters,
                                                         settings.min_cluster_share, settings.seed)
         metrics.update(mode)
+        metrics.update(duplicate_ratio(reference.stage5, generated.stage5, seed=settings.seed))
     except PipelineError as err:
         unavailable.update(dict.fromkeys(EFFNET_MEASURES, str(err)))
     if inception is None:

@@ -379,3 +379,38 @@ def shuffled_tiles(images: np.ndarray, tile: int, rng: np.random.Generator) -> n
                                                                                                 tile, tile)
     shuffled = np.stack([t[rng.permutation(k * k)] for t in tiles])
     return shuffled.reshape(n, k, k, channels, tile, tile).transpose(0, 3, 1, 4, 2, 5).reshape(images.shape)
+
+
+def repeat_and_damage_sets(train: np.ndarray, holdout: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
+    """The known answers of the repeated-mode and sharpness measures, each the size of `holdout`: distinct photos
+    damaged in every way (which a repeated-mode measure must not see as repeats, and a sharpness measure must
+    see as unlike the photos) and photos repeated (which it must). Beside `known_answer_sets`' blur, noise,
+    pixelation, tiles and checkerboard:
+
+    - `blur σ=0.7`, `pixelated 2 px`, `added noise σ=20`, `hue +90°`: mild damage, each image still distinct;
+    - `5 photos repeated`, `1 photo repeated`, `1 photo in a fifth`: repeats of training photos.
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    n, sets = len(holdout), known_answer_sets(train, holdout, seed)
+    sets["blur σ=0.7"] = np.stack([
+        cv2.GaussianBlur(image.transpose(1, 2, 0), (0, 0), 0.7).reshape(image.shape[1], image.shape[2], -1)
+        .transpose(2, 0, 1) for image in holdout])
+    sets["pixelated 2 px"] = holdout[:, :, ::2, ::2].repeat(2, axis=2).repeat(2, axis=3)
+    sets["added noise σ=20"] = np.clip(holdout + rng.normal(0, 20, holdout.shape), 0, 255).astype(np.uint8)
+    if holdout.shape[1] == 3:  # OpenCV's hue runs 0-180: +45 is a quarter turn
+        hsv = np.stack([cv2.cvtColor(image.transpose(1, 2, 0), cv2.COLOR_RGB2HSV) for image in holdout])
+        hsv[..., 0] = (hsv[..., 0].astype(np.int16) + 45) % 180
+        sets["hue +90°"] = np.stack([cv2.cvtColor(image, cv2.COLOR_HSV2RGB).transpose(2, 0, 1) for image in hsv])
+    sets["5 photos repeated"] = np.repeat(train[rng.choice(len(train), 5, replace=False)], n // 5 + 1, 0)[:n]
+    sets["1 photo repeated"] = np.repeat(train[:1], n, 0)
+    fifth = holdout.copy()
+    fifth[: n // 5] = train[rng.integers(len(train))]
+    sets["1 photo in a fifth"] = fifth
+    return sets
+
+
+DISTINCT_DAMAGED = ("blur σ=0.7", "blur σ=1", "blur σ=2", "blur σ=3", "pixelated 2 px", "pixelated 4 px",
+                    "added noise σ=20", "noise", "hue +90°", "checkerboard", "shuffled 8 px tiles")
+REPEATED = ("5 photos repeated", "1 photo repeated", "1 photo in a fifth")

@@ -8,7 +8,7 @@
       <dataset>/features/<network id>/          feature networks
       <dataset>/features/<space>-<cache>.npz    the real images' features in a pretrained space (EfficientNet)
       <dataset>/training/<variant>/<arch>/<fingerprint>/   one training (checkpoint, samples, generator)
-      studies/<study>-<profile>/<label>/<key>/  a study run; report.html beside the labels
+      studies/<study>-<profile>/<label>/<key>/  a study run; report.html, findings.json beside the labels
       studies/<study>-<profile>/fused+<key>/    a fused group's checkpoint while it trains
       stage_outputs/<asset>/<partition>.json    the records Dagster hands between assets
       mlflow.db, mlartifacts/                   the local MLflow store (when no server is set)
@@ -103,6 +103,10 @@ class DataLayout:
 
     def study_report(self, study: str, profile: str) -> Path:
         return self.study(study, profile) / "report.html"
+
+    def study_findings(self, study: str, profile: str) -> Path:
+        """The report's verdicts, margins and quoted numbers as data (study_report.findings)."""
+        return self.study(study, profile) / "findings.json"
 
     def finished_study_runs(self, study: str, profile: str, label: str) -> list[Path]:
         return sorted((self.study(study, profile) / path_part(label, "run label")).glob("*/result.json"))

@@ -72,9 +72,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("kd_effnet", "kd_effnet", LOWER, headline=True),
     Metric("precision_effnet", "precision (effnet)", HIGHER, headline=True),
     Metric("recall_effnet", "recall (effnet)", HIGHER, headline=True),
-    # Repeated modes, in the same space: the most over-represented cluster of the photos' features.
-    Metric("mode_share_ratio", "mode share ratio", LOWER, headline=True, summary=True, digits=3,
-           gate="max_mode_share_ratio"),
+    # Repeated modes, in the same space: near-duplicate pairs among the samples against those among the photos
+    # (about 1 for distinct images, damaged or not); and the most over-represented cluster of the photos'
+    # features, which any damage also raises (docs/design.md, "Repeated modes").
+    Metric("duplicate_ratio", "near-duplicate ratio", LOWER, headline=True, summary=True, digits=3),
+    Metric("duplicate_share", "near-duplicate share", None, headline=True, digits=3),
+    Metric("mode_share_ratio", "mode share ratio", LOWER, headline=True, digits=3, gate="max_mode_share_ratio"),
     Metric("mode_share", "mode share", None, headline=True, digits=3),
     # FID and KID, where Inception weights exist.
     Metric("fid", "FID", LOWER, headline=True, summary=True, digits=4, gate="max_fid", rank=1, terminal=True),
@@ -87,7 +90,10 @@ METRICS: tuple[Metric, ...] = (
            gate="min_colour_coverage", terminal=True),
     Metric("generated_colour_clusters", "generated colour clusters", HIGHER, headline=True),
     Metric("colour_clusters", "real colour clusters", None, headline=True),
-    Metric("high_frequency_ratio", "high-freq. ratio", None, summary=True),
+    # Sharpness: the edges' distribution against the photos' (0: like them); the high-frequency energy ratio also
+    # rises with noise and checkerboards, so no claim reads it alone (docs/design.md, "Sharpness").
+    Metric("edge_distance", "edge distance", LOWER, headline=True, summary=True, digits=3),
+    Metric("high_frequency_ratio", "high-freq. ratio", None),
     Metric("checkerboard_ratio", "checkerboard", LOWER, headline=True, summary=True),
     Metric("blockiness_ratio", "blockiness", LOWER, headline=True, summary=True),
     # Memorization, in pixels and (with Inception weights) in feature space.
@@ -111,7 +117,8 @@ GATED = tuple(m for m in METRICS if m.gate)
 RANKING = tuple(sorted((m for m in METRICS if m.rank), key=lambda m: m.rank))  # fid, fd_effnet, fd_flowers, …
 # Measured together: one reason says why all of a group is unavailable.
 FLOWERS_MEASURES = ("fd_flowers", "kd_flowers", "precision", "recall")
-EFFNET_MEASURES = ("fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet", "mode_share_ratio", "mode_share")
+EFFNET_MEASURES = ("fd_effnet", "kd_effnet", "precision_effnet", "recall_effnet", "mode_share_ratio", "mode_share",
+                   "duplicate_ratio", "duplicate_share")
 INCEPTION_MEASURES = ("fid", "kid_mean", "near_copy_share_inception")
 
 RUN_METRIC_PREFIX = "eval_"  # an evaluation metric on an MLflow run: eval_fid

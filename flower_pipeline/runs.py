@@ -35,7 +35,15 @@ from flower_pipeline.registry import RegisteredVersion, model_name, ranking_metr
 from flower_pipeline.storage import DataPath
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, InBackground, MlflowTracker, Tracker
-from flower_pipeline.training import DEFAULT_DEVICE, TrainConfig, TrainResult, deterministic, pick_device, train_fused
+from flower_pipeline.training import (
+    DEFAULT_DEVICE,
+    TrainConfig,
+    TrainResult,
+    deterministic,
+    pick_device,
+    provenance,
+    train_fused,
+)
 
 LogFn = Callable[[str], None]
 # An evaluation's pictures and what each shows: logged to MLflow's image viewer and shown in the Dagster UI.
@@ -129,6 +137,11 @@ class RunRequest:
     label: str = ""  # how the log names it when it trains beside others
 
 
+def group_labels(runs: list[RunRequest]) -> tuple[str, ...]:
+    """The names of a fused group's members, in training order: part of each member's provenance."""
+    return tuple(run.label or run.name for run in runs)
+
+
 def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[RunRequest], group_dir: Path, *,
                         device: str = DEFAULT_DEVICE, log: LogFn = print,
                         stop: threading.Event | None = None) -> list[tuple[TrainedRun, TrainResult]]:
@@ -137,11 +150,12 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
     FAILED, except when the tracker itself failed. Setting `stop` ends the training (its run ended elsewhere)."""
     settings = [run.settings.resolved() for run in runs]
     cache = TensorCache.load(cache_ref.path)
+    origin = {f"provenance.{k}": v for k, v in provenance(pick_device(device), group_labels(runs)).items()}
     run_ids: list[str] = []
     try:
         for run, config in zip(runs, settings, strict=True):
             run_id = tracker.start_run(run.name, {**run.tags, "variant": cache_ref.variant, "arch": config.arch,
-                                                  "cache_hash": cache_ref.content_hash,
+                                                  "cache_hash": cache_ref.content_hash, **origin,
                                                   **({"fused_with": str(len(runs) - 1)} if len(runs) > 1 else {})})
             run_ids.append(run_id)
             tracker.log_dataset(run_id, cache_ref.variant, cache_ref.content_hash, cache_ref.path)

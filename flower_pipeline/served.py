@@ -20,6 +20,7 @@ class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: Any) -> None:
         self.generator, _, _ = load_generator_file(Path(context.artifacts[GENERATOR_ARTIFACT]))
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+    # np.ndarray: a type MLflow infers no signature from, so it keeps the logged one and warns of nothing
+    def predict(self, context: Any, model_input: np.ndarray, params: dict[str, Any] | None = None) -> np.ndarray:
         with torch.no_grad():
             return self.generator(torch.as_tensor(np.asarray(model_input, np.float32))).numpy()

@@ -23,11 +23,22 @@ import numpy as np
 from flower_pipeline.errors import PipelineError
 
 
+def umask() -> int:
+    """The process's umask, read without setting it (setting it, even back, races with other threads' files)."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022  # no /proc (not Linux): the usual umask
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call `write` on a temp file in path's folder, then rename it to `path`."""
+    """Call `write` on a temp file in path's folder, then rename it to `path` (with the umask's mode, not the
+    temp file's 0600: a report or a record is as readable as the user's other files)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -16,7 +16,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from flower_pipeline.runs import (
     RunRequest,
     TrainedRun,
     evaluate_and_log,
+    group_labels,
     measure,
     train_and_log_group,
 )
@@ -45,9 +46,17 @@ from flower_pipeline.storage import (
     encode_record,
     read_json,
 )
-from flower_pipeline.study_report import RunReport, report_html
+from flower_pipeline.study_report import RunReport, findings, report_html
 from flower_pipeline.tracking import Tracker
-from flower_pipeline.training import DEFAULT_DEVICE, FULL_ITERATIONS, TrainConfig, TrainResult, fusion_bucket
+from flower_pipeline.training import (
+    DEFAULT_DEVICE,
+    FULL_ITERATIONS,
+    TrainConfig,
+    TrainResult,
+    fusion_bucket,
+    pick_device,
+    provenance,
+)
 from flower_pipeline.verdicts import (
     NOT_MEASURED,
     RULES,
@@ -158,11 +167,12 @@ def _resolve(spec: RunSpec, profile: Profile, seed_index: int = 0) -> PlannedRun
                       spec.label, seed_index, spec.note)
 
 
-def run_key(run: PlannedRun, cache_hash: str, code: str) -> str:
-    """What shapes a run's result: a changed setting, cache or code version makes a new key."""
+def run_key(run: PlannedRun, cache_hash: str, code: str, group: tuple[str, ...] = ()) -> str:
+    """What shapes a run's result: a changed setting, cache or code version makes a new key, and so does another
+    fused group (the runs it trains beside change its reduction order, which acts as another seed)."""
     payload = {"variant": run.variant, "config": asdict(TrainConfig(**run.config).resolved()),
                "evaluation": asdict(EvalSettings(**run.evaluation)), "snapshots": run.snapshots,
-               "cache": cache_hash, "code": code}
+               "cache": cache_hash, "code": code, **({"group": list(group)} if len(group) > 1 else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -314,7 +324,8 @@ def judge(study: Study, results: Metrics, profile: str) -> dict[str, Verdict]:
             verdicts[claim.id] = Verdict(NOT_MEASURED, f"runs not finished: {', '.join(missing)}")
         else:
             try:
-                verdicts[claim.id] = rule(Evidence(results))
+                evidence = Evidence(results)
+                verdicts[claim.id] = replace(rule(evidence), seeds=evidence.read)
             except NotMeasured as missing_number:
                 verdicts[claim.id] = Verdict(NOT_MEASURED, str(missing_number))
     return verdicts
@@ -346,6 +357,7 @@ class StudyRunResult:
     seconds: float
     mlflow_run_id: str
     evaluation: Evaluation | None = None  # what registration takes (None in records of earlier versions)
+    provenance: dict[str, str] = field(default_factory=dict)  # training.provenance ({} in earlier records)
 
 
 @dataclass(frozen=True)
@@ -356,48 +368,60 @@ class StudyReport:
     verdicts: dict[str, str]
 
 
-def fusion_groups(study: Study, profile: str, labels: list[str]) -> list[list[str]]:
-    """The runs (by label) that train as one fused model: the same variant and the same shared settings
-    (`training.fusion_bucket`), in plan order."""
-    groups: dict[tuple[str, str], list[str]] = {}
-    for label in labels:
-        run = study.plan(profile, (label,))[0]
-        groups.setdefault((run.variant, fusion_bucket(TrainConfig(**run.config))), []).append(label)
-    return list(groups.values())
+def fusion_groups(study: Study, profile: str, fuse: bool = True) -> dict[str, tuple[str, ...]]:
+    """Each run's fused group (labels, in plan order): the profile's runs with the same variant and the same
+    shared settings (`training.fusion_bucket`); unfused, each run alone. A pure function of the study and the
+    profile, never of what is finished or selected, so a run's group (and so its key) is always the same."""
+    plan = study.plan(profile)
+    if not fuse:
+        return {run.label: (run.label,) for run in plan}
+    buckets: dict[tuple[str, str], list[str]] = {}
+    for run in plan:
+        buckets.setdefault((run.variant, fusion_bucket(TrainConfig(**run.config))), []).append(run.label)
+    return {label: tuple(group) for group in buckets.values() for label in group}
 
 
 def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, labels: list[str],
-              cache_ref: TensorCacheRef, network: FeatureNetworkRef, *, device: str = DEFAULT_DEVICE,
-              tags: dict[str, str] | None = None, log: Callable[[str], None] = print,
+              cache_ref: TensorCacheRef, network: FeatureNetworkRef, *, fuse: bool = True,
+              device: str = DEFAULT_DEVICE, tags: dict[str, str] | None = None, log: Callable[[str], None] = print,
               stop: threading.Event | None = None) -> list[tuple[StudyRunResult, bool]]:
-    """Study runs of one fusion group (`fusion_groups`): the finished ones reused, the rest trained side by
-    side as one model (one run: a solo training), then each evaluated and logged as its own nested MLflow run.
-    Returns each run's result and whether it was reused, in the order of `labels`."""
-    code = source_version()
-    plans = {label: study.plan(profile, (label,))[0] for label in labels}
-    keys = {label: run_key(run, cache_ref.content_hash, code) for label, run in plans.items()}
-    folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in labels}
-    done = {label: _finished(RunFiles(folders[label]).result, layout.root)
-            for label in labels if RunFiles(folders[label]).result.is_file()}
-    todo = [label for label in labels if label not in done]
-    if len(todo) > 1:
-        log(f"training {len(todo)} runs side by side as one model: {', '.join(todo)}")
+    """Study runs, each with its whole fused group (`fusion_groups`): a group whose members are all finished is
+    reused; otherwise all its members train side by side as one model (one member: a solo training), each then
+    evaluated and logged as its own nested MLflow run. Members not asked for are kept for later reuse.
+    Returns each asked run's result and whether it was reused, in the order of `labels`."""
+    code, groups, done = source_version(), fusion_groups(study, profile, fuse), {}
+    for group in dict.fromkeys(groups[label] for label in labels):
+        done |= _run_one_group(tracker, layout, study, profile, group, cache_ref, network, code, device=device,
+                               tags=tags, log=log, stop=stop)
+    return [done[label] for label in labels]
+
+
+def _run_one_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, group: tuple[str, ...],
+                   cache_ref: TensorCacheRef, network: FeatureNetworkRef, code: str, *, device: str,
+                   tags: dict[str, str] | None, log: Callable[[str], None],
+                   stop: threading.Event | None) -> dict[str, tuple[StudyRunResult, bool]]:
+    plans = {label: study.plan(profile, (label,))[0] for label in group}
+    keys = {label: run_key(run, cache_ref.content_hash, code, group) for label, run in plans.items()}
+    folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in group}
+    if all(RunFiles(folder).result.is_file() for folder in folders.values()):
+        return {label: (_finished(RunFiles(folders[label]).result, layout.root), True) for label in group}
+    if len(group) > 1:
+        log(f"training {len(group)} runs side by side as one model: {', '.join(group)}")
     requests = [RunRequest(TrainConfig(**plans[label].config), folders[label],
                            study_run_key(study.name, profile, label),
                            {**(tags or {}), "study": study.name, "profile": profile, "label": label,
                             "run_key": keys[label]},
                            {f"changes.{k}": v for k, v in plans[label].changes.items()}, plans[label].snapshots, label)
-                for label in todo]
-    group_dir = folders[todo[0]] if len(todo) == 1 else layout.study_group(
-        study.name, profile, hashlib.sha256(" ".join(keys[label] for label in todo).encode()).hexdigest()[:16])
+                for label in group]
+    group_dir = folders[group[0]] if len(group) == 1 else layout.study_group(
+        study.name, profile, hashlib.sha256(" ".join(keys[label] for label in group).encode()).hexdigest()[:16])
     trained = train_and_log_group(tracker, cache_ref, requests, group_dir, device=device,
-                                  log=lambda line: log(line if len(todo) > 1 else f"{todo[0]}: {line}"),
-                                  stop=stop) if todo else []
-    for label, (training, result) in zip(todo, trained, strict=True):
-        done[label] = _evaluated(tracker, plans[label], keys[label], training, result, network,
-                                 study_run_key(study.name, profile, label), device,
-                                 lambda line, label=label: log(f"{label}: {line}"))
-    return [(done[label], label not in todo) for label in labels]
+                                  log=lambda line: log(line if len(group) > 1 else f"{group[0]}: {line}"), stop=stop)
+    origin = provenance(pick_device(device), group_labels(requests))
+    return {label: (_evaluated(tracker, plans[label], keys[label], training, result, network, origin,
+                               study_run_key(study.name, profile, label), device,
+                               lambda line, label=label: log(f"{label}: {line}")), False)
+            for label, (training, result) in zip(group, trained, strict=True)}
 
 
 def _finished(path: Path, root: Path) -> StudyRunResult:
@@ -409,7 +433,8 @@ def _finished(path: Path, root: Path) -> StudyRunResult:
 
 
 def _evaluated(tracker: Tracker, run: PlannedRun, key: str, trained: TrainedRun, result: TrainResult,
-               network: FeatureNetworkRef, partition: str, device: str, log: Callable[[str], None]) -> StudyRunResult:
+               network: FeatureNetworkRef, origin: dict[str, str], partition: str, device: str,
+               log: Callable[[str], None]) -> StudyRunResult:
     """A trained study run evaluated (and its snapshot measured), its record written last: only a finished run
     is ever reused."""
     settings = EvalSettings(**run.evaluation)
@@ -420,7 +445,7 @@ def _evaluated(tracker: Tracker, run: PlannedRun, key: str, trained: TrainedRun,
     record = StudyRunResult(partition, key, run.label, run.variant, run.arch, trained.cache.content_hash,
                             network.network_id, trained.path, final.metrics, early.metrics if early else {}, snapshot,
                             final.unavailable, result.iterations / max(result.seconds, 1e-9), result.seconds,
-                            trained.mlflow_run_id, final)
+                            trained.mlflow_run_id, final, origin)
     atomic_write_json(RunFiles(Path(trained.path)).result, encode_record(record))
     return record
 
@@ -440,10 +465,11 @@ def build_report(layout: DataLayout, study: Study, profile: str, records: dict[s
                                  (str(pair[0]), str(pair[1])) if pair and all(p.is_file() for p in pair) else None,
                                  str(timeline) if timeline.is_file() else None,
                                  json.loads(folder.history.read_text()), record.it_per_s, record.seconds,
-                                 link(record.mlflow_run_id)))
+                                 link(record.mlflow_run_id), record.provenance or None))
         metrics[run.label] = record.metrics
         if record.snapshot_metrics:
             metrics[f"{run.label}{SNAPSHOT_MARK}"] = record.snapshot_metrics
     verdicts = judge(study, metrics, profile)
+    atomic_write_json(layout.study_findings(study.name, profile), findings(study, profile, reports, verdicts))
     page = report_html(study, profile, reports, verdicts)
     return atomic_write_bytes(layout.study_report(study.name, profile), page.encode()), verdicts, len(reports)

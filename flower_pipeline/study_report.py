@@ -1,6 +1,8 @@
-"""A study's HTML report: per claim its verdict and evidence, per run its grids, curves and numbers over seeds.
+"""A study's HTML report: per claim its verdict and evidence, per run its grids, curves and numbers over seeds;
+and its findings as data, which the README quotes (tests/unit/test_findings.py holds them equal).
 
     html = report_html(study, "quick", reports, verdicts)   # `study.build_report` writes it from the records
+    findings(study, "quick", reports, verdicts)             # … and findings.json beside it
 """
 
 from __future__ import annotations
@@ -15,10 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from flower_pipeline.metrics import BY_NAME, SUMMARY
 from flower_pipeline.training import TrainConfig
-from flower_pipeline.verdicts import (
-    NOT_MEASURED,
-    Verdict,
-)
+from flower_pipeline.verdicts import NOT_MEASURED, STATUSES, Verdict
 
 if TYPE_CHECKING:  # the study model imports this module to write its report
     from flower_pipeline.study import PlannedRun, Study
@@ -37,6 +36,7 @@ class RunReport:
     it_per_s: float
     seconds: float
     link: str = ""  # the MLflow run (a URL where the store is a server)
+    provenance: dict[str, str] | None = None  # training.provenance (None in records of earlier versions)
 
 
 TABLE_COLUMNS = {name: BY_NAME[name].title for name in SUMMARY}
@@ -54,26 +54,45 @@ def _mean_sd(values: list[float]) -> str:
     import numpy as np
 
     if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{np.mean(values):.4g} ± {np.std(values, ddof=1):.2g}"
+        return f"{values[0]:.3g}"
+    return f"{np.mean(values):.3g} ± {np.std(values, ddof=1):.2g}"
 
 
 def runs_table(reports: list[RunReport]) -> Any:
-    """One row per run: label, variant, architecture, changes, seeds, each metric as mean ± sd over seeds."""
+    """One row per run of a variant (its table's heading): label, architecture, changes, seeds, each metric as
+    mean ± sd over seeds; a metric no run has (FID without Inception weights) is left out, its reason below."""
     import pandas as pd
 
     rows = []
     for label, seeds in _grouped(reports).items():
         first = seeds[0].run
-        row: dict[str, Any] = {"label": label, "variant": first.variant, "arch": first.arch, "seeds": len(seeds),
+        row: dict[str, Any] = {"label": label, "arch": first.arch, "seeds": len(seeds),
                                "changes": ", ".join(f"{k}={v}" for k, v in first.changes.items()) or "-"}
         for key, title in TABLE_COLUMNS.items():
             values = [r.metrics[key] for r in seeds if key in r.metrics]
             row[title] = _mean_sd(values) if len(values) == len(seeds) else "n/a"  # why: under the table
         row["it/s"] = _mean_sd([r.it_per_s for r in seeds])
         row["wall s"] = round(sum(r.seconds for r in seeds), 1)
+        row["trained beside"] = ", ".join(sorted({_group_size(r) for r in seeds}))
         rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table.loc[:, ~(table == "n/a").all()]
+
+
+def _group_size(report: RunReport) -> str:
+    """How many runs it was trained with as one model ("alone" for a solo training, "?" before provenance)."""
+    if report.provenance is None:
+        return "?"
+    group = report.provenance.get("fused_group", "solo")
+    return "alone" if group == "solo" else f"{len(group.split()) - 1} runs"
+
+
+def machines(reports: list[RunReport]) -> list[str]:
+    """Each distinct machine and kernel set the runs trained on (their provenance less the fused group)."""
+    seen = {", ".join(f"{k}={v}" for k, v in sorted(r.provenance.items()) if k != "fused_group")
+            for r in reports if r.provenance}
+    return sorted(seen) + (["(runs of an earlier version: no provenance recorded)"]
+                           if any(r.provenance is None for r in reports) else [])
 
 
 def unavailable_reasons(reports: list[RunReport]) -> dict[str, str]:
@@ -130,6 +149,28 @@ def _curves(groups: dict[str, list[RunReport]]) -> str:
     return _figure(plot)
 
 
+def _seed_strip(seeds: dict[str, tuple[float, ...]]) -> str:
+    """Each measure a rule read, one panel per measure and one row per run: every seed a dot, the mean a bar.
+    An outlier seed shows at a glance."""
+    by_measure: dict[str, list[tuple[str, tuple[float, ...]]]] = {}
+    for name, values in seeds.items():
+        by_measure.setdefault(name.split(": ")[-1], []).append((name, values))
+
+    def strip(rows: list[tuple[str, tuple[float, ...]]]) -> Callable[[Any], None]:
+        def plot(axes: Any) -> None:
+            for y, (_, values) in enumerate(rows):
+                axes.scatter(values, [y] * len(values), s=18, color="#3366aa", zorder=3)
+                axes.plot([sum(values) / len(values)] * 2, [y - 0.3, y + 0.3], color="#aa3333", linewidth=2)
+            axes.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=7)
+            axes.tick_params(axis="x", labelsize=7)
+            axes.invert_yaxis()
+            axes.grid(axis="x", alpha=0.3)
+        return plot
+
+    figures = [_figure(strip(rows), width=5, height=0.5 + 0.28 * len(rows)) for rows in by_measure.values()]
+    return f"<div class='grids'>{''.join(figures)}</div>"
+
+
 STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:#222}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f3f3f3;text-align:center}.supported{color:#11703a;font-weight:bold}.not-supported{color:#a01c1c;font-weight:bold}
@@ -138,11 +179,15 @@ th{background:#f3f3f3;text-align:center}.supported{color:#11703a;font-weight:bol
 .check{background:#e8eefc;border:1px solid #9db3e6;padding:.8em}
 .own{font-size:11px;color:#555;font-style:italic}
 .grids{display:flex;flex-wrap:wrap;gap:12px}.grids figure{margin:0}figcaption{font-size:12px;text-align:center}
-img{max-width:100%}.wide{overflow-x:auto}"""
+img{max-width:100%}.wide{overflow-x:auto}.fragile{color:#b35c00;font-size:11px;display:block}
+td{overflow-wrap:break-word}.claims{width:100%}.runs{font-size:11px;width:100%}.runs td{padding:2px 3px}
+.runs td:nth-child(4){overflow-wrap:anywhere;min-width:9em;text-align:left}"""
 HOW_JUDGED = ("Every run is trained with several seeds; each number is the mean ± sd over them. A claim is "
               "<b>supported</b> or <b>not supported</b> only when its tests decide beyond the seeds' spread "
               "(Welch's t-test at 5% between runs; a 95% t-interval against a limit; a 95% interval inside or outside "
-              "a margin for 'about the same'); otherwise it is <b>inconclusive</b>. A run missing, a number "
+              "a margin for 'about the same'); otherwise it is <b>inconclusive</b>. A verdict whose deciding test "
+              "is near its threshold (p within 0.01-0.10, an interval edge within 10% of its limit or margin) is "
+              "marked <b>fragile</b>: another seed, CPU or fused group may flip it. A run missing, a number "
               "unavailable or a dataset the profile does not train makes a claim <b>not measured</b>. "
               "<i>The source says</i> quotes the project brief's summary of the source's findings (the source "
               "report's own text is not part of this project); blank where the brief states none.")
@@ -176,17 +221,22 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
                      "that every rule runs end to end, they are not findings about the source's claims.</p>")
     notes = [chosen.note] if chosen.note else []
     parts += [f"<p class='note'>{esc(n)}</p>" for n in notes]
-    parts.append(f"<h2>The claims</h2><p>{HOW_JUDGED}</p>"
-                 "<table><tr><th>the source says</th><th>claim, as tested</th><th>verdict</th><th>numbers</th></tr>")
+    sourced = any(claim.source for claim in study.claims)  # the beyond study quotes no source: no empty column
+    parts.append(f"<h2>The claims</h2><p>{HOW_JUDGED}</p><table class='claims'><tr>"
+                 + ("<th>the source says</th>" if sourced else "")
+                 + "<th>claim, as tested</th><th>verdict</th><th>deciding test, and its margin</th><th>numbers</th>"
+                   "</tr>")
     for claim in study.claims:
         verdict = verdicts[claim.id]
         own = "<br><span class='own'>the project's own claim, not the source's</span>" if claim.own else ""
-        said = f"“{esc(claim.source)}”" if claim.source else ""
-        parts.append(f"<tr><td style='text-align:left'><i>{said}</i></td>"
+        said = f"<td style='text-align:left'><i>“{esc(claim.source)}”</i></td>" if claim.source else "<td></td>"
+        fragile = "<span class='fragile'>fragile</span>" if verdict.fragile else ""
+        parts.append(f"<tr>{said if sourced else ''}"
                      f"<td style='text-align:left'>{esc(claim.text)}{own}</td><td class='"
                      f"{verdict.status.replace(' ', '-')}'>"
                      f"{'machinery check: ' if chosen.machinery_check and verdict.status != NOT_MEASURED else ''}"
-                     f"{verdict.status}</td><td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
+                     f"{verdict.status}{fragile}</td><td style='text-align:left'>{esc(verdict.deciding)}</td>"
+                     f"<td style='text-align:left'>{esc(verdict.evidence)}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Every run</h2><p>D scores on training and held-out images, scored as D was trained; "
                  "fd_flowers, kd_flowers, precision and recall in the variant's own feature network's space, so each "
@@ -196,7 +246,11 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
     for variant in sorted({r.run.variant for r in reports}):
         chosen_reports = [r for r in reports if r.run.variant == variant]
         parts.append(f"<h3>{esc(variant)}</h3><div class='wide'>"
-                     + runs_table(chosen_reports).to_html(index=False, border=0, na_rep="-") + "</div>")
+                     + runs_table(chosen_reports).to_html(index=False, border=0, na_rep="-", classes="runs")
+                     + "</div>")
+    parts.append("<p><b>Trained on</b>: " + "; ".join(esc(m) for m in machines(reports)) + ". A run's numbers "
+                 "hold for these kernels and its fused group (<i>trained beside</i>); another CPU or group acts "
+                 "as another seed.</p>")
     parts += [f"<p><b>{esc(column)} n/a</b>: {esc(reason)}</p>"
               for column, reason in unavailable_reasons(reports).items()]
     noted = {label: seeds[0].run.note for label, seeds in groups.items() if seeds[0].run.note}
@@ -213,8 +267,11 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
         shown = {label: groups[label] for label in claim.runs if label in groups}
         if not shown:
             continue
-        parts.append(f"<h3>{esc(claim.text)}</h3><p><i>{esc(verdicts[claim.id].status)}</i>: "
-                     f"{esc(verdicts[claim.id].evidence)}</p>{_curves(shown)}")
+        verdict = verdicts[claim.id]
+        strip = _seed_strip(verdict.seeds) if verdict.seeds else ""
+        parts.append(f"<h3>{esc(claim.text)}</h3><p><i>{esc(verdict.status)}"
+                     f"{' (fragile)' if verdict.fragile else ''}</i>: {esc(verdict.evidence)}</p>{strip}"
+                     f"{_curves(shown)}")
     snapshots = _snapshot_grids(groups)
     if snapshots:
         parts.append("<h2>Snapshots against the final generator</h2><p>The same latent vectors at the snapshot and "
@@ -234,3 +291,24 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
                          "</figcaption></figure>")
     parts.append("</div></body></html>")
     return "\n".join(parts)
+
+
+def findings(study: Study, profile: str, reports: list[RunReport], verdicts: dict[str, Verdict]) -> dict[str, Any]:
+    """What the report concludes, as data: each claim's verdict, whether it is fragile, its deciding test and
+    each seed's values; the machines the runs trained on."""
+    return {"study": study.name, "profile": profile, "runs": len(_grouped(reports)), "trained_on": machines(reports),
+            "claims": [{"id": claim.id, "claim": claim.text, "verdict": verdicts[claim.id].status,
+                        "fragile": verdicts[claim.id].fragile, "deciding": verdicts[claim.id].deciding,
+                        "seeds": {k: list(v) for k, v in verdicts[claim.id].seeds.items()}}
+                       for claim in study.claims]}
+
+
+def findings_summary(found: dict[str, Any]) -> str:
+    """The findings as the README quotes them: one line per verdict, its claims (fragile ones marked)."""
+    lines = []
+    for status in STATUSES:
+        claims = [f"`{c['id']}`" + (" (fragile)" if c["fragile"] else "") for c in found["claims"]
+                  if c["verdict"] == status]
+        if claims:
+            lines.append(f"- {status}: {', '.join(claims)}")
+    return "\n".join(lines)

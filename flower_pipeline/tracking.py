@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,7 +37,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 import flower_pipeline
-from flower_pipeline.environment import TRACKING_ENV
+from flower_pipeline.environment import TRACKING_ENV, mlflow_ui
 from flower_pipeline.environment import outage_seconds as environment_outage_seconds
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
@@ -154,10 +155,11 @@ class MlflowTracker(Tracker):
             yield
 
     def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str:
-        """A run or model version as a URL into the MLflow UI when the store is a server, else its id."""
+        """A run or model version as a URL into the MLflow UI: the server's, or for a database store the local
+        `mlflow ui` over it ($FLOWER_PIPELINE_MLFLOW_UI)."""
         base = self.uri.rstrip("/")
         if not base.startswith(("http://", "https://")):
-            return run_id or "" if model is None else f"models:/{model}/{version}"
+            base = mlflow_ui()
         if model is not None:
             return f"{base}/#/models/{model}/versions/{version}"
         return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
@@ -220,7 +222,9 @@ class MlflowTracker(Tracker):
         z = sample_latent(2, generator.latent_dim, generator.latent_noise, "cpu", torch.Generator().manual_seed(0))
         with torch.no_grad():
             signature = infer_signature(z.numpy(), generator(z).numpy())
-        with self._fluent(), mlflow.start_run(run_id=run_id):
+        with self._fluent(), mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # The signature is given, so no input example is needed to infer it (MLflow asks for one anyway).
+            warnings.filterwarnings("ignore", message=".*input example was not provided", category=UserWarning)
             return mlflow.pyfunc.log_model(
                 name=name, python_model=str(MODEL_CODE), artifacts={GENERATOR_ARTIFACT: str(generator_file)},
                 signature=signature, pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "numpy",

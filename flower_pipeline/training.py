@@ -18,6 +18,7 @@ import contextlib
 import copy
 import json
 import math
+import os
 import sys
 import threading
 import time
@@ -72,7 +73,9 @@ class TrainConfig:
 
     arch: str = setting("arch1", "Architecture: " + "; ".join(f"{name} ({a.title})" for name, a in
                                                            ARCHITECTURES.items()) + ".", tuple(ARCHITECTURES))
-    iterations: int = setting(FULL_ITERATIONS, "Training steps (the source's 'epochs' are batches).",
+    iterations: int = setting(FULL_ITERATIONS, "Training steps (the source's 'epochs' are batches). The default "
+                                               "20,000 take about 45 s on an H200 but about 2.5 hours on a 2-core "
+                                               "CPU at 64 px (docs/benchmarks.md): try 300 there first.",
                               bounds=(1, 10_000_000))
     batch_size: int = setting(16, "Images per step; the source found 16 best.", bounds=(2, 4096))
     optimizer: str = setting("adam", "Optimizer of both networks.", OPTIMIZERS)
@@ -117,7 +120,8 @@ class TrainConfig:
     cuda_graphs: bool = setting(True, "Replay the training step as one CUDA graph on CUDA.")
     precision: str = setting("fp32", "bf16 autocasts matrix work on CUDA (weights stay fp32).", PRECISIONS)
     channels_last: bool = setting(True, "NHWC tensors on CUDA: cuDNN then skips its layout copies (+12% at batch 16).")
-    deterministic: bool = setting(False, "The same numbers whatever the machine's thread count: one CPU thread, "
+    deterministic: bool = setting(False, "The same numbers whatever the thread count, on the same kernels and fused "
+                                         "group (another CPU acts as another seed): one CPU thread, "
                                          "cuDNN's deterministic kernels (slower on an idle many-core CPU).")
 
     def __post_init__(self) -> None:
@@ -203,6 +207,25 @@ def deterministic(device: torch.device | str) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+# The variables that pick another CPU's kernels for torch, oneDNN and MKL (docs/design.md, "What a run is").
+KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
+def provenance(device: torch.device | str, group: tuple[str, ...] = ()) -> dict[str, str]:
+    """What besides the settings and the seed shapes a run's numbers: the device and its kernels, the versions,
+    and the runs it trained beside. GAN training is chaotic: another reduction order (other kernels, another
+    fused group) acts as another seed, so `deterministic` promises the same numbers only on the same kernels
+    with the same group."""
+    device = torch.device(device)
+    found = {"device": device.type, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+             "torch": torch.__version__,
+             "fused_group": " ".join(group) if len(group) > 1 else "solo",
+             **{name.lower(): os.environ[name] for name in KERNEL_ENV if os.environ.get(name)}}
+    if device.type == "cuda":
+        found |= {"gpu": torch.cuda.get_device_name(device), "cudnn": str(torch.backends.cudnn.version())}
+    return found
 
 
 # What may differ between runs trained side by side as one model (the fused trainer); every other setting

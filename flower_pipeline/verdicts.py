@@ -14,13 +14,19 @@ A claim is **supported** or **not supported** only when its tests decide; when
 any of them is inside the spread it is **inconclusive**, and with one seed a side
 there is no spread to judge by, so it is inconclusive too. A claim with a run
 missing, a number unavailable or a stand-in dataset is **not measured**.
+
+Every test also says how far it is from flipping (`Test.distance`, in units of
+its fragility band: p within [0.01, 0.10], an interval edge within 10% of its
+limit, an equivalence interval within 10% of its margin). A verdict whose
+deciding test is inside the band is **fragile**: another seed, CPU or fused
+group may flip it (docs/design.md, "Fragile verdicts").
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import stats
@@ -34,10 +40,17 @@ SNAPSHOT_MARK = "@snapshot"  # the same run's generator kept at its snapshot ite
 Metrics = dict[str, dict[str, float]]  # run label (per seed, or @snapshot) → evaluation metrics
 
 
+FRAGILE_P = (0.01, 0.10)  # a Welch p-value in this band could cross ALPHA with another seed or CPU
+FRAGILE_EDGE = 0.10  # an interval edge this close to its limit (as a share of the limit, or of a margin)
+
+
 @dataclass(frozen=True)
 class Verdict:
     status: str  # one of STATUSES
     evidence: str
+    fragile: bool = False  # its deciding test is inside the fragility band
+    deciding: str = ""  # the deciding test: its statistic and its distance to the threshold
+    seeds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # "run: measure" → each seed's value read
 
 
 class NotMeasured(Exception):
@@ -56,6 +69,7 @@ class Evidence:
 
     def __init__(self, results: Metrics):
         self.by_run: dict[str, list[dict[str, float]]] = {}
+        self.read: dict[str, tuple[float, ...]] = {}  # what a rule read, for the report's strips of seeds
         for label in sorted(results, key=_seed_order):
             self.by_run.setdefault(base_label(label), []).append(results[label])
 
@@ -64,6 +78,7 @@ class Evidence:
         values = [s.get(key) for s in seeds]
         if not values or any(v is None or not math.isfinite(v) for v in values):
             raise NotMeasured(f"{run} has no {key}")
+        self.read[f"{run}: {key}"] = tuple(float(v) for v in values)
         return np.asarray(values, np.float64)
 
 
@@ -80,13 +95,33 @@ def spread(values: np.ndarray, digits: int = 2) -> str:
 
 @dataclass(frozen=True)
 class Test:
-    """One test's outcome: "yes", "no" or "inside the spread", and what it said."""
+    """One test's outcome: "yes", "no" or "inside the spread", what it said, and how far it is from flipping
+    (`distance` in units of its fragility band: below 1, another seed or CPU may flip it; inf: it cannot)."""
 
     outcome: str
     said: str
+    distance: float = math.inf
+    margin: str = ""  # the statistic against its threshold, as the report's margin column shows it
+
+    @property
+    def fragile(self) -> bool:
+        return bool(self.distance < 1)  # a plain bool: findings.json holds it
 
 
 YES, NO, UNSURE = "yes", "no", "inside the spread"
+
+
+def _p_distance(p: float) -> float:
+    """How far a p-value is from crossing ALPHA, in units of the band FRAGILE_P (log scale, where p lives)."""
+    low, high = FRAGILE_P
+    if p < ALPHA:
+        return math.log(ALPHA / max(p, 1e-300)) / math.log(ALPHA / low)
+    return math.log(p / ALPHA) / math.log(high / ALPHA)
+
+
+def _edge_distance(gap: float, scale: float) -> float:
+    """How far an interval edge is from its limit, in units of FRAGILE_EDGE × scale."""
+    return abs(gap) / max(FRAGILE_EDGE * abs(scale), 1e-12)
 
 
 def lower(a: np.ndarray, b: np.ndarray) -> Test:
@@ -97,37 +132,50 @@ def lower(a: np.ndarray, b: np.ndarray) -> Test:
         outcome = UNSURE if a[0] == b[0] else (YES if a[0] < b[0] else NO)
         return Test(outcome, "no spread in either (identical seeds)")
     p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    margin = f"Welch p={p:.3f} against {ALPHA:g}"
     if p >= ALPHA:
-        return Test(UNSURE, f"Welch p={p:.2f}")
-    return Test(YES if a.mean() < b.mean() else NO, f"Welch p={p:.3f}")
+        return Test(UNSURE, f"Welch p={p:.2f}", _p_distance(p), margin)
+    return Test(YES if a.mean() < b.mean() else NO, f"Welch p={p:.3f}", _p_distance(p), margin)
 
 
 def higher(a: np.ndarray, b: np.ndarray) -> Test:
     return lower(b, a)
 
 
-def interval(a: np.ndarray) -> tuple[float, float]:
-    """The 95% t-interval of a's mean."""
+SHARE_FLOOR = 1e-3  # a share of 0 or 1 taken as this far inside (0, 1), so its logit is finite
+
+
+def interval(a: np.ndarray, share: bool = False) -> tuple[float, float]:
+    """The 95% t-interval of a's mean; for a share (a fraction of samples), computed on the logit scale and
+    mapped back, so that it stays inside [0, 1] (a t-interval on three small shares runs below 0)."""
+    if share:
+        odds = np.log(np.clip(a, SHARE_FLOOR, 1 - SHARE_FLOOR) / (1 - np.clip(a, SHARE_FLOOR, 1 - SHARE_FLOOR)))
+        low, high = interval(odds)
+        return float(1 / (1 + math.exp(-low))), float(1 / (1 + math.exp(-high)))
     half = stats.t.ppf(1 - ALPHA / 2, len(a) - 1) * a.std(ddof=1) / math.sqrt(len(a))
     return float(a.mean() - half), float(a.mean() + half)
 
 
-def below(a: np.ndarray, limit: float) -> Test:
-    """Is a's mean below `limit`, beyond its 95% interval?"""
+def below(a: np.ndarray, limit: float, share: bool = False) -> Test:
+    """Is a's mean below `limit`, beyond its 95% interval? (`share`: a is a fraction, `interval`'s logit.)"""
     if len(a) < 2:
         return Test(UNSURE, "one seed: no spread to test against")
-    low, high = interval(a)
+    low, high = interval(a, share)
     said = f"95% interval [{low:.3g}, {high:.3g}] against {limit:.3g}"
-    return Test(YES if high < limit else NO if low > limit else UNSURE, said)
+    outcome = YES if high < limit else NO if low > limit else UNSURE
+    edge = {YES: high, NO: low}.get(outcome, high if high - limit < limit - low else low)
+    return Test(outcome, said, _edge_distance(edge - limit, limit),
+                f"interval edge {edge:.3g} against the limit {limit:.3g} ({abs(edge - limit) / abs(limit or 1):.0%} "
+                "of it away)")
 
 
 def negated(test: Test, unsure: str = UNSURE) -> Test:
     """The opposite question's answer: yes ↔ no; inside the spread stays `unsure`."""
-    return Test({YES: NO, NO: YES}.get(test.outcome, unsure), test.said)
+    return replace(test, outcome={YES: NO, NO: YES}.get(test.outcome, unsure))
 
 
-def above(a: np.ndarray, limit: float) -> Test:
-    return negated(below(a, limit))
+def above(a: np.ndarray, limit: float, share: bool = False) -> Test:
+    return negated(below(a, limit, share))
 
 
 def equivalent(a: np.ndarray, b: np.ndarray, margin: float) -> Test:
@@ -140,21 +188,26 @@ def equivalent(a: np.ndarray, b: np.ndarray, margin: float) -> Test:
     half = stats.t.ppf(1 - ALPHA / 2, dof) * se
     diff, bound = float(a.mean() - b.mean()), margin * abs(float(b.mean()))
     said = f"difference {diff / abs(b.mean()):+.0%} (95% interval ±{half / abs(b.mean()):.0%}, margin ±{margin:.0%})"
-    if abs(diff) + half <= bound:
-        return Test(YES, said)
-    if abs(diff) - half > bound:
-        return Test(NO, said)
-    return Test(UNSURE, said)
+    far, near = (abs(diff) + half) / abs(b.mean()), (abs(diff) - half) / abs(b.mean())
+    outcome = YES if abs(diff) + half <= bound else NO if abs(diff) - half > bound else UNSURE
+    edge = {YES: far, NO: near}.get(outcome, far if far - margin < margin - near else near)
+    return Test(outcome, said, _edge_distance(edge - margin, margin),
+                f"interval edge {edge:.0%} against the margin {margin:.0%}")
 
 
 def decide(tests: list[Test], evidence: str) -> Verdict:
-    """Supported when every test says yes; not supported when one says no; else inconclusive."""
+    """Supported when every test says yes; not supported when one says no; else inconclusive. The deciding test:
+    the weakest yes, the strongest no, or the undecided test nearest to deciding; the verdict is fragile when
+    that test is inside its band."""
     said = "; ".join(t.said for t in tests)
-    if any(t.outcome == NO for t in tests):
-        return Verdict(NOT_SUPPORTED, f"{evidence} [{said}]")
-    if all(t.outcome == YES for t in tests):
-        return Verdict(SUPPORTED, f"{evidence} [{said}]")
-    return Verdict(INCONCLUSIVE, f"{evidence} [{said}]")
+    noes, unsure = [t for t in tests if t.outcome == NO], [t for t in tests if t.outcome == UNSURE]
+    if noes:
+        status, deciding = NOT_SUPPORTED, max(noes, key=lambda t: t.distance)
+    elif not unsure:
+        status, deciding = SUPPORTED, min(tests, key=lambda t: t.distance)
+    else:
+        status, deciding = INCONCLUSIVE, min(unsure, key=lambda t: t.distance)
+    return Verdict(status, f"{evidence} [{said}]", deciding.fragile, deciding.margin or deciding.said)
 
 
 Rule = Callable[[Evidence], Verdict]
@@ -169,7 +222,7 @@ def collapse(e: Evidence) -> Verdict:
     """Architecture 2's samples are mostly yellow or purple, well beyond those colours' share of the photos."""
     shares = e.values(A2, "share_yellow") + e.values(A2, "share_purple")
     real = float((e.values(A2, "real_share_yellow") + e.values(A2, "real_share_purple")).mean())
-    return decide([above(shares, 0.5), above(shares, 1.25 * real)],
+    return decide([above(shares, 0.5, share=True), above(shares, 1.25 * real, share=True)],
                   f"arch2's samples yellow or purple {spread(shares)} (real photos {real:.2f})")
 
 
@@ -184,7 +237,7 @@ def batch_size(e: Evidence) -> Verdict:
 def no_memorization(e: Evidence) -> Verdict:
     """Fewer than 5% of either architecture's samples are near-copies of a training photo."""
     a1, a2 = e.values(A1, "near_copy_share_pixels"), e.values(A2, "near_copy_share_pixels")
-    return decide([below(a1, 0.05), below(a2, 0.05)],
+    return decide([below(a1, 0.05, share=True), below(a2, 0.05, share=True)],
                   f"near-copies of training photos: arch1 {spread(a1, 3)}, arch2 {spread(a2, 3)}")
 
 
@@ -193,7 +246,7 @@ def arch1_diversity(e: Evidence) -> Verdict:
     half as often as the photos show them."""
     recall1, recall2 = e.values(A1, "recall"), e.values(A2, "recall")
     white, real_white = e.values(A1, "share_white"), float(e.values(A1, "real_share_white").mean())
-    return decide([higher(recall1, recall2), above(white, real_white / 2)],
+    return decide([higher(recall1, recall2), above(white, real_white / 2, share=True)],
                   f"recall arch1 {spread(recall1)} vs arch2 {spread(recall2)}; arch1's samples white "
                   f"{spread(white)} (real photos {real_white:.2f})")
 
@@ -245,26 +298,27 @@ def d_scores(e: Evidence) -> Verdict:
 
 
 def sharpening(e: Evidence) -> Verdict:
-    """Decaying instance noise gives more fine detail (high-frequency energy) and no worse fd_flowers."""
-    hf_on, hf_off = e.values(A1, "high_frequency_ratio"), e.values("arch1-no-sharpening", "high_frequency_ratio")
+    """Decaying instance noise gives edges closer to the photos' (edge distance: blur, noise and checkerboards
+    all raise it) and no worse fd_flowers."""
+    edge_on, edge_off = e.values(A1, "edge_distance"), e.values("arch1-no-sharpening", "edge_distance")
     fd_on, fd_off = e.values(A1, "fd_flowers"), e.values("arch1-no-sharpening", "fd_flowers")
     # "No worse" holds unless decaying noise is worse beyond the spread.
-    return decide([higher(hf_on, hf_off), negated(higher(fd_on, fd_off), unsure=YES)],
-                  f"high-frequency energy ratio with decaying noise {spread(hf_on)}, without {spread(hf_off)}; "
-                  f"fd_flowers {spread(fd_on)} vs {spread(fd_off)}")
+    return decide([lower(edge_on, edge_off), negated(higher(fd_on, fd_off), unsure=YES)],
+                  f"edge distance to the photos' (0 = like them) with decaying noise {spread(edge_on, 3)}, without "
+                  f"{spread(edge_off, 3)}; fd_flowers {spread(fd_on)} vs {spread(fd_off)}")
 
 
 def flowers102(e: Evidence) -> Verdict:
     """Which architecture wins by fd_flowers differs between Flowers-17 and Flowers-102."""
     f17 = lower(e.values(A1, "fd_flowers"), e.values(A2, "fd_flowers"))
     f102 = lower(e.values("f102-color-arch1", "fd_flowers"), e.values("f102-color-arch2", "fd_flowers"))
+    said = (f"arch1 better than arch2: Flowers-17 {f17.outcome}, Flowers-102 {f102.outcome} "
+            f"[{f17.said}; {f102.said}]")
+    deciding = min((f17, f102), key=lambda t: t.distance)
     if UNSURE in (f17.outcome, f102.outcome):
-        return Verdict(INCONCLUSIVE, f"arch1 better than arch2: Flowers-17 {f17.outcome}, Flowers-102 "
-                                     f"{f102.outcome} [{f17.said}; {f102.said}]")
-    changed = f17.outcome != f102.outcome
-    return Verdict(SUPPORTED if changed else NOT_SUPPORTED,
-                   f"arch1 better than arch2: Flowers-17 {f17.outcome}, Flowers-102 {f102.outcome} "
-                   f"[{f17.said}; {f102.said}]")
+        return Verdict(INCONCLUSIVE, said, deciding.fragile, deciding.margin)
+    return Verdict(SUPPORTED if f17.outcome != f102.outcome else NOT_SUPPORTED, said, deciding.fragile,
+                   deciding.margin)
 
 
 def learns_grey(*runs: str) -> Rule:
@@ -278,7 +332,9 @@ def learns_grey(*runs: str) -> Rule:
 
 # --- the beyond study's rules: the small-data remedies against the source's architectures ---------------------------
 
-FD_GAIN, MAX_GAP, MAX_MODE_RATIO = 0.7, 0.2, 2.0  # fd_effnet at most 70% of the source's; D gap; mode share ×2
+# fd_effnet at most 70% of the source's; D(x) gap; near-duplicates at most 4× the photos' own (distinct but blurred,
+# pixelated, noisy or recoloured photos read 0-3.4; one photo in a fifth of the samples 10; docs/design.md)
+FD_GAIN, MAX_GAP, MAX_DUPLICATE_RATIO = 0.7, 0.2, 4.0
 
 
 def memorization_gap(base: str, remedied: str, e: Evidence) -> tuple[list[Test], str]:
@@ -296,8 +352,9 @@ def fd_gain(base: str, remedied: str, e: Evidence) -> tuple[list[Test], str]:
 
 
 def no_repeated_mode_of(run: str, e: Evidence) -> tuple[list[Test], str]:
-    ratio = e.values(run, "mode_share_ratio")
-    return [below(ratio, MAX_MODE_RATIO)], f"mode share ratio of {run} {spread(ratio)} (at most {MAX_MODE_RATIO:g})"
+    ratio = e.values(run, "duplicate_ratio")
+    return ([below(ratio, MAX_DUPLICATE_RATIO)],
+            f"near-duplicate ratio of {run} {spread(ratio)} (at most {MAX_DUPLICATE_RATIO:g}; photos 1)")
 
 
 def diffaug_memorization(e: Evidence) -> Verdict:
@@ -323,11 +380,16 @@ def arch2_too(e: Evidence) -> Verdict:
                                                 lambda e: fd_gain("arch2", "arch2-diffaug-ema", e),
                                                 lambda e: no_repeated_mode_of("arch2-diffaug-ema", e))]
     said = " | ".join(f"{v.status}: {v.evidence}" for v in verdicts)
-    if any(v.status == SUPPORTED for v in verdicts):
-        return Verdict(SUPPORTED, said)
-    if all(v.status == NOT_SUPPORTED for v in verdicts):
-        return Verdict(NOT_SUPPORTED, said)
-    return Verdict(INCONCLUSIVE, said)
+    supported = [v for v in verdicts if v.status == SUPPORTED]
+    if supported:  # one robust support decides
+        chosen = min(supported, key=lambda v: v.fragile)
+        return Verdict(SUPPORTED, said, chosen.fragile, chosen.deciding)
+    if all(v.status == NOT_SUPPORTED for v in verdicts):  # every no must hold
+        chosen = max(verdicts, key=lambda v: v.fragile)
+        return Verdict(NOT_SUPPORTED, said, chosen.fragile, chosen.deciding)
+    undecided = [v for v in verdicts if v.status != NOT_SUPPORTED]
+    chosen = max(undecided, key=lambda v: v.fragile)
+    return Verdict(INCONCLUSIVE, said, chosen.fragile, chosen.deciding)
 
 
 RULES: dict[str, Rule] = {

@@ -15,6 +15,9 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import io
+import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 import zipfile
@@ -390,3 +393,37 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return TIER_ORDER.index(folder) if folder in TIER_ORDER else len(TIER_ORDER)
 
     items.sort(key=tier)
+
+
+# The command line as a user runs it: in a second interpreter (cli_run) or through its entry point (cli_main).
+
+
+def instance_home(tmp_path: Path) -> Path:
+    """A Dagster home configured like the project's (telemetry off, gpu pool of 1)."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(exist_ok=True)
+    shutil.copy(PROJECT_INSTANCE_CONFIG, home)
+    return home
+
+
+def cli_run(tmp_path: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DAGSTER_HOME": str(instance_home(tmp_path))}
+    return subprocess.run([sys.executable, "-m", "flower_pipeline.cli", *args, "--data-dir", str(tmp_path / "data")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def files_outside(tmp_path: Path, *allowed: Path) -> list[Path]:
+    return [p for p in tmp_path.rglob("*")
+            if p.is_file() and not any(a == p or a in p.parents for a in allowed)]
+
+
+def cli_main(tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+          *args: str) -> tuple[int, str, str]:
+    """The CLI's own entry point in this process: what a user sees, without a second interpreter's start-up."""
+    from flower_pipeline.cli import main
+
+    monkeypatch.setenv("DAGSTER_HOME", str(instance_home(tmp_path)))
+    capsys.readouterr()
+    code = main([*args, "--data-dir", str(tmp_path / "data")])
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -93,7 +93,7 @@ def _code_location_for(home: str) -> Any:
     from dagster._core.remote_representation.code_location import InProcessCodeLocation
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
-    from flower_pipeline.scaleout import DEFINITIONS
+    from flower_pipeline.scaleout.executor import DEFINITIONS
 
     module, attribute = DEFINITIONS
     target = LoadableTargetOrigin(executable_path=sys.executable, module_name=module, attribute=attribute)
@@ -201,9 +201,8 @@ def _slot_guard(run_id: str) -> Iterator[None]:
 
     import dagster as dg
 
-    from flower_pipeline.defs.automation import reap_dead_runs
-    from flower_pipeline.defs.heartbeat import silent_for
     from flower_pipeline.environment import dead_after
+    from flower_pipeline.scaleout.heartbeat import reap_dead_runs, silent_for
 
     done, said = threading.Event(), [0.0]
 
@@ -250,7 +249,7 @@ def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
     pool slot is freed."""
     from dagster._core.definitions.reconstruct import ReconstructableJob
 
-    from flower_pipeline.scaleout import code_location
+    from flower_pipeline.scaleout.executor import code_location
 
     storage = {"storage": {"config": {"data_dir": str(data_dir.resolve())}}}
     run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage}, last_key)
@@ -269,7 +268,7 @@ def _refusal(run_id: str) -> str | None:
     """A worker's refusal of a step (its code is not the run's), which fails the run before any step does."""
     from dagster._core.events import DagsterEventType
 
-    from flower_pipeline.scaleout import REFUSAL
+    from flower_pipeline.scaleout.settings import REFUSAL
 
     for entry in instance().all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         metadata = entry.dagster_event.engine_event_data.metadata

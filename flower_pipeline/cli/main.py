@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 import typing
 import warnings
@@ -130,10 +131,12 @@ def train(args: argparse.Namespace) -> None:
     print(f"{variant.name} × {args.arch}: {trained.iterations} iterations in {trained.seconds:.1f} s "
           f"on {trained.device}; outputs in {trained.path}")
     print(f"  {terminal_line(metrics, evaluated.unavailable)}")
-    if "fd_flowers" in evaluated.unavailable:
-        print(f"  fd_flowers unavailable: {evaluated.unavailable['fd_flowers']}")
-    if "fid" in evaluated.unavailable:
-        print(f"  FID and KID unavailable: {evaluated.unavailable['fid']}")
+    told = getattr(args, "told", set())  # the demo's four trainings say each reason once
+    for metric, what in (("fd_flowers", "fd_flowers"), ("fid", "FID and KID")):
+        reason = evaluated.unavailable.get(metric)
+        if reason and reason not in told:
+            print(f"  {what} unavailable: {reason}")
+            told.add(reason)
     if evaluated.sweep:
         _print_sweep(evaluated)
     print(f"  {registered.model} v{registered.version}: {registered.promotion} ({registered.reason})")
@@ -163,7 +166,7 @@ def demo(args: argparse.Namespace) -> None:
     evaluation, registry, and a sample from each champion."""
     args.dataset, args.name, args.source, args.sha256, args.md5 = "synthetic", None, None, None, None
     args.crop, args.holdout, args.device = DEFAULT_CROP, DEFAULT_HOLDOUT, "cpu"  # flags the demo has not
-    args.seeds = None
+    args.seeds, args.told = None, set()
     for variant in DEMO_VARIANTS:
         args.mode, args.size = variant.mode, variant.size
         prepare(args)
@@ -185,7 +188,7 @@ def demo(args: argparse.Namespace) -> None:
         sample(args)
     if not champions:
         print("no version passed the quality gate, so there is no champion to sample from")
-    print("look: DAGSTER_HOME=$PWD/dagster_home .venv/bin/dg dev   (Dagster UI)")
+    print(f"look: DAGSTER_HOME={shlex.quote(dagster_home())} .venv/bin/dg dev   (Dagster UI)")
     print(f"      .venv/bin/mlflow ui --backend-store-uri sqlite:///{DataLayout.at(args.data_dir).mlflow_db}"
           "   (MLflow UI)")
     print("      .venv/bin/flower-pipeline models   (the registry)")
@@ -249,7 +252,7 @@ def sample(args: argparse.Namespace) -> None:
 
 def stack(args: argparse.Namespace) -> None:
     """The MLflow server, Dagster's daemon and webserver, and Celery workers on this machine."""
-    from flower_pipeline import stack
+    from flower_pipeline.scaleout import stack
 
     if args.action == "up":
         workers = args.workers if args.workers is not None else max(1, _gpu_count())
@@ -342,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="a study name or a study file")
     p.add_argument("--profile", default="quick")
     p.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
+    p.add_argument("--findings", type=Path, help="also write the findings (verdicts, margins, seeds' values) as "
+                                                 "JSON here, e.g. docs/findings/source-quick.json")
     p.set_defaults(run=study.write_report)
     p = with_data_dir(study_commands.add_parser("list", help="the studies and each run's state"))
     p.set_defaults(run=study.list_studies)
@@ -395,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("dagster", "mlflow", "alembic"):  # their INFO lines are for the UIs, not this terminal
         logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
-        from flower_pipeline.scaleout import read_secret_files
+        from flower_pipeline.scaleout.settings import read_secret_files
 
         read_secret_files()
         args.run(args)

@@ -97,8 +97,18 @@ def run_study(args: argparse.Namespace) -> None:
     if not plan:
         raise PipelineError(f"no run of {study.name} ({args.profile}) has its data: "
                             + "; ".join(f"{k}: {v}" for k, v in unavailable.items()))
+    # A run trains with its whole fused group, a pure function of the study and profile (another group would be
+    # another run): --only adds the rest of each chosen run's group.
+    planned_groups = fusion_groups(study, args.profile, fuse=not args.no_fuse)
+    wanted = {label for run in plan for label in planned_groups[run.label]}
+    added = sorted(wanted - {run.label for run in plan})
+    if added:
+        print(f"{len(added)} more runs train with the chosen ones, their fused groups' other members "
+              f"({', '.join(added[:6])}{' …' if len(added) > 6 else ''}); --no-fuse trains the chosen runs alone",
+              flush=True)
+    plan = [run for run in study.plan(args.profile) if run.label in wanted]
     by_label = {run.label: run for run in plan}
-    groups = [[run.label] for run in plan] if args.no_fuse else fusion_groups(study, args.profile, list(by_label))
+    groups = [list(group) for group in dict.fromkeys(planned_groups[label] for label in by_label)]
     keys = [study_run_key(study.name, args.profile, label) for group in groups for label in group]
     # New partitions are added group by group, so each fused group is one range of them (one run, one step).
     new = [k for k in keys if not instance.has_dynamic_partition(study_run_partitions.name, k)]
@@ -114,7 +124,8 @@ def run_study(args: argparse.Namespace) -> None:
     store = tracking(data_dir=args.data_dir)
     parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
     records = []
-    config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device}
+    config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device,
+              "fuse": not args.no_fuse}
     try:
         for batch in batches:
             first, last = study_run_key(study.name, args.profile, batch[0]), study_run_key(study.name, args.profile,
@@ -188,11 +199,15 @@ def write_report(args: argparse.Namespace) -> None:
     config = {"study_file": _study_file(study)}
     report = run_job("study_reports", key, {"study_report": {"config": config}},
                      args.data_dir).output_for_node("study_report")
-    try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(report.path, args.output)
-    except OSError as err:
-        raise PipelineError(f"cannot write {args.output}: {err.strerror or err}") from None
+    copies = [(Path(report.path), args.output)]
+    if args.findings:
+        copies.append((DataLayout.at(args.data_dir).study_findings(study.name, args.profile), args.findings))
+    for source, target in copies:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+        except OSError as err:
+            raise PipelineError(f"cannot write {target}: {err.strerror or err}") from None
     counts = {status: list(report.verdicts.values()).count(status) for status in STATUSES}
     print(f"{args.output}: {len(report.verdicts)} claims: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
 

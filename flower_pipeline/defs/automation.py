@@ -13,7 +13,6 @@ the daemon running (`dg dev` or `dagster dev` runs it).
 import datetime
 import json
 import os
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,18 +21,18 @@ from typing import Any
 
 import dagster as dg
 
-from flower_pipeline.environment import PROFILE_ENV, WEBHOOK_ENV, dead_after, retrain_cron
+from flower_pipeline.environment import PROFILE_ENV, WEBHOOK_ENV, retrain_cron
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.evaluation import EvalSettings, resolve_inception_weights
 from flower_pipeline.models import ARCHITECTURES
 from flower_pipeline.registry import model_name
+from flower_pipeline.scaleout.heartbeat import reap_dead_runs
 from flower_pipeline.settings import read_settings_file
 from flower_pipeline.training import TrainConfig
 
 from .config import EvaluationConfig, TrainingConfig
 from .data_assets import tensor_cache
 from .generator_assets import generator_evaluation, registered_generator, trained_generator
-from .heartbeat import STEP_EVERY, silent_for, step_silent_for
 from .partitions import known_variants, training_key, variant_and_arch
 from .resources import MlflowTracking
 
@@ -130,7 +129,8 @@ def _requests(wanted: list[tuple[str, str]], instance: dg.DagsterInstance, run_k
 @dg.schedule(job=retrain_job, cron_schedule=RETRAIN_CRON, execution_timezone="UTC",
              default_status=dg.DefaultScheduleStatus.STOPPED,
              description="Retrain, evaluate and register every architecture of every prepared variant with the "
-                         "retraining profile's settings (cron: $FLOWER_PIPELINE_RETRAIN_CRON, default weekly).")
+                         "retraining profile's settings (cron: $FLOWER_PIPELINE_RETRAIN_CRON, default weekly). Off "
+                         "until turned on here, with the daemon running (`dg dev` runs it).")
 def weekly_retraining(context: dg.ScheduleEvaluationContext) -> list[dg.RunRequest] | dg.SkipReason:
     variants = sorted(cache_hashes(context.instance))
     if not variants:
@@ -144,7 +144,8 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext) -> list[dg.RunReque
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=300, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Retrain a trained variant × architecture when its tensor cache content changes.")
+           description="Retrain a trained variant × architecture when its tensor cache content changes. Off until "
+                       "turned on here, with the daemon running (`dg dev` runs it).")
 def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
     wanted, hashes = [], {}
     for variant, cache_hash in cache_hashes(context.instance).items():
@@ -163,41 +164,6 @@ def retrain_on_new_data(context: dg.SensorEvaluationContext) -> dg.SensorResult 
     if not requests:
         return dg.SkipReason("; ".join(skipped) or "every trained generator is up to date with its tensor cache")
     return dg.SensorResult(run_requests=requests)
-
-
-def reap_dead_runs(instance: dg.DagsterInstance, spare: str | None = None) -> list[str]:
-    """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
-    ran), marked failed; then the pool slots of ended runs freed once none of their steps still computes.
-    Dagster's run monitoring cannot ask the local run launcher whether a worker lives; every run of this code
-    location beats (defs/heartbeat.py). `spare`: the caller's own run, alive whatever its last beat says.
-    Returns the ids of the runs marked failed."""
-    reaped, now, patience = [], time.time(), dead_after()
-    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-        silent = silent_for(instance, record, now)
-        if silent < patience or record.dagster_run.run_id == spare:
-            continue
-        instance.report_run_failed(record.dagster_run, f"no heartbeat from the run for {silent:.0f} s: the "
-                                                       "process driving it was killed or its machine lost")
-        reaped.append(record.dagster_run.run_id)
-    free_slots_of_ended_runs(instance)
-    return reaped
-
-
-def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Pool slots still held by runs that have ended, freed once their steps are silent: a Celery step outlives
-    its dead driver until it sees its run failed, and until then the GPU is still its. Returns the run ids."""
-    storage, now, freed = instance.event_log_storage, time.time(), []
-    pools = [storage.get_concurrency_info(pool) for pool in storage.get_concurrency_keys()]
-    holders = {held.run_id for info in pools for held in (*info.claimed_slots, *info.pending_steps)}
-    for run_id in sorted(holders):
-        run = instance.get_run_by_id(run_id)
-        if run is not None and not run.is_finished:
-            continue
-        if step_silent_for(instance, run_id, now) < 2 * STEP_EVERY:
-            continue  # a step still beats: it stops within a beat of seeing its run ended
-        storage.free_concurrency_slots_for_run(run_id)
-        freed.append(run_id)
-    return freed
 
 
 @dg.sensor(minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,

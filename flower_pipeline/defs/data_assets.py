@@ -14,7 +14,7 @@ from flower_pipeline.download import Checksum, DownloadLimits
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import FeatureNetworkRef, FeatureSettings, network_id, train_feature_network
 from flower_pipeline.plots import grid_png
-from flower_pipeline.scaleout import GPU_STEP
+from flower_pipeline.scaleout.settings import GPU_STEP
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.training import pick_device
 

@@ -34,12 +34,12 @@ from flower_pipeline.runs import (
     train_and_log_group,
     training_fingerprint,
 )
-from flower_pipeline.scaleout import GPU_STEP
+from flower_pipeline.scaleout.heartbeat import step_key, step_watch
+from flower_pipeline.scaleout.settings import GPU_STEP
 from flower_pipeline.training import TrainConfig
 
 from .config import EvaluationConfig, TrainingConfig, asset_code_version, settings_from
 from .data_assets import OWNERS
-from .heartbeat import step_key, step_watch
 from .partitions import training_partitions, variant_and_arch
 from .resources import FlowerStorage, MlflowTracking, pick
 from .support import image_markdown, mlflow_link, rows_table, step_log, table, user_errors

@@ -15,14 +15,14 @@ from flower_pipeline import __version__
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import RunFiles
 from flower_pipeline.metrics import SUMMARY
-from flower_pipeline.scaleout import GPU_STEP
+from flower_pipeline.scaleout.heartbeat import step_key, step_watch
+from flower_pipeline.scaleout.settings import GPU_STEP
 from flower_pipeline.study import Study, StudyReport, build_report, load_study, run_group
 from flower_pipeline.training import DEFAULT_DEVICE
 
 from .config import DEVICE_HELP
 from .data_assets import OWNERS
 from .generator_assets import dagster_tags
-from .heartbeat import step_key, step_watch
 from .resources import FlowerStorage, MlflowTracking, pick
 from .support import image_markdown, mlflow_link, step_log, user_errors
 
@@ -36,6 +36,9 @@ class StudyConfig(dg.Config):
     parent_run_id: str | None = Field(None, description="The MLflow run of this study invocation; its runs nest "
                                                         "under it (the CLI sets it).")
     device: str = Field(DEFAULT_DEVICE, description=DEVICE_HELP)
+    fuse: bool = Field(True, description="Train each run with its fused group (the runs of its variant that share "
+                                         "its settings but seed, learning rate and the like), as one model; off, "
+                                         "each run alone. A run's group is part of its key.")
 
 
 def _study(config: StudyConfig, name: str) -> Study:
@@ -66,7 +69,8 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         variant = variants.pop()
         results = run_group(
             tracker, storage.layout, study, profile, labels, pick(tensor_cache, variant, "variant"),
-            pick(feature_network, variant, "variant"), device=config.device, log=step_log(context), stop=run_ended,
+            pick(feature_network, variant, "variant"), fuse=config.fuse, device=config.device, log=step_log(context),
+            stop=run_ended,
             tags={**dagster_tags(context), "mlflow.parentRunId": config.parent_run_id or ""})
     for key, (result, reused) in zip(keys, results, strict=True):
         if reused:
@@ -76,7 +80,7 @@ def study_run(context: dg.AssetExecutionContext, config: StudyConfig, tensor_cac
         if grid.is_file():
             shown["samples"] = image_markdown(grid.read_bytes(), result.label)
         context.add_asset_metadata({"reused": reused, "run_key": result.run_key, **shown,
-                                    "trained_beside": len(keys) - 1,
+                                    "fused_group": result.provenance.get("fused_group", "solo"),
                                     "mlflow_run": mlflow_link(tracker, result.mlflow_run_id),
                                     "it_per_s": round(result.it_per_s, 1)}, partition_key=key)
     records = {key: result for key, (result, _) in zip(keys, results, strict=True)}

@@ -71,8 +71,7 @@ def test_a_step_sees_its_run_end_and_its_gpu_slot_is_freed_only_after_the_step_s
     not go to another run while it still computes."""
     import time
 
-    from flower_pipeline.defs.automation import free_slots_of_ended_runs
-    from flower_pipeline.defs.heartbeat import step_watch
+    from flower_pipeline.scaleout.heartbeat import free_slots_of_ended_runs, step_watch
 
     @dg.asset
     def quick() -> int:

@@ -149,10 +149,11 @@ def test_a_tiny_study_runs_through_dagster_reuses_finished_runs_and_resumes_a_ki
     assert page.count("data:image/png;base64,") >= 3 and "Batch 8 and batch 32 are worse than 16." in page
     assert "<i>“batch 16 best”</i>" in page  # the source's words beside the claim
     assert "arch2-batch16 at 10 iterations" in page and "arch2-batch16 at 20 iterations" in page  # snapshot grids
-    for column in ("D(x) train", "D(x) held-out", "fd_flowers", "fd_effnet", "precision", "recall", "FID",
-                   "near-copies",
-                   "high-freq. ratio", "checkerboard", "blockiness", "seeds", "it/s"):
+    for column in ("D(x) train", "D(x) held-out", "fd_flowers", "fd_effnet", "precision", "recall", "near-copies",
+                   "edge distance", "near-duplicate ratio", "checkerboard", "blockiness", "seeds", "it/s",
+                   "trained beside"):
         assert f"<th>{column}</th>" in page, column
+    assert "<th>FID</th>" not in page and "<b>FID n/a</b>: " in page  # no run has it: its reason, not a column
     assert page.count("<td>arch2-batch") >= 2
 
 
@@ -225,9 +226,26 @@ def test_study_run_fuses_compatible_runs_into_one_step_each_and_gives_the_unfuse
     assert len(fused[2]) == len(unfused[2]) == 6
     for label, record in fused[2].items():
         other = unfused[2][label]
-        assert record["run_key"] == other["run_key"]  # the same run, whoever trained it
+        assert record["run_key"] != other["run_key"]  # trained beside others: another run, with its group
+        assert other["provenance"]["fused_group"] == "solo" and label in record["provenance"]["fused_group"]
+        assert record["provenance"]["cpu_capability"] and record["provenance"]["device"] == "cpu"
         for metric in ("d_real_train_mean", "d_fake_mean", "checkerboard_ratio", "colour_distance"):
             assert record["metrics"][metric] == pytest.approx(other["metrics"][metric], rel=0.05, abs=0.02), metric
     shown = r"class='(supported|not-supported|inconclusive|not-measured)'"
     verdicts = [re.findall(shown, o[4]) for o in outcome.values()]
     assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 3
+    assert "<th>trained beside</th>" in fused[4] and "cpu_capability=" in fused[4]
+
+    # --only in the fused data folder: the run's group is the study's, never the selection's. Its group is
+    # finished, so it is reused; alone (--no-fuse) it is another run, in its own folder, overwriting nothing.
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "fused" / "home"))
+    data, runs = tmp_path / "fused" / "data", tmp_path / "fused" / "data" / "studies" / "fusable-quick"
+    before = {p: p.read_bytes() for p in runs.glob("*/*/result.json")}
+    assert main(["study", "run", str(path), "--data-dir", str(data), "--device", "cpu", "--only", "arch1-dropout"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 more runs train with the chosen ones" in printed and printed.count(": reused;") == 4, printed
+    assert main(["study", "run", str(path), "--data-dir", str(data), "--device", "cpu", "--only", "arch1-dropout",
+                 "--no-fuse"]) == 0
+    assert "reused" not in capsys.readouterr().out
+    after = {p: p.read_bytes() for p in runs.glob("*/*/result.json")}
+    assert all(after[p] == content for p, content in before.items()) and len(after) == len(before) + 2

@@ -90,6 +90,26 @@ def test_the_mode_share_shows_one_photo_repeated_in_a_fifth_of_the_samples(flowe
     assert collapsed["mode_share"] == 1.0 and collapsed["mode_share_ratio"] > 10
 
 
+def test_near_duplicates_see_repeats_and_not_damage_and_edges_see_every_damage(flowers17_32):
+    """Known answers on the real photos (docs/design.md, "Repeated modes" and "Sharpness"): distinct photos,
+    damaged in every way, read near the photos' own near-duplicate ratio of 1 (measured 0-3.4), repeats far above
+    it (10-45); every damage moves the edge distance at least 4 times as far as held-out photos are."""
+    from flower_pipeline.effnet import duplicate_ratio
+    from flower_pipeline.evaluation import edge_distance
+    from flower_pipeline.feature_network import DISTINCT_DAMAGED, REPEATED, repeat_and_damage_sets
+
+    effnet, train = Effnet(), flowers17_32.train_images()
+    reference = effnet.features(train).stage5
+    sets = repeat_and_damage_sets(train, flowers17_32.holdout_images())
+    ratio = {name: duplicate_ratio(reference, effnet.features(images).stage5)["duplicate_ratio"]
+             for name, images in sets.items()}
+    assert ratio["held-out photos"] < 1.6 and max(ratio[name] for name in DISTINCT_DAMAGED) < 4, ratio
+    assert min(ratio[name] for name in REPEATED) > 8, ratio
+    edge = {name: edge_distance(train, images) for name, images in sets.items()}
+    damaged = [name for name in DISTINCT_DAMAGED if name != "hue +90°"]  # a hue turn moves no edge (2×)
+    assert min(edge[name] for name in damaged) > 4 * edge["held-out photos"], edge
+
+
 def test_checkerboard_and_blockiness_see_what_the_eye_sees_on_real_photos(flowers17_32):
     """Held-out photos score like the photos; checkerboard, pixelation and shuffled tiles are caught; blur is
     not mistaken for either."""

@@ -362,7 +362,7 @@ def test_a_killed_cli_driver_is_failed_by_its_silent_heartbeat_and_its_slot_free
     on its worker, sees that and stops; only then is the GPU slot free."""
     import dagster as dg
 
-    from flower_pipeline.scaleout import NO_RETRY
+    from flower_pipeline.scaleout.settings import NO_RETRY
 
     training = chain.start("train", "--variant", "synthetic-color-32", "--arch", "arch1",
                            *train_flags(1_000_000, "--checkpoint-seconds", "0", "--seed", "7"))
@@ -444,7 +444,7 @@ def test_stack_up_asks_mlflow_for_its_health_without_the_uris_credentials(tmp_pa
                                                                           monkeypatch: pytest.MonkeyPatch):
     """urllib refuses a URL with user:password@, so `stack up` waited its full timeout and said MLflow did not
     start although it had: its /health is asked at the bare host and port."""
-    from flower_pipeline import stack
+    from flower_pipeline.scaleout import stack
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://ann:s3cret@127.0.0.1:5123")
     monkeypatch.setenv("FLOWER_PIPELINE_MLFLOW_BACKEND", "postgresql://ann:s3cret@127.0.0.1/x")
@@ -493,7 +493,7 @@ def _program(stack: Stack, piece: str) -> int:
 
 def _answering(stack: Stack, timeout: float = 2.0) -> set[str]:
     """The Celery workers that answer a ping through the broker, by name."""
-    from flower_pipeline.scaleout import worker_app
+    from flower_pipeline.scaleout.executor import worker_app
 
     saved = dict(os.environ)
     os.environ.update(stack.env)
@@ -533,7 +533,7 @@ def test_no_password_on_a_command_line_in_a_record_or_in_a_printed_line(stack: S
 
 def test_a_setting_from_a_file_only_its_owner_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     from flower_pipeline.errors import PipelineError
-    from flower_pipeline.scaleout import read_secret_files
+    from flower_pipeline.scaleout.settings import read_secret_files
 
     secret = tmp_path / "broker"
     secret.write_text("amqp://flower:s3cret@10.0.0.5:5672/flower\n")
@@ -614,7 +614,7 @@ def test_a_step_longer_than_the_brokers_consumer_timeout_runs_once(chain: Stack)
 
 
 def test_a_worker_on_other_code_refuses_a_step_in_one_line(chain: Stack, tmp_path: Path):
-    from flower_pipeline.scaleout import code_version
+    from flower_pipeline.scaleout.settings import code_version
 
     old = tmp_path / "old"
     shutil.copytree(PROJECT / "flower_pipeline", old / "flower_pipeline",
@@ -628,7 +628,7 @@ def test_a_worker_on_other_code_refuses_a_step_in_one_line(chain: Stack, tmp_pat
         while (chain.home / "stack" / f"{worker}.child").exists():
             time.sleep(0.2)
     env = {**chain.env, "PYTHONPATH": str(old)}
-    worker = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "flower_pipeline.worker",
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "celery"), "-A", "flower_pipeline.scaleout.worker",
                                "worker", "-Q", "gpu", "-c", "1", "-n", "old@%h"], cwd=old, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -773,7 +773,7 @@ def test_a_worker_on_a_second_host_takes_gpu_steps_and_its_logs_show_from_the_fi
         log = tmp_path / "hostb.log"
         with open(log, "wb") as out:
             worker = subprocess.Popen(["ip", "netns", "exec", namespace, str(Path(sys.executable).parent / "celery"),
-                                       "-A", "flower_pipeline.worker", "worker", "-Q", "gpu", "-c", "1", "-n",
+                                       "-A", "flower_pipeline.scaleout.worker", "worker", "-Q", "gpu", "-c", "1", "-n",
                                        "hostb@%h"], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT,
                                       start_new_session=True)
         try:
@@ -812,7 +812,7 @@ def _rate(progress: list[tuple[float, int]], start: float, end: float) -> float:
     return (inside[-1][1] - inside[0][1]) / (inside[-1][0] - inside[0][0])
 
 
-def test_training_goes_on_at_speed_while_mlflow_is_down_for_a_minute(chain: Stack):
+def test_training_goes_on_at_speed_while_mlflow_is_down_for_half_a_minute(chain: Stack):
     """Metrics and sample grids wait in a queue while the server is down; the step registers with every metric
     once it is back (within FLOWER_PIPELINE_MLFLOW_OUTAGE_SECONDS)."""
     import dagster as dg
@@ -821,7 +821,7 @@ def test_training_goes_on_at_speed_while_mlflow_is_down_for_a_minute(chain: Stac
     earlier = next(r for r in instance.get_runs(dg.RunsFilter(statuses=[dg.DagsterRunStatus.SUCCESS]))
                    if _progress(instance, r.run_id))
     speed = _rate(_progress(instance, earlier.run_id), 0, time.time())
-    iterations = max(200, int(speed * 85) // 20 * 20)  # about 85 s: 15 before, 60 without MLflow, 10 after
+    iterations = max(200, int(speed * 55) // 20 * 20)  # about 55 s: 15 before, 30 without MLflow, 10 after
     training = chain.start("train", "--variant", "synthetic-gray-32", "--arch", "arch2",
                            *train_flags(iterations, "--checkpoint-seconds", "0", "--seed", "5"))
     deadline = time.monotonic() + 120
@@ -831,7 +831,7 @@ def test_training_goes_on_at_speed_while_mlflow_is_down_for_a_minute(chain: Stac
     time.sleep(10)
     stopped = time.time()
     os.kill(chain.record("mlflow")["pid"], signal.SIGTERM)
-    time.sleep(60)
+    time.sleep(30)  # long enough for hundreds of iterations' metrics and grids to wait in the queue
     back = time.time()
     chain.cli("stack", "up", "--workers", "2", "--ingest-concurrency", "1", "--webserver", chain.webserver)
     _, err = training.communicate(timeout=600)

@@ -67,13 +67,15 @@ def _cache_record(path: str) -> dict:
         "class_counts": {"a": 1}, "expected_images": 1, "skipped": {}, "reused": False, "seconds": 0.1}}
 
 
-@pytest.mark.parametrize("name", ["os:system", "flower_pipeline.supervise:supervise", "flower_pipeline.cli.main:main",
-                                  "flower_pipeline.ingest:Variant", "flower_pipeline.storage:atomic_write_json", 7])
+@pytest.mark.parametrize("name", ["os:system", "flower_pipeline.scaleout.supervisor:supervise",
+                                  "flower_pipeline.cli.main:main", "flower_pipeline.ingest:Variant",
+                                  "flower_pipeline.storage:atomic_write_json", 7])
 def test_a_record_naming_anything_but_a_record_type_is_refused_and_nothing_is_called(tmp_path, monkeypatch, name):
     import importlib
 
     called = []  # what the record names, replaced by a recorder: were it called, the test would see it
-    for module, function in (("flower_pipeline.supervise", "supervise"), ("flower_pipeline.cli.main", "main")):
+    for module, function in (("flower_pipeline.scaleout.supervisor", "supervise"),
+                             ("flower_pipeline.cli.main", "main")):
         monkeypatch.setattr(importlib.import_module(module), function, lambda *a, **k: called.append(a))
     io = _plant(tmp_path, "raw_archive", "synthetic", {"type": name, "value": {"argv": ["prepare"]}})
     with pytest.raises(PipelineError, match=r"raw_archive/synthetic\.json names .* not one of the pipeline's record"):

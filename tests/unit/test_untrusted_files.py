@@ -193,7 +193,7 @@ def test_a_secret_file_is_a_small_text_file_of_the_readers_own_read_without_bloc
     import time
 
     from flower_pipeline.environment import BROKER_ENV
-    from flower_pipeline.scaleout import read_secret_files
+    from flower_pipeline.scaleout.settings import read_secret_files
 
     secret = tmp_path / "secret"
     if kind == "fifo":

@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 
 from flower_pipeline.study import judge, load_study
-from flower_pipeline.verdicts import Evidence, base_label, equivalent, higher, lower
+from flower_pipeline.verdicts import Evidence, above, base_label, below, decide, equivalent, higher, interval, lower
 
 STUDY = load_study("source")
 FULL = STUDY.plan("full")  # every dataset: every claim can be measured
 # A neutral study: every run alike. Each claim's overrides below make it hold or fail.
 NEUTRAL = {"fd_flowers": 30.0, "recall": 0.3, "near_copy_share_pixels": 0.0, "d_real_train_mean": 0.5,
            "d_fake_mean": 0.5, "d_real_holdout_mean": 0.3, "checkerboard_ratio": 1.0, "blockiness_ratio": 1.0,
-           "high_frequency_ratio": 1.0, "share_yellow": 0.2, "share_purple": 0.1, "share_white": 0.2,
+           "edge_distance": 0.3, "share_yellow": 0.2, "share_purple": 0.1, "share_white": 0.2,
            "real_share_yellow": 0.3, "real_share_purple": 0.1, "real_share_white": 0.2}
 A1, A2 = "f17-color-arch1", "f17-color-arch2"
 NOMINAL = ("arch1-labels-0.9-0.1", "arch1-labels-0.8-0.2", "arch1-mbd-doubled", "arch1-mbd-off", "arch1-rmsprop",
@@ -32,7 +32,7 @@ CASES = {
     "nominal": ({}, {("arch1-sgd", "fd_flowers"): 60.0}),
     "iterations": ({}, {(A1 + "@snapshot", "fd_flowers"): 45.0}),
     "d-scores": ({(A2, "d_real_train_mean"): 0.97}, {(A2, "d_real_train_mean"): 0.6}),
-    "sharpening": ({(A1, "high_frequency_ratio"): 1.3}, {("arch1-no-sharpening", "high_frequency_ratio"): 1.3}),
+    "sharpening": ({("arch1-no-sharpening", "edge_distance"): 0.5}, {(A1, "edge_distance"): 0.5}),
     "flowers102": ({("f102-color-arch2", "fd_flowers"): 20.0, (A2, "fd_flowers"): 40.0},
                    {("f102-color-arch2", "fd_flowers"): 40.0, (A2, "fd_flowers"): 40.0}),
     "black-and-white": ({}, {("f17-gray-arch2", "recall"): 0.02}),
@@ -86,16 +86,16 @@ def test_the_tests_decide_only_beyond_the_spread():
 
 BEYOND = load_study("beyond")
 # The beyond study's neutral world: the source's settings memorize (gap 0.5); the remedies change nothing.
-BEYOND_NEUTRAL = {"d_real_gap": 0.5, "fd_effnet": 100.0, "mode_share_ratio": 1.5}
+BEYOND_NEUTRAL = {"d_real_gap": 0.5, "fd_effnet": 100.0, "duplicate_ratio": 1.5}
 BEYOND_CASES = {
     "diffaug-memorization": ({("arch1-diffaug", "d_real_gap"): 0.1}, {("arch1-diffaug", "d_real_gap"): 0.3}),
     "diffaug-ema-quality": ({("arch1-diffaug-ema", "fd_effnet"): 50.0}, {("arch1-diffaug-ema", "fd_effnet"): 95.0}),
-    "no-repeated-mode": ({}, {("arch1-diffaug-ema", "mode_share_ratio"): 3.0}),
+    "no-repeated-mode": ({}, {("arch1-diffaug-ema", "duplicate_ratio"): 6.0}),
     "lecam-adds": ({("arch1-diffaug-ema-lecam", "fd_effnet"): 80.0},
                    {("arch1-diffaug-ema-lecam", "fd_effnet"): 120.0}),
     # Supported by one of the three (here the mode); refuted only when all three are.
     "arch2-too": ({("arch2-diffaug-ema", "fd_effnet"): 120.0},
-                  {("arch2-diffaug-ema", "fd_effnet"): 120.0, ("arch2-diffaug-ema", "mode_share_ratio"): 3.0}),
+                  {("arch2-diffaug-ema", "fd_effnet"): 120.0, ("arch2-diffaug-ema", "duplicate_ratio"): 6.0}),
 }
 
 
@@ -112,3 +112,27 @@ def test_each_beyond_rule_can_pass_and_can_fail(claim):
     assert judge(BEYOND, beyond_world(supporting), "full")[claim].status == "supported"
     assert judge(BEYOND, beyond_world(refuting), "full")[claim].status == "not supported"
     assert judge(BEYOND, beyond_world(supporting, seeds=1), "full")[claim].status in ("inconclusive", "not measured")
+
+
+def test_a_verdict_near_its_threshold_is_fragile_and_one_far_from_it_is_not():
+    base = np.array([10.0, 10.5, 9.5])
+    far, near = lower(base, np.array([20.0, 20.5, 19.5])), lower(base, np.array([11.4, 12.2, 10.9]))
+    assert far.outcome == "yes" and not far.fragile
+    assert 0.01 < float(near.margin.split("p=")[1].split()[0]) < 0.1 and near.fragile, near
+    assert decide([far], "x").fragile is False and decide([far, near], "x").fragile is True  # plain bools: JSON
+    assert "against 0.05" in decide([far, near], "x").deciding  # the weakest yes decides a support
+    edge = below(np.array([0.100, 0.104, 0.102]), 0.11)  # the interval ends within 10% of the limit
+    assert edge.outcome == "yes" and edge.fragile is True and "limit 0.11" in edge.margin
+    assert not below(np.array([0.01, 0.012, 0.011]), 0.11).fragile
+
+
+def test_a_share_interval_stays_inside_0_and_1():
+    shares = np.array([0.01, 0.08, 0.002])  # a t-interval of these runs below 0
+    assert interval(shares)[0] < 0 <= interval(shares, share=True)[0] < interval(shares, share=True)[1] < 1
+    assert above(np.array([0.6, 0.7, 0.65]), 0.5, share=True).outcome == "yes"
+
+
+def test_a_verdict_keeps_each_seeds_values_it_read():
+    verdict = judge(STUDY, world(CASES["dropout"][0]), "full")["dropout"]
+    assert set(verdict.seeds) == {f"{A1}: fd_flowers", "arch1-dropout: fd_flowers"}
+    assert all(len(values) == 3 for values in verdict.seeds.values())

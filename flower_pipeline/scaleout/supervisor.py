@@ -1,4 +1,4 @@
-"""`python -m flower_pipeline.supervise CHILD_FILE -- PROGRAM ARGS…`: the thin starter `flower-pipeline stack`
+"""`python -m flower_pipeline.scaleout.supervisor CHILD_FILE -- PROGRAM ARGS…`: the thin starter `flower-pipeline stack`
 puts in front of each piece. It runs the real program and starts it again when it stops on its own (a crash, a
 SIGKILL, the OOM killer), after 1, 2, 4 … 30 s (back to 1 s once a start has lived a minute). A SIGTERM or
 SIGINT to the starter is a stop: it is passed on, and nothing is started again.
@@ -59,5 +59,5 @@ def supervise(child_file: Path, command: list[str]) -> int:
 
 if __name__ == "__main__":
     if len(sys.argv) < 4 or sys.argv[2] != "--":
-        sys.exit("usage: python -m flower_pipeline.supervise CHILD_FILE -- PROGRAM ARGS…")
+        sys.exit("usage: python -m flower_pipeline.scaleout.supervisor CHILD_FILE -- PROGRAM ARGS…")
     sys.exit(supervise(Path(sys.argv[1]), sys.argv[3:]))

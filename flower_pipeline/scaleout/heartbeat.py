@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 import dagster as dg
 
-from flower_pipeline.environment import BEAT_EVERY
+from flower_pipeline.environment import BEAT_EVERY, dead_after
 
 STEP_EVERY = 5.0  # seconds between a step's beats, and so between its looks at its run's status
 STEP_ENDED = "ended"
@@ -107,3 +107,38 @@ def step_silent_for(instance: dg.DagsterInstance, run_id: str, now: float) -> fl
     """Seconds since a step of the run last beat; infinite when none ever did or the last one has ended."""
     beat = step_beat(instance, run_id)
     return float("inf") if beat in (None, STEP_ENDED) else now - float(beat)
+
+
+def reap_dead_runs(instance: dg.DagsterInstance, spare: str | None = None) -> list[str]:
+    """Runs still STARTED whose heartbeat stopped (their driver was killed, their machine lost, wherever they
+    ran), marked failed; then the pool slots of ended runs freed once none of their steps still computes.
+    Dagster's run monitoring cannot ask the local run launcher whether a worker lives; every run of this code
+    location beats (above). `spare`: the caller's own run, alive whatever its last beat says.
+    Returns the ids of the runs marked failed."""
+    reaped, now, patience = [], time.time(), dead_after()
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        silent = silent_for(instance, record, now)
+        if silent < patience or record.dagster_run.run_id == spare:
+            continue
+        instance.report_run_failed(record.dagster_run, f"no heartbeat from the run for {silent:.0f} s: the "
+                                                       "process driving it was killed or its machine lost")
+        reaped.append(record.dagster_run.run_id)
+    free_slots_of_ended_runs(instance)
+    return reaped
+
+
+def free_slots_of_ended_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Pool slots still held by runs that have ended, freed once their steps are silent: a Celery step outlives
+    its dead driver until it sees its run failed, and until then the GPU is still its. Returns the run ids."""
+    storage, now, freed = instance.event_log_storage, time.time(), []
+    pools = [storage.get_concurrency_info(pool) for pool in storage.get_concurrency_keys()]
+    holders = {held.run_id for info in pools for held in (*info.claimed_slots, *info.pending_steps)}
+    for run_id in sorted(holders):
+        run = instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            continue
+        if step_silent_for(instance, run_id, now) < 2 * STEP_EVERY:
+            continue  # a step still beats: it stops within a beat of seeing its run ended
+        storage.free_concurrency_slots_for_run(run_id)
+        freed.append(run_id)
+    return freed

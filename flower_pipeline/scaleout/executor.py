@@ -1,124 +1,62 @@
-"""Beyond one machine: steps on Celery workers, configured from the environment alone.
+"""The executors: in-process on one machine, dagster-celery's when a broker is set (docs/operations.md, Scaling
+out), and the workers' guarded step task.
 
-    FLOWER_PIPELINE_CELERY_BROKER=amqp://guest:guest@127.0.0.1:5672//   # set: steps go to Celery workers
-    FLOWER_PIPELINE_CELERY_BACKEND=redis://127.0.0.1:6379/0
-
-Unset, the project runs in-process on one machine, as before. Set, every job of
-the code location (UI, daemon, schedules, the CLI) uses dagster-celery's
-executor: training and evaluation steps go to the `gpu` queue, one worker per
-GPU consumes it one step at a time; ingest and registration go to dagster-celery's
-default queue. The workers run `celery -A flower_pipeline.worker worker`
-(`flower-pipeline stack` starts them; docs/operations.md "Scaling out").
-"""
+In-process on one machine because every job's steps run one after another anyway, and a step inside its run's
+process dies with it: a killed run worker leaves no orphan training on the GPU (Dagster's multiprocess default
+did: its step process outlived the run and held the GPU beside the next training)."""
 
 import contextlib
-import functools
-import hashlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
+import dagster as dg
 from celery import Task
 from celery.exceptions import Ignore
+from dagster._core.definitions.executor_definition import IN_PROC_CONFIG
+from dagster._core.execution.retries import RetryMode
+from dagster._core.execution.step_dependency_config import StepDependencyConfig
+from dagster._core.executor.in_process import InProcessExecutor
 
-from flower_pipeline.environment import BACKEND_ENV, BROKER_ENV, MLFLOW_BACKEND_ENV, POSTGRES_ENV
+from flower_pipeline.environment import BACKEND_ENV, BROKER_ENV
+from flower_pipeline.errors import PipelineError
 
-# Settings that may hold a password: each is read from the environment, or from the file NAME_FILE names, which
-# only its owner may read (never from a command line, so no password shows in `ps` or in `stack`'s records).
-SECRET_ENV = (POSTGRES_ENV, MLFLOW_BACKEND_ENV, BROKER_ENV, BACKEND_ENV, "MLFLOW_TRACKING_PASSWORD")
-GPU_QUEUE = "gpu"
-DEFAULT_QUEUE = "dagster"  # dagster-celery's default queue: the steps without a queue tag
-GPU_STEP = {"dagster-celery/queue": GPU_QUEUE}  # op tags of the steps that use the GPU
-
-# Shared by the executor (the producer) and the workers, so both ends agree.
-CELERY_SETTINGS: dict[str, Any] = {
-    # A step's message is acknowledged when the step ends, not when it starts: if its worker dies
-    # (SIGKILL, a lost machine), the broker hands the step to another worker, which resumes the
-    # training from its checkpoint, instead of the run waiting for a result that never comes.
-    "task_acks_late": True,
-    "worker_prefetch_multiplier": 1,  # a busy GPU worker holds no second step another worker could run
-    "broker_connection_retry_on_startup": True,
-    "result_expires": 7 * 24 * 3600,
-    # RabbitMQ closes the channel of a step unacknowledged past its consumer timeout; the step goes on (Celery
-    # says this default will change), and its redelivered copy is dropped while it runs (GuardedStep).
-    "worker_cancel_long_running_tasks_on_connection_loss": False,
-    # A step's stdout and stderr stay the process's own, which Dagster's compute log manager captures into the
-    # shared folder: Celery's logging proxy, its default, has no file descriptor, so nothing was captured.
-    "worker_redirect_stdouts": False,
-}
-CODE_VERSION_TAG = "flower_pipeline/code_version"
-REFUSAL = "refusal"  # the metadata key of a worker's engine event when it refuses a step
-NO_RETRY = {"dagster/max_retries": "0"}  # run tags that keep Dagster's run retries from retrying a run
+from .heartbeat import STEP_ENDED, STEP_EVERY, heartbeat, repeating, step_beat
+from .settings import CELERY_SETTINGS, CODE_VERSION_TAG, NO_RETRY, REFUSAL, celery_enabled, code_version
 
 
-@functools.cache
-def code_version() -> str:
-    """What this process runs: a hash of the package's source and settings files, the same on every machine
-    that has the same checkout (a git commit would miss uncommitted edits, and is absent from a wheel)."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.suffix in (".py", ".yaml") and p.is_file()):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:12]
+def chosen_executor() -> dg.ExecutorDefinition:
+    """Every job's executor: dagster-celery's when a broker is set, else the in-process one; both beat."""
+    return celery_executor() if celery_enabled() else beating_in_process_executor
 
 
-code_version()  # at import: the version of the code this process loaded, not of files edited after
+@dg.executor(name="in_process", config_schema=IN_PROC_CONFIG)
+def beating_in_process_executor(init_context: dg.InitExecutorContext) -> InProcessExecutor:
+    """Dagster's in-process executor, whose runs beat while they execute (scaleout/heartbeat.py)."""
+    config = init_context.executor_config
+    return Beating(retries=RetryMode.from_config(config["retries"]), marker_to_close=None,
+                   step_dependency_config=StepDependencyConfig.from_config(config.get("step_dependency_config")))
 
 
-MAX_SECRET_BYTES = 64 << 10  # a password or a URL: a few hundred bytes
-
-
-def read_secret_files() -> None:
-    """NAME from the file NAME_FILE, for each setting of SECRET_ENV given so (a 0600 file: a Docker or systemd
-    secret, a mounted Kubernetes secret); the processes this one starts inherit it."""
-    from flower_pipeline.errors import PipelineError
-    from flower_pipeline.storage import read_bounded
-
-    for name in SECRET_ENV:
-        file = os.environ.get(f"{name}_FILE")
-        if not file or os.environ.get(name):
-            continue
-        try:
-            status = os.stat(file)
-        except OSError as err:
-            raise PipelineError(f"{name}_FILE {file} cannot be read: {err.strerror or err}") from None
-        if status.st_mode & 0o077:
-            raise PipelineError(f"{name}_FILE {file} may be read by others (mode {status.st_mode & 0o777:o}): "
-                                f"`chmod 600 {file}`")
-        if status.st_uid != os.getuid():
-            raise PipelineError(f"{name}_FILE {file} belongs to another user (uid {status.st_uid}); a secret "
-                                "is read only from the reader's own file")
-        data = read_bounded(file, f"{name}_FILE", MAX_SECRET_BYTES)
-        try:
-            secret = data.decode()
-        except UnicodeDecodeError:
-            raise PipelineError(f"{name}_FILE {file} is not UTF-8 text") from None
-        if "\0" in secret:
-            raise PipelineError(f"{name}_FILE {file} holds a NUL byte; a secret is one line of text")
-        os.environ[name] = secret.strip()
-
-
-def celery_enabled() -> bool:
-    return bool(os.environ.get(BROKER_ENV))
+class Beating(InProcessExecutor):
+    def execute(self, plan_context: Any, execution_plan: Any) -> Iterator[Any]:
+        tag_code_version(plan_context.instance, plan_context.run_id)
+        with heartbeat(plan_context.instance, plan_context.run_id):
+            yield from super().execute(plan_context, execution_plan)
 
 
 def celery_executor() -> Any:
     """dagster-celery's executor (broker and result backend read from the environment when a run starts), which
     also says in the run's log when a step waits for its pool."""
-    import dagster as dg
-    from dagster._core.execution.retries import RetryMode
     from dagster_celery.executor import CELERY_CONFIG, CeleryExecutor
 
     class PoolWaitVisible(CeleryExecutor):
         """dagster-celery's loop never emits Dagster's "blocked by pool" event, so a GPU step waiting for the
         `gpu` slot showed nothing for minutes; a watcher reports the wait as an engine event instead. Its runs
-        beat while they execute, like the in-process executor's (defs/heartbeat.py)."""
+        beat while they execute, like the in-process executor's (scaleout/heartbeat.py)."""
 
         def execute(self, plan_context: Any, execution_plan: Any) -> Any:
-            from flower_pipeline.defs.heartbeat import heartbeat
-
             pools = {step.pool for step in execution_plan.steps if step.pool}
             tag_code_version(plan_context.instance, plan_context.run_id)
             with heartbeat(plan_context.instance, plan_context.run_id), \
@@ -142,8 +80,6 @@ def _report_pool_waits(instance: Any, run: Any, pools: set[str], every: float = 
                        repeat: float = 60.0) -> Iterator[None]:
     """While the run executes: each of its steps waiting for a slot of one of `pools` gets an engine event in
     the run's log, naming the pool, its limit and the runs holding it (once, then every `repeat` seconds)."""
-    from flower_pipeline.defs.heartbeat import repeating
-
     told: dict[str, float] = {}
 
     def report_waits() -> None:
@@ -184,7 +120,6 @@ class GuardedStep(Task):
     """
 
     def __call__(self, execute_step_args_packed: dict, executable_dict: dict) -> Any:
-        import dagster as dg
         from dagster._core.events import EngineEventData
         from dagster._grpc.types import ExecuteStepArgs
         from dagster._serdes import unpack_value
@@ -214,10 +149,8 @@ class GuardedStep(Task):
 def not_to_run_again(instance: Any, run_id: str, step_key: str) -> str:
     """Why a redelivered copy of a step must not run ("" when it must: the worker that ran it is gone).
     Celery's own task state cannot tell: a copy is marked STARTED on its own worker before it gets here. The
-    run's event log and the step's heartbeat (defs/heartbeat.py, every STEP_EVERY seconds) can."""
+    run's event log and the step's heartbeat (scaleout/heartbeat.py, every STEP_EVERY seconds) can."""
     from dagster._core.events import DagsterEventType
-
-    from flower_pipeline.defs.heartbeat import STEP_ENDED, STEP_EVERY, step_beat
 
     run = instance.get_run_by_id(run_id)
     if run is None or run.is_finished:
@@ -260,8 +193,6 @@ def worker_app() -> Any:
     from dagster_celery.executor import CeleryExecutor
     from dagster_celery.make_app import make_app
     from dagster_celery.tasks import create_task
-
-    from flower_pipeline.errors import PipelineError
 
     missing = [name for name in (BROKER_ENV, BACKEND_ENV) if not os.environ.get(name)]
     if missing:

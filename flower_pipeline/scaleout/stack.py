@@ -6,7 +6,7 @@
     gpu0 … gpuN-1      Celery workers on the `gpu` queue, one step at a time, CUDA_VISIBLE_DEVICES=i
     ingest             a Celery worker on the default queue (download, extraction, resize, registration)
 
-Each piece runs in its own session behind a thin restarter (flower_pipeline/supervise.py: a crashed piece is
+Each piece runs in its own session behind a thin restarter (flower_pipeline/scaleout/supervisor.py: a crashed piece is
 started again after 1-30 s), with its log and a record under $DAGSTER_HOME/stack/; `down` stops them (SIGTERM,
 then SIGKILL after a grace period). A running piece whose code differs from this checkout's is restarted by
 `up`. Nothing here schedules work: Dagster and Celery do. The services (PostgreSQL, RabbitMQ, Redis) are the
@@ -40,13 +40,14 @@ from flower_pipeline.environment import (
 )
 from flower_pipeline.errors import PipelineError, redact
 from flower_pipeline.layout import DataLayout
-from flower_pipeline.scaleout import DEFAULT_QUEUE, GPU_QUEUE, code_version, worker_app
+from flower_pipeline.scaleout.executor import worker_app
+from flower_pipeline.scaleout.settings import DEFAULT_QUEUE, GPU_QUEUE, code_version
 
 REQUIRED_ENV = (DAGSTER_HOME_ENV, POSTGRES_ENV, MLFLOW_BACKEND_ENV, TRACKING_ENV, BROKER_ENV, BACKEND_ENV,
                 COMPUTE_LOGS_ENV)
 RUNS_NO_PROJECT_CODE = ("mlflow",)  # pieces a code change does not concern
 START_MARK = "stack: started "  # written to a piece's log at each `up`: what follows is this start's
-PROJECT_DIR = Path(__file__).resolve().parents[1]  # workspace.yaml of a source checkout
+PROJECT_DIR = Path(__file__).resolve().parents[2]  # workspace.yaml of a source checkout
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def pieces(workers: int, ingest_concurrency: int, webserver: str, data_dir: Path
     workspace = ["-w", str(PROJECT_DIR / "workspace.yaml")]
 
     def worker(name: str, queue: str, concurrency: int, **env: str) -> Piece:
-        return Piece(name, [str(bin_dir / "celery"), "-A", "flower_pipeline.worker", "worker", "-Q", queue,
+        return Piece(name, [str(bin_dir / "celery"), "-A", "flower_pipeline.scaleout.worker", "worker", "-Q", queue,
                             "-c", str(concurrency), "-n", f"{name}@%h", "--loglevel", "INFO"], env=env)
 
     return [
@@ -258,7 +259,7 @@ def _start(piece: Piece, env: dict[str, str]) -> Piece:
     with open(log, "ab") as out:
         out.write(f"{START_MARK}{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         out.flush()
-        process = subprocess.Popen([sys.executable, "-m", "flower_pipeline.supervise", str(child), "--",
+        process = subprocess.Popen([sys.executable, "-m", "flower_pipeline.scaleout.supervisor", str(child), "--",
                                     *piece.command], stdout=out, stderr=subprocess.STDOUT, env=env,
                                    cwd=PROJECT_DIR, start_new_session=True)  # its own group: `down` stops all of it
     record = state_dir() / f"{piece.name}.json"
@@ -316,7 +317,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.killpg(pid, sig)
 
 
-RESTART_MARK = "supervise: "  # the restarter's line when its program stopped (flower_pipeline/supervise.py)
+RESTART_MARK = "supervise: "  # the restarter's line when its program stopped (flower_pipeline/scaleout/supervisor.py)
 
 
 def _exited_once(log: Path) -> bool:
