@@ -16,7 +16,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +62,11 @@ from flower_pipeline.verdicts import (
     RULES,
     SEED_MARK,
     SNAPSHOT_MARK,
-    Evidence,
     Metrics,
     NotMeasured,
     Verdict,
     base_label,
+    judged,
 )
 
 STUDIES_DIR = Path(__file__).parent / "studies"
@@ -324,8 +324,7 @@ def judge(study: Study, results: Metrics, profile: str) -> dict[str, Verdict]:
             verdicts[claim.id] = Verdict(NOT_MEASURED, f"runs not finished: {', '.join(missing)}")
         else:
             try:
-                evidence = Evidence(results)
-                verdicts[claim.id] = replace(rule(evidence), seeds=evidence.read)
+                verdicts[claim.id] = judged(rule, results)
             except NotMeasured as missing_number:
                 verdicts[claim.id] = Verdict(NOT_MEASURED, str(missing_number))
     return verdicts

@@ -299,6 +299,7 @@ def findings(study: Study, profile: str, reports: list[RunReport], verdicts: dic
     return {"study": study.name, "profile": profile, "runs": len(_grouped(reports)), "trained_on": machines(reports),
             "claims": [{"id": claim.id, "claim": claim.text, "verdict": verdicts[claim.id].status,
                         "fragile": verdicts[claim.id].fragile, "deciding": verdicts[claim.id].deciding,
+                        "spaces": verdicts[claim.id].spaces,
                         "seeds": {k: list(v) for k, v in verdicts[claim.id].seeds.items()}}
                        for claim in study.claims]}
 

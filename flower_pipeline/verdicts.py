@@ -50,6 +50,7 @@ class Verdict:
     evidence: str
     fragile: bool = False  # its deciding test is inside the fragility band
     deciding: str = ""  # the deciding test: its statistic and its distance to the threshold
+    spaces: str = ""  # for a claim decided in fd_flowers: what the same rule says in fd_effnet
     seeds: dict[str, tuple[float, ...]] = field(default_factory=dict)  # "run: measure" → each seed's value read
 
 
@@ -67,13 +68,15 @@ def base_label(label: str) -> str:
 class Evidence:
     """The runs' metrics grouped by run, each measure as the values of its seeds (in seed order)."""
 
-    def __init__(self, results: Metrics):
+    def __init__(self, results: Metrics, instead: dict[str, str] | None = None):
         self.by_run: dict[str, list[dict[str, float]]] = {}
         self.read: dict[str, tuple[float, ...]] = {}  # what a rule read, for the report's strips of seeds
+        self.instead = instead or {}  # a measure read in another's place: fd_effnet for fd_flowers
         for label in sorted(results, key=_seed_order):
             self.by_run.setdefault(base_label(label), []).append(results[label])
 
     def values(self, run: str, key: str) -> np.ndarray:
+        key = self.instead.get(key, key)
         seeds = self.by_run.get(run, [])
         values = [s.get(key) for s in seeds]
         if not values or any(v is None or not math.isfinite(v) for v in values):
@@ -211,6 +214,23 @@ def decide(tests: list[Test], evidence: str) -> Verdict:
 
 
 Rule = Callable[[Evidence], Verdict]
+OTHER_SPACE = {"fd_flowers": "fd_effnet"}  # each feature space is blind somewhere (docs/design.md): read both
+
+
+def judged(rule: Rule, results: Metrics) -> Verdict:
+    """The rule's verdict, with each seed's value it read; a rule that reads fd_flowers is judged again with
+    fd_effnet in its place, and the verdict says whether the two spaces agree (it stays fd_flowers')."""
+    evidence = Evidence(results)
+    verdict = replace(rule(evidence), seeds=evidence.read)
+    if not any(name.endswith(f": {key}") for name in evidence.read for key in OTHER_SPACE):
+        return verdict
+    try:
+        other = rule(Evidence(results, OTHER_SPACE))
+        spaces = ("fd_effnet agrees" if other.status == verdict.status else
+                  f"in fd_effnet it is {other.status}: the two feature spaces disagree")
+    except NotMeasured:
+        spaces = "fd_effnet not measured"
+    return replace(verdict, evidence=f"{verdict.evidence} (decided in fd_flowers; {spaces})", spaces=spaces)
 
 
 # --- the source study's rules: one per claim, each decided by tests over seeds -------------------------------------

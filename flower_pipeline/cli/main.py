@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="a study name (flower-pipeline study list) or a study file")
     p.add_argument("--profile", default="quick", help="quick (32 px, short, CPU) or full (the source's settings)")
     p.add_argument("--device", default=DEFAULT_DEVICE, help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--only", nargs="+", metavar="LABEL", help="only these runs")
+    p.add_argument("--only", nargs="+", metavar="LABEL",
+                   help="only these runs, each with the rest of its fused group (another group is another run)")
     p.add_argument("--yes", action="store_true", help="start the full profile on a CPU all the same")
     p.add_argument("--register", action="store_true",
                    help="register each run's generator in the model registry (may move champions)")

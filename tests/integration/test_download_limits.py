@@ -148,9 +148,9 @@ def test_credentials_come_from_netrc_and_a_url_carrying_them_is_refused_unshown(
         server.shutdown()
         server.server_close()
 
-    from test_cli import _main
+    from conftest import cli_main
 
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
                          "http://ann:s3cret@127.0.0.1:9/x.tgz")
     assert code == 1 and "carries credentials" in err and "s3cret" not in err
     assert not (tmp_path / "dagster_home" / "storage").exists()  # refused before a run (and its config) existed

@@ -7,8 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import PROJECT, PROJECT_INSTANCE_CONFIG, flowers_like, make_tgz
-from test_cli import _files_outside, _main
+from conftest import PROJECT, PROJECT_INSTANCE_CONFIG, cli_main, files_outside, flowers_like, make_tgz
 
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.extract import extract_archive
@@ -23,14 +22,15 @@ def _one_line(code: int, err: str, start: str) -> None:
 @pytest.mark.parametrize(("args", "start"), [(["-n", "100000000"], "-n must be between 1 and 10,000"),
                                               (["--seed", "99999999999999999999999"], "--seed must be between 0")])
 def test_sample_refuses_huge_counts_and_seeds_before_loading_anything(tmp_path, capsys, monkeypatch, args, start):
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "sample", "--model", "x", *args, "-o", str(tmp_path / "a.png"))
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "sample", "--model", "x", *args, "-o",
+                            str(tmp_path / "a.png"))
     _one_line(code, err, start)
 
 
 def test_models_with_a_file_as_data_folder_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     (tmp_path / "data").write_text("not a folder")
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "models")
     _one_line(code, err, "cannot create the data folder")
 
 
@@ -42,14 +42,14 @@ def test_an_unreachable_tracking_server_fails_within_seconds(tmp_path, capsys, m
         closed.bind(("127.0.0.1", 0))
         monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{closed.getsockname()[1]}")
     started = time.monotonic()
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "models")
     assert time.monotonic() - started < 15
     _one_line(code, err, "MLflow at http://127.0.0.1:")
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "/proc/self/mem"])
 def test_special_paths_are_refused_by_name(tmp_path, capsys, monkeypatch, special):
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "odd",
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "odd",
                          "--source", special)
     _one_line(code, err, f"{special} is not a regular file or folder")
 
@@ -57,7 +57,7 @@ def test_special_paths_are_refused_by_name(tmp_path, capsys, monkeypatch, specia
 def test_file_urls_are_local_paths(tmp_path, capsys, monkeypatch):
     archive = tmp_path / "mine.tgz"
     archive.write_bytes(make_tgz(flowers_like(3)))
-    code, out, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "mine",
+    code, out, err = cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "mine",
                            "--source", archive.as_uri(), "--size", "16", "--feature-net-epochs", "1")
     assert code == 0 and "mine-color-16: 3 images" in out, err
 
@@ -84,14 +84,14 @@ def test_a_local_sqlite_tracking_store_keeps_artifacts_in_the_data_folder(tmp_pa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
     (tmp_path / "store").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+    assert cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
                  "--feature-net-epochs", "1")[0] == 0
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch", "arch1",
-                         "--iterations", "4", "--features", "8", "--eval-samples", "16", "--eval-inception-weights",
-                         "off", "--device", "cpu")
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16",
+                            "--arch", "arch1", "--iterations", "4", "--features", "8", "--eval-samples", "16",
+                            "--eval-inception-weights", "off", "--device", "cpu")
     assert code == 0, err
     assert (tmp_path / "data" / "mlartifacts").is_dir() and not (tmp_path / "mlruns").exists()
-    assert _files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home", tmp_path / "store") == []
+    assert files_outside(tmp_path, tmp_path / "data", tmp_path / "dagster_home", tmp_path / "store") == []
     assert os.environ["MLFLOW_TRACKING_URI"].startswith("sqlite:///")
 
 
@@ -119,7 +119,7 @@ def test_unsupported_schemes_bad_folders_and_hostile_names_are_one_plain_line(tm
     from flower_pipeline.cli import main
     from flower_pipeline.errors import printable
 
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "custom", "--name", "x", "--source",
                          "ftp://127.0.0.1/x.tgz")
     assert code == 1 and err.strip().endswith("ftp:// sources are not supported: use http(s)://, file:// or a "
                                               "local path")
@@ -198,7 +198,7 @@ def test_an_unreachable_mlflow_database_is_one_line_within_seconds_without_its_p
                                                                                       monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "postgresql://user:s3cret@nohost.invalid/x")
     started = time.monotonic()
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "models")
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "models")
     assert time.monotonic() - started < 15
     _one_line(code, err, "MLflow at postgresql://***@nohost.invalid/x failed")
     assert "s3cret" not in err
@@ -231,7 +231,7 @@ def test_a_full_disk_during_training_is_called_a_full_disk(tmp_path, capsys, mon
     import subprocess
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    code, _, err = _main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "prepare", "--dataset", "synthetic", "--size", "16",
                          "--feature-net-epochs", "1", "--feature-net-width", "4", "--feature-net-dim", "8")
     assert code == 0, err
     trainings = tmp_path / "data" / "synthetic" / "training"
@@ -240,7 +240,7 @@ def test_a_full_disk_during_training_is_called_a_full_disk(tmp_path, capsys, mon
                       capture_output=True).returncode:
         pytest.skip("mounting a small tmpfs needs root")
     try:
-        code, _, err = _main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch",
+        code, _, err = cli_main(tmp_path, capsys, monkeypatch, "train", "--variant", "synthetic-color-16", "--arch",
                              "arch1", "--iterations", "40", "--features", "8", "--device", "cpu")
         assert code == 1 and err.count("\n") == 1 and "disk full" in err, err[-2000:]
     finally:

@@ -1,5 +1,5 @@
-"""The README quotes the committed findings of each study (docs/findings/<study>-<profile>.json, written by
-`flower-pipeline study report --findings`): a verdict changed in one and not in the other fails here."""
+"""The README and docs/findings.md quote the committed findings of each study (docs/findings/<study>-<profile>.json,
+written by `flower-pipeline study report --findings`): a verdict changed in one and not in the other fails here."""
 
 import json
 import re
@@ -11,8 +11,11 @@ from flower_pipeline.study_report import findings_summary
 FINDINGS = sorted((PROJECT / "docs" / "findings").glob("*.json"))
 
 
+QUOTING = (PROJECT / "README.md", PROJECT / "docs" / "findings.md")
+
+
 def test_the_readme_quotes_each_committed_findings_file_as_it_is():
-    readme = (PROJECT / "README.md").read_text()
+    readme = "\n".join(path.read_text() for path in QUOTING)
     assert FINDINGS, "no committed findings"
     for file in FINDINGS:
         quoted = re.search(rf"<!-- findings: {file.stem} -->\n(.*?)\n<!-- /findings -->", readme, re.S)
@@ -22,5 +25,5 @@ def test_the_readme_quotes_each_committed_findings_file_as_it_is():
 
 
 def test_every_quote_in_the_readme_has_its_committed_findings():
-    quoted = re.findall(r"<!-- findings: ([\w-]+) -->", (PROJECT / "README.md").read_text())
+    quoted = re.findall(r"<!-- findings: ([\w-]+) -->", "\n".join(path.read_text() for path in QUOTING))
     assert sorted(quoted) == [file.stem for file in FINDINGS]

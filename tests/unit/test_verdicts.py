@@ -136,3 +136,17 @@ def test_a_verdict_keeps_each_seeds_values_it_read():
     verdict = judge(STUDY, world(CASES["dropout"][0]), "full")["dropout"]
     assert set(verdict.seeds) == {f"{A1}: fd_flowers", "arch1-dropout: fd_flowers"}
     assert all(len(values) == 3 for values in verdict.seeds.values())
+
+
+def test_a_claim_decided_in_fd_flowers_says_whether_fd_effnet_agrees():
+    metrics = world(CASES["dropout"][0])  # dropout worse in fd_flowers
+    for index, (label, seeds) in enumerate(metrics.items()):
+        seeds["fd_effnet"] = (60.0 if label.startswith("arch1-dropout") else 40.0) + index % 3  # worse too
+    verdict = judge(STUDY, metrics, "full")["dropout"]
+    assert verdict.status == "supported" and verdict.spaces == "fd_effnet agrees", verdict
+    for index, (label, seeds) in enumerate(metrics.items()):  # the standard space sees the opposite
+        seeds["fd_effnet"] = (20.0 if label.startswith("arch1-dropout") else 40.0) + index % 3
+    verdict = judge(STUDY, metrics, "full")["dropout"]
+    assert verdict.status == "supported" and "in fd_effnet it is not supported" in verdict.evidence, verdict
+    assert judge(STUDY, world(CASES["dropout"][0]), "full")["dropout"].spaces == "fd_effnet not measured"
+    assert judge(STUDY, world({}), "full")["mixing"].spaces == ""  # reads no Fréchet distance: nothing to say
