@@ -294,14 +294,16 @@ def report_html(study: Study, profile: str, reports: list[RunReport], verdicts: 
 
 
 def findings(study: Study, profile: str, reports: list[RunReport], verdicts: dict[str, Verdict]) -> dict[str, Any]:
-    """What the report concludes, as data: each claim's verdict, whether it is fragile, its deciding test and
-    each seed's values; the machines the runs trained on."""
+    """What the report concludes, as data: each claim's verdict, whether it is fragile, its deciding test, what
+    fd_effnet says of it and each seed's values; the machines the runs trained on."""
+    def claim_findings(claim: Any) -> dict[str, Any]:
+        verdict = verdicts[claim.id]
+        return {"id": claim.id, "claim": claim.text, "verdict": verdict.status, "fragile": verdict.fragile,
+                "deciding": verdict.deciding, "spaces": verdict.spaces,
+                "seeds": {k: list(v) for k, v in verdict.seeds.items()}}
+
     return {"study": study.name, "profile": profile, "runs": len(_grouped(reports)), "trained_on": machines(reports),
-            "claims": [{"id": claim.id, "claim": claim.text, "verdict": verdicts[claim.id].status,
-                        "fragile": verdicts[claim.id].fragile, "deciding": verdicts[claim.id].deciding,
-                        "spaces": verdicts[claim.id].spaces,
-                        "seeds": {k: list(v) for k, v in verdicts[claim.id].seeds.items()}}
-                       for claim in study.claims]}
+            "claims": [claim_findings(claim) for claim in study.claims]}
 
 
 def findings_summary(found: dict[str, Any]) -> str:

@@ -124,3 +124,18 @@ def test_a_missing_field_a_truncated_or_a_huge_record_names_its_file(tmp_path):
         io = _plant(tmp_path, "tensor_cache", "synthetic-color-32", planted)
         with pytest.raises(PipelineError, match=r"stage record \S*tensor_cache/synthetic-color-32\.json " + message):
             io.load_record(dg.AssetKey("tensor_cache"), "synthetic-color-32")
+
+
+def test_an_atomic_write_gets_the_umasks_mode_not_the_temp_files(tmp_path):
+    """A report or a record is as readable as the user's other files (a temp file is 0600)."""
+    import os
+
+    from flower_pipeline.storage import atomic_write_bytes
+
+    saved = os.umask(0o027)
+    try:
+        written = atomic_write_bytes(tmp_path / "report.html", b"<html></html>")
+    finally:
+        os.umask(saved)
+    assert written.stat().st_mode & 0o777 == 0o640
+    assert not list(tmp_path.glob(".report.html.*"))  # no temp file left behind
