@@ -6,9 +6,12 @@ and Adam. Project: the project's loop (data on the device, no per-step sync
 and, on CUDA, a captured CUDA graph), run twice: on the reference's own DCGAN
 networks, which isolates the loop, and on architecture 1 (a deeper generator
 and minibatch discrimination: more compute per step). Prints iterations/s and
-the ratios at each batch size, plus the device.
+the ratios at each batch size, plus the device. Architecture 1 also runs in fp32
+and in bf16 (autocast, channels-last), the project's loop against itself: the
+gain of the CPU's matrix units (AMX, AVX512-BF16). Without them `--precision auto`
+is fp32 and that line says so; `--precision bf16` times emulated bf16 anyway.
 
-    python benchmarks/train.py [--device auto] [--steps N] [--rounds R] [--batch-sizes 16 64]
+    python benchmarks/train.py [--device auto] [--steps N] [--rounds R] [--batch-sizes 16 64] [--precision auto]
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from flower_pipeline.training import TrainConfig, Trainer, pick_device
+from flower_pipeline.training import TrainConfig, Trainer, cpu_bf16_units, pick_device, precision_for
 
 
 def reference_models(nz: int = 100, ngf: int = 64, ndf: int = 64, logits: bool = False) -> tuple[nn.Module, nn.Module]:
@@ -75,9 +78,10 @@ class ReferenceLoop:
         loss_d.item(), loss_g.item()  # the usual per-step logging sync
 
 
-def project_trainer(images: np.ndarray, batch: int, device: torch.device, network: str) -> tuple[Trainer, bool]:
+def project_trainer(images: np.ndarray, batch: int, device: torch.device, network: str,
+                    precision: str = "fp32") -> tuple[Trainer, bool]:
     """The project's Trainer on `network`: "arch1", or "dcgan" (the reference's networks, D returning logits)."""
-    trainer = Trainer(TrainConfig(arch="arch1", batch_size=batch), images, device)
+    trainer = Trainer(TrainConfig(arch="arch1", batch_size=batch, precision=precision), images, device)
     if network == "dcgan":  # same networks as the reference: only the loop differs
         generator, discriminator = reference_models(logits=True)
         trainer.generator = nn.Sequential(nn.Unflatten(1, (100, 1, 1)), generator).to(device)
@@ -118,6 +122,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed blocks per loop (default 5 CUDA, 8 CPU)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--images", type=int, default=1360, help="random 64×64 images (Flowers-17's count)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16"),
+                        help="architecture 1's second precision, against its fp32 (auto: bf16 where the CPU has "
+                             "bf16 units)")
     args = parser.parse_args()
     device = pick_device(args.device)
     cuda = device.type == "cuda"
@@ -125,17 +132,26 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if cuda else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}; median of {rounds} blocks of {steps} steps, loops in turn")
     images = np.random.default_rng(0).integers(0, 256, (args.images, 3, 64, 64), dtype=np.uint8)
+    precision = precision_for(args.precision, device)
+    units = cpu_bf16_units() or "none"
     for batch in args.batch_sizes:
         same, captured = project_trainer(images, batch, device, "dcgan")
-        arch1, _ = project_trainer(images, batch, device, "arch1")
-        rates = measure({"reference": ReferenceLoop(images, batch, device), "same": same, "arch1": arch1},
-                        steps, rounds, device)
+        loops = {"reference": ReferenceLoop(images, batch, device), "same": same,
+                 "arch1": project_trainer(images, batch, device, "arch1")[0]}
+        if precision == "bf16":
+            loops["arch1 bf16"] = project_trainer(images, batch, device, "arch1", "bf16")[0]
+        rates = measure(loops, steps, rounds, device)
         graph = ", CUDA graph" if captured else ""
         reference = rates["reference"]
         print(f"batch {batch:>3}: reference {reference:8.2f} it/s | project loop{graph}: same DCGAN "
               f"{rates['same']:8.2f} it/s (ratio {rates['same'] / reference:.2f}x), arch1 {rates['arch1']:8.2f} it/s "
               f"(ratio {rates['arch1'] / reference:.2f}x)")
-
+        if precision == "bf16":
+            bf16 = rates["arch1 bf16"]
+            print(f"batch {batch:>3}: arch1 bf16 {bf16:8.2f} it/s: {bf16 / rates['arch1']:.2f}x its fp32 loop, "
+                  f"{bf16 / reference:.2f}x the reference (bf16 units: {units})")
+        else:
+            print(f"batch {batch:>3}: arch1 bf16 not timed: --precision auto is fp32 on {name} (bf16 units: {units})")
 
 if __name__ == "__main__":
     main()

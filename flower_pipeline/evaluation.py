@@ -50,7 +50,7 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.feature_network import flowers_measures
 from flower_pipeline.layout import RunFiles
 from flower_pipeline.metrics import EFFNET_MEASURES, FLOWERS_MEASURES, GATED, INCEPTION_MEASURES
-from flower_pipeline.models import Discriminator, to_unit_range
+from flower_pipeline.models import GLOBAL_RNG, Discriminator, to_unit_range
 from flower_pipeline.plots import grid_png
 from flower_pipeline.settings import check_bounds, setting
 from flower_pipeline.storage import atomic_write_bytes, atomic_write_json, png_bytes, tensors_only_loads
@@ -81,6 +81,9 @@ class EvalSettings:
     cover_fraction: float = setting(0.25, "A colour cluster is covered when the samples hold this share of its "
                                           "real share.", bounds=(0, 1))
     neighbours: int = setting(3, "k of the k-nearest-neighbour manifolds of precision and recall.", bounds=(1, 100))
+    precision: str = setting("auto", "The feature networks (flowers, EfficientNet, Inception) in bf16 autocast or "
+                                     "fp32; auto: as training's (bf16 on a CPU with bf16 units); the measures' "
+                                     "statistics stay fp64.", ("auto", "fp32", "bf16"))
     mode_clusters: int = setting(16, "k-means clusters of the photos' EfficientNet features in which repeated "
                                      "modes are looked for.", bounds=(2, 256))
     max_fid: float | None = setting(150.0, "Quality gate: highest FID a champion may have (when measured).",
@@ -125,14 +128,14 @@ def discriminator_scores(discriminator: Discriminator, images: np.ndarray, batch
     filler = rng.choice(len(images), (-len(order)) % batch_size, replace=len(images) < batch_size)
     batches = np.concatenate([order, filler]).reshape(-1, batch_size)
     scores = np.empty(len(images))
-    devices = [device] if torch.device(device).type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)  # dropout masks (architecture 2), as in training
-        for row, batch in enumerate(batches):
-            x = torch.from_numpy(np.ascontiguousarray(images[batch])).to(device)
-            batch_scores = torch.sigmoid(scorer(to_unit_range(x)).float()).double().cpu().numpy()
-            keep = min(batch_size, len(order) - row * batch_size)  # the filler's scores are dropped
-            scores[batch[:keep]] = batch_scores[:keep]
+    masks = torch.Generator(device=device).manual_seed(seed)  # dropout masks (architecture 2), as in training
+    shapes = scorer.dropout_shapes(images.shape[-1])
+    for row, batch in enumerate(batches):
+        x = torch.from_numpy(np.ascontiguousarray(images[batch])).to(device)
+        noise = [torch.rand((len(batch), *shape), generator=masks, device=device) for shape in shapes]
+        batch_scores = torch.sigmoid(scorer(to_unit_range(x), noise).float()).double().cpu().numpy()
+        keep = min(batch_size, len(order) - row * batch_size)  # the filler's scores are dropped
+        scores[batch[:keep]] = batch_scores[:keep]
     return scores
 
 
@@ -198,7 +201,7 @@ def inception_features(weights: Path, device: torch.device | str = "cpu", batch_
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     try:
-        with tensors_only_loads():  # torch-fidelity unpickles with weights_only=False
+        with tensors_only_loads(), GLOBAL_RNG:  # torch-fidelity unpickles with weights_only=False
             model = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
                                                 feature_extractor_weights_path=str(weights)).to(device)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:  # truncated, foreign or not weights

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flower_pipeline.errors import PipelineError
-from flower_pipeline.models import to_unit_range
+from flower_pipeline.models import GLOBAL_RNG, to_unit_range
 from flower_pipeline.settings import check_bounds, setting
 from flower_pipeline.storage import DataPath, atomic_write, load_tensors, load_weights, plain_number
 from flower_pipeline.tensor_cache import TensorCache
@@ -236,10 +236,11 @@ def load_feature_network(path: Path, device: torch.device | str = "cpu") -> Feat
         raise PipelineError(f"{path} is not a feature network file of this pipeline")
     width_low, width_high = _bounds("width")
     dim_low, dim_high = _bounds("dim")
-    model = FeatureNet(plain_number(saved, "channels", 1, 3, path),
-                       plain_number(saved, "classes", 2, MAX_CLASSES, path),
-                       plain_number(saved, "width", width_low, width_high, path),
-                       plain_number(saved, "dim", dim_low, dim_high, path))
+    with GLOBAL_RNG:  # its random initialisation, replaced by the saved weights
+        model = FeatureNet(plain_number(saved, "channels", 1, 3, path),
+                           plain_number(saved, "classes", 2, MAX_CLASSES, path),
+                           plain_number(saved, "width", width_low, width_high, path),
+                           plain_number(saved, "dim", dim_low, dim_high, path))
     load_weights(model, saved.get("state_dict"), path)
     return model.to(device).eval()
 

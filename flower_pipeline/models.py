@@ -15,6 +15,7 @@ architecture is written once; `stack_members` and `member_weights` move weights 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from flower_pipeline.errors import PipelineError
+
+# torch's one global generator, which every network's construction draws from: networks built in threads side
+# by side (a study's groups on a CPU) take turns, so a seeded initialisation draws exactly as it would alone.
+GLOBAL_RNG = threading.RLock()
 
 NOISES = ("gaussian", "uniform")
 # How a trained generator's batch norm normalizes when it makes images: "batch" uses each batch's own
@@ -391,7 +396,8 @@ def build_models(arch: str, *, channels: int, image_size: int, latent_dim: int =
                  dropout: float | Sequence[float] = 0.0, minibatch_kernels: int = 0, minibatch_kernel_dim: int = 5,
                  minibatch_weight: float | Sequence[float] = 1.0, members: int = 1) -> tuple[nn.Module, Discriminator]:
     """Both networks, `members` wide (per-member dropout and minibatch weight as sequences)."""
-    generator = architecture(arch).generator(latent_dim, channels, image_size, features, members)
-    discriminator = Discriminator(channels, image_size, features, dropout, minibatch_kernels, minibatch_kernel_dim,
-                                  minibatch_weight, members)
+    with GLOBAL_RNG:  # their random initialisation
+        generator = architecture(arch).generator(latent_dim, channels, image_size, features, members)
+        discriminator = Discriminator(channels, image_size, features, dropout, minibatch_kernels, minibatch_kernel_dim,
+                                      minibatch_weight, members)
     return generator, discriminator

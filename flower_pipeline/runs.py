@@ -23,6 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from flower_pipeline import source_version
 from flower_pipeline.effnet import EFFNET_ID, Effnet
 from flower_pipeline.errors import PipelineError
@@ -39,8 +41,10 @@ from flower_pipeline.training import (
     DEFAULT_DEVICE,
     TrainConfig,
     TrainResult,
+    autocast,
     deterministic,
     pick_device,
+    precision_for,
     provenance,
     train_fused,
 )
@@ -148,9 +152,11 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
     """Train K runs of one bucket side by side (one run: a solo training), each its own tracked run with
     params, metrics, sample grids and artifacts, exactly as a solo run. A failed training's runs are marked
     FAILED, except when the tracker itself failed. Setting `stop` ends the training (its run ended elsewhere)."""
-    settings = [run.settings.resolved() for run in runs]
+    torch_device = pick_device(device)
+    settings = [run.settings.on(torch_device) for run in runs]  # auto precision made concrete for the device
     cache = TensorCache.load(cache_ref.path)
-    origin = {f"provenance.{k}": v for k, v in provenance(pick_device(device), group_labels(runs)).items()}
+    origin = {f"provenance.{k}": v
+              for k, v in provenance(torch_device, group_labels(runs), settings[0].precision).items()}
     run_ids: list[str] = []
     try:
         for run, config in zip(runs, settings, strict=True):
@@ -218,19 +224,22 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
     """The trained generator (or its snapshot at `iteration`) judged against the cache it was trained on."""
     cache = TensorCache.load(trained.cache.path)  # the images it was trained on, not a newer cache
     torch_device = pick_device(device)
+    precision = precision_for(settings.precision, torch_device)
     inception, no_inception = inception_for(settings, torch_device)
+    inception = in_precision(inception, torch_device, precision)
     if inception is None:
         log(f"FID and KID unavailable: {no_inception}")
     same_cache = network.network_id.startswith(trained.cache.content_hash[:16])
     if network.path is not None and same_cache:
         net = load_feature_network(Path(network.path), torch_device)
-        flowers, no_flowers = partial(flower_features, net, device=torch_device), ""
+        flowers, no_flowers = in_precision(partial(flower_features, net, device=torch_device), torch_device,
+                                           precision), ""
     else:
         flowers, no_flowers = None, network.unavailable or (
             f"the feature network was trained on another cache ({network.network_id}); prepare "
             f"{trained.variant} again")
     try:
-        effnet, no_effnet = Effnet(torch_device), ""
+        effnet, no_effnet = Effnet(torch_device, precision), ""
     except PipelineError as err:
         effnet, no_effnet = None, str(err)
         log(f"fd_effnet and the rest unavailable: {err}")
@@ -238,7 +247,21 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
         return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
                         no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
                         effnet=effnet, no_effnet_reason=no_effnet,
-                        effnet_reference=DataLayout.reference_features(cache.path, EFFNET_ID), iteration=iteration)
+                        effnet_reference=DataLayout.reference_features(
+                            cache.path, EFFNET_ID + ("-bf16" if precision == "bf16" else "")), iteration=iteration)
+
+
+def in_precision(features: Callable[[Any], Any] | None, device: torch.device,
+                 precision: str) -> Callable[[Any], Any] | None:
+    """A feature network's calls in bf16 autocast when `precision` is bf16 (its outputs are read as fp64)."""
+    if features is None or precision != "bf16":
+        return features
+
+    def cast(images: Any) -> Any:
+        with autocast(device, precision):
+            return features(images)
+
+    return cast
 
 
 def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
@@ -255,6 +278,7 @@ def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetw
         if picture in result.files:
             tracker.log_image(run_id, result.files[picture], f"evaluation_{picture}", step)
     tracker.set_tags(run_id, {"quality_gate": gate_reason,
+                              "evaluation_precision": precision_for(settings.precision, pick_device(device)),
                               **{f"unavailable_{k}": v for k, v in result.unavailable.items()}})
     return Evaluation(partition, trained, network.network_id, result.metrics, result.unavailable, gate_passed,
                       gate_reason, {k: str(v) for k, v in result.files.items()})

@@ -12,13 +12,19 @@ version), so a finished run is reused only when all of them match.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from flower_pipeline import source_version
 from flower_pipeline.catalog import Variant
@@ -53,8 +59,10 @@ from flower_pipeline.training import (
     FULL_ITERATIONS,
     TrainConfig,
     TrainResult,
+    deterministic,
     fusion_bucket,
     pick_device,
+    precision_for,
     provenance,
 )
 from flower_pipeline.verdicts import (
@@ -167,11 +175,17 @@ def _resolve(spec: RunSpec, profile: Profile, seed_index: int = 0) -> PlannedRun
                       spec.label, seed_index, spec.note)
 
 
-def run_key(run: PlannedRun, cache_hash: str, code: str, group: tuple[str, ...] = ()) -> str:
+def run_key(run: PlannedRun, cache_hash: str, code: str, group: tuple[str, ...] = (),
+            device: torch.device | str = "cpu") -> str:
     """What shapes a run's result: a changed setting, cache or code version makes a new key, and so does another
-    fused group (the runs it trains beside change its reduction order, which acts as another seed)."""
-    payload = {"variant": run.variant, "config": asdict(TrainConfig(**run.config).resolved()),
-               "evaluation": asdict(EvalSettings(**run.evaluation)), "snapshots": run.snapshots,
+    fused group (the runs it trains beside change its reduction order, which acts as another seed) and another
+    precision (`auto` is made concrete for the device)."""
+    evaluation = asdict(EvalSettings(**run.evaluation))
+    evaluation["precision"] = precision_for(evaluation["precision"], device)
+    if evaluation["precision"] == "fp32":  # as before it was a setting: earlier runs' keys stay theirs
+        del evaluation["precision"]
+    payload = {"variant": run.variant, "config": asdict(TrainConfig(**run.config).on(device)),
+               "evaluation": evaluation, "snapshots": run.snapshots,
                "cache": cache_hash, "code": code, **({"group": list(group)} if len(group) > 1 else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -367,6 +381,11 @@ class StudyReport:
     verdicts: dict[str, str]
 
 
+# The most runs one fused group holds: a larger bucket is split into near-equal groups, so that on a CPU (where
+# fusing gains nothing: docs/benchmarks.md) the groups can share the cores; on a GPU 12 runs still fill it.
+MAX_FUSED = 12
+
+
 def fusion_groups(study: Study, profile: str, fuse: bool = True) -> dict[str, tuple[str, ...]]:
     """Each run's fused group (labels, in plan order): the profile's runs with the same variant and the same
     shared settings (`training.fusion_bucket`); unfused, each run alone. A pure function of the study and the
@@ -377,21 +396,57 @@ def fusion_groups(study: Study, profile: str, fuse: bool = True) -> dict[str, tu
     buckets: dict[tuple[str, str], list[str]] = {}
     for run in plan:
         buckets.setdefault((run.variant, fusion_bucket(TrainConfig(**run.config))), []).append(run.label)
-    return {label: tuple(group) for group in buckets.values() for label in group}
+    groups = []
+    for bucket in buckets.values():  # a large bucket in near-equal groups: no one group holds a core alone
+        parts = -(-len(bucket) // MAX_FUSED)
+        groups += [tuple(bucket[i::parts]) for i in range(parts)]
+    return {label: group for group in groups for label in group}
+
+
+def study_parallelism(parallel: int, device: str) -> int:
+    """How many fused groups train at once: on a CPU one per core (0: as many as this process may use), each on
+    one thread, so a group's numbers never depend on what trains beside it; on a GPU one at a time."""
+    if pick_device(device).type == "cuda":
+        return 1
+    return parallel or len(os.sched_getaffinity(0))
 
 
 def run_group(tracker: Tracker, layout: DataLayout, study: Study, profile: str, labels: list[str],
               cache_ref: TensorCacheRef, network: FeatureNetworkRef, *, fuse: bool = True,
-              device: str = DEFAULT_DEVICE, tags: dict[str, str] | None = None, log: Callable[[str], None] = print,
+              device: str = DEFAULT_DEVICE, parallel: int = 1, tags: dict[str, str] | None = None,
+              log: Callable[[str], None] = print,
               stop: threading.Event | None = None) -> list[tuple[StudyRunResult, bool]]:
     """Study runs, each with its whole fused group (`fusion_groups`): a group whose members are all finished is
     reused; otherwise all its members train side by side as one model (one member: a solo training), each then
-    evaluated and logged as its own nested MLflow run. Members not asked for are kept for later reuse.
+    evaluated and logged as its own nested MLflow run. Members not asked for are kept for later reuse. On a
+    CPU, up to `parallel` groups train at once, the longest first, each on one thread (`study_parallelism`).
     Returns each asked run's result and whether it was reused, in the order of `labels`."""
     code, groups, done = source_version(), fusion_groups(study, profile, fuse), {}
-    for group in dict.fromkeys(groups[label] for label in labels):
-        done |= _run_one_group(tracker, layout, study, profile, group, cache_ref, network, code, device=device,
-                               tags=tags, log=log, stop=stop)
+    todo = list(dict.fromkeys(groups[label] for label in labels))
+    if pick_device(device).type == "cuda":
+        for group in todo:
+            done |= _run_one_group(tracker, layout, study, profile, group, cache_ref, network, code, device=device,
+                                   tags=tags, log=log, stop=stop)
+        return [done[label] for label in labels]
+    iterations = {run.label: run.config["iterations"] for run in study.plan(profile)}
+    work = {group: sum(iterations[label] for label in group) for group in todo}
+    lines: queue.Queue[str] = queue.Queue()  # the workers' lines, logged by this thread (Dagster's log is its)
+    halt = threading.Event()  # `stop`, or this thread interrupted: every group ends at its next step
+    with deterministic("cpu"), ThreadPoolExecutor(max(1, min(parallel, len(todo)))) as pool:
+        futures = [pool.submit(_run_one_group, tracker, layout, study, profile, group, cache_ref, network, code,
+                               device=device, tags=tags, log=lines.put, stop=halt)
+                   for group in sorted(todo, key=lambda g: -work[g])]
+        try:
+            while not all(f.done() for f in futures) or not lines.empty():
+                if stop is not None and stop.is_set():
+                    halt.set()
+                with contextlib.suppress(queue.Empty):
+                    log(lines.get(timeout=0.2))
+        except BaseException:
+            halt.set()
+            raise
+        for future in futures:  # the first failure, after every group has ended
+            done |= future.result()
     return [done[label] for label in labels]
 
 
@@ -400,7 +455,8 @@ def _run_one_group(tracker: Tracker, layout: DataLayout, study: Study, profile: 
                    tags: dict[str, str] | None, log: Callable[[str], None],
                    stop: threading.Event | None) -> dict[str, tuple[StudyRunResult, bool]]:
     plans = {label: study.plan(profile, (label,))[0] for label in group}
-    keys = {label: run_key(run, cache_ref.content_hash, code, group) for label, run in plans.items()}
+    torch_device = pick_device(device)
+    keys = {label: run_key(run, cache_ref.content_hash, code, group, torch_device) for label, run in plans.items()}
     folders = {label: layout.study_run(study.name, profile, label, keys[label]) for label in group}
     if all(RunFiles(folder).result.is_file() for folder in folders.values()):
         return {label: (_finished(RunFiles(folders[label]).result, layout.root), True) for label in group}
@@ -416,7 +472,8 @@ def _run_one_group(tracker: Tracker, layout: DataLayout, study: Study, profile: 
         study.name, profile, hashlib.sha256(" ".join(keys[label] for label in group).encode()).hexdigest()[:16])
     trained = train_and_log_group(tracker, cache_ref, requests, group_dir, device=device,
                                   log=lambda line: log(line if len(group) > 1 else f"{group[0]}: {line}"), stop=stop)
-    origin = provenance(pick_device(device), group_labels(requests))
+    origin = provenance(torch_device, group_labels(requests), TrainConfig(**plans[group[0]].config).on(
+        torch_device).precision)
     return {label: (_evaluated(tracker, plans[label], keys[label], training, result, network, origin,
                                study_run_key(study.name, profile, label), device,
                                lambda line, label=label: log(f"{label}: {line}")), False)

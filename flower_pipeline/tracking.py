@@ -92,6 +92,9 @@ class Tracker(ABC):
     def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str: ...
 
 
+_DATASET_ROWS = threading.Lock()
+
+
 class MlflowTracker(Tracker):
     """Tracking and registry in one MLflow store. Default store: SQLite under the data folder (MLflow 3
     rejects plain files)."""
@@ -196,9 +199,12 @@ class MlflowTracker(Tracker):
         self.client().log_image(run_id, image, key=key, step=step)
 
     def log_dataset(self, run_id: str, name: str, digest: str, source: str) -> None:
-        """The training input as an MLflow dataset: the tensor cache's variant, content hash and folder."""
-        self.client().log_inputs(run_id, [DatasetInput(Dataset(name, digest[:36], "local", source),
-                                                       [InputTag("mlflow.data.context", "training")])])
+        """The training input as an MLflow dataset: the tensor cache's variant, content hash and folder. MLflow
+        gets or creates the dataset row without a lock: runs that start at once (a study's groups in threads,
+        trainings in other processes on a local store) take turns here."""
+        with _DATASET_ROWS, self._first_use():
+            self.client().log_inputs(run_id, [DatasetInput(Dataset(name, digest[:36], "local", source),
+                                                           [InputTag("mlflow.data.context", "training")])])
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client().set_terminated(run_id, status)

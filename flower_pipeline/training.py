@@ -37,6 +37,7 @@ from flower_pipeline.errors import PipelineError
 from flower_pipeline.layout import RunFiles
 from flower_pipeline.models import (
     ARCHITECTURES,
+    GLOBAL_RNG,
     NOISES,
     Discriminator,
     FlowerGenerator,
@@ -62,7 +63,7 @@ from flower_pipeline.storage import (
 from flower_pipeline.tensor_cache import TensorCache
 
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 FULL_ITERATIONS = 20_000  # the source's training length: the default, and what study profiles scale from
 LECAM_DECAY = 0.99  # the LeCam paper's running-mean decay
 
@@ -118,8 +119,11 @@ class TrainConfig:
     checkpoint_seconds: float = setting(60.0, "Seconds between checkpoints, taken at log steps (0: at every one).",
                                         bounds=(0, 86_400))
     cuda_graphs: bool = setting(True, "Replay the training step as one CUDA graph on CUDA.")
-    precision: str = setting("fp32", "bf16 autocasts matrix work on CUDA (weights stay fp32).", PRECISIONS)
-    channels_last: bool = setting(True, "NHWC tensors on CUDA: cuDNN then skips its layout copies (+12% at batch 16).")
+    precision: str = setting("auto", "bf16 autocasts matrix work (weights, losses and optimizer state stay fp32); "
+                                     "auto: bf16 on a CPU with bf16 matrix units (AMX, AVX512-BF16), else fp32.",
+                             PRECISIONS)
+    channels_last: bool = setting(True, "NHWC tensors on CUDA and in bf16 on a CPU, where cuDNN and oneDNN skip "
+                                        "their layout copies (+12% at batch 16 on CUDA).")
     deterministic: bool = setting(False, "The same numbers whatever the thread count, on the same kernels and fused "
                                          "group (another CPU acts as another seed): one CPU thread, "
                                          "cuDNN's deterministic kernels (slower on an idle many-core CPU).")
@@ -143,6 +147,11 @@ class TrainConfig:
         if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def on(self, device: torch.device | str) -> TrainConfig:
+        """Resolved for a device: `precision: auto` becomes the precision it trains in there, so a run's key,
+        folder and params name it (a bf16 run is never reused as an fp32 one)."""
+        return replace(self.resolved(), precision=precision_for(self.precision, device))
 
     def networks(self, channels: int, image_size: int,
                  members: list[TrainConfig] | None = None) -> tuple[nn.Module, Discriminator]:
@@ -213,14 +222,47 @@ def deterministic(device: torch.device | str) -> Iterator[None]:
 KERNEL_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def provenance(device: torch.device | str, group: tuple[str, ...] = ()) -> dict[str, str]:
+# oneDNN's ISA caps (ONEDNN_MAX_CPU_ISA) that still allow its bf16 instructions: AVX512-BF16, then AMX.
+BF16_ISAS = {"AVX512_CORE_BF16": "AVX512-BF16", "AVX10_1_512": "AVX512-BF16", "AVX512_CORE_AMX": "AMX",
+             "AVX512_CORE_AMX_FP16": "AMX", "AVX10_1_512_AMX": "AMX", "AVX10_1_512_AMX_FP16": "AMX",
+             "AVX10_2_512": "AVX512-BF16", "AVX10_2_512_AMX_2": "AMX", "DEFAULT": "AMX", "ALL": "AMX"}
+
+
+def cpu_bf16_units() -> str:
+    """The bf16 matrix units this CPU lends torch ("AMX", "AVX512-BF16"), or "" when it has none or the kernel
+    variables cap them (AVX2 kernels emulate bf16, slower than fp32)."""
+    if not torch.backends.cpu.get_cpu_capability().startswith("AVX512"):
+        return ""  # ATEN_CPU_CAPABILITY=avx2, or no AVX-512 at all
+    cap = BF16_ISAS.get(os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper())
+    if cap is None:
+        return ""  # oneDNN capped below its bf16 instructions
+    if cap == "AMX" and torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else ""
+
+
+def precision_for(precision: str, device: torch.device | str) -> str:
+    """The precision a run trains or measures in: `auto` is bf16 on a CPU with bf16 units, fp32 elsewhere
+    (on CUDA bf16 gained nothing at batch 16: docs/benchmarks.md); fp32 and bf16 are kept as asked."""
+    if precision != "auto":
+        return precision
+    return "bf16" if torch.device(device).type == "cpu" and cpu_bf16_units() else "fp32"
+
+
+def autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bf16 autocast of the matrix work when `precision` (concrete) is bf16; no cache, which would outlive a
+    CUDA graph's capture."""
+    return torch.autocast(device.type, torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
+
+
+def provenance(device: torch.device | str, group: tuple[str, ...] = (), precision: str = "fp32") -> dict[str, str]:
     """What besides the settings and the seed shapes a run's numbers: the device and its kernels, the versions,
     and the runs it trained beside. GAN training is chaotic: another reduction order (other kernels, another
     fused group) acts as another seed, so `deterministic` promises the same numbers only on the same kernels
     with the same group."""
     device = torch.device(device)
     found = {"device": device.type, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-             "torch": torch.__version__,
+             "cpu_bf16_units": cpu_bf16_units() or "none", "precision": precision, "torch": torch.__version__,
              "fused_group": " ".join(group) if len(group) > 1 else "solo",
              **{name.lower(): os.environ[name] for name in KERNEL_ENV if os.environ.get(name)}}
     if device.type == "cuda":
@@ -306,25 +348,25 @@ class Trainer:
         self.channels, self.image_size = channels, size
         self.data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8, on the device once
         solos = []
-        for member in configs:  # each member initialised exactly as its solo run: from its own seed
-            torch.manual_seed(member.seed)
-            solos.append(member.networks(channels, size))
-        if k == 1:
-            self.generator, self.discriminator = solos[0]
-        else:
-            wide_g, wide_d = config.networks(channels, size, members=configs)
-            self.generator = stack_members(wide_g, [g for g, _ in solos])
-            self.discriminator = stack_members(wide_d, [d for _, d in solos])
+        with GLOBAL_RNG:  # seeded: nothing else draws from torch's generator meanwhile
+            for member in configs:  # each member initialised exactly as its solo run: from its own seed
+                torch.manual_seed(member.seed)
+                solos.append(member.networks(channels, size))
+            if k == 1:
+                self.generator, self.discriminator = solos[0]
+            else:
+                wide_g, wide_d = config.networks(channels, size, members=configs)
+                self.generator = stack_members(wide_g, [g for g, _ in solos])
+                self.discriminator = stack_members(wide_d, [d for _, d in solos])
         self._solo_templates = solos  # each member's own layer names (a member without dropout has fewer layers)
         self.generator.to(device)
         self.discriminator.to(device)
-        cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if config.channels_last and cuda else torch.contiguous_format
+        self.precision = precision_for(config.precision, device)
+        nhwc = config.channels_last and (device.type == "cuda" or self.precision == "bf16")
+        self.memory_format = torch.channels_last if nhwc else torch.contiguous_format
         self.generator.to(memory_format=self.memory_format)
         self.discriminator.to(memory_format=self.memory_format)
-        # No autocast cache: cached casts would outlive a CUDA graph's capture.
-        self.autocast = torch.autocast("cuda", torch.bfloat16, enabled=config.precision == "bf16" and cuda,
-                                       cache_enabled=False)
+        self.autocast = autocast(device, self.precision)
         lrs = [c.lr for c in configs]
         # Adam's, RMSprop's and SGD's updates are linear in the learning rate: with per-member rates the step
         # runs at rate 1 and each member's change is scaled by its own rate.
@@ -691,8 +733,8 @@ def _train(
     stop: threading.Event | None = None,
     labels: tuple[str, ...] = (),
 ) -> list[TrainResult]:
-    configs = [c.resolved() for c in configs]
     torch_device = pick_device(device)
+    configs = [c.on(torch_device) for c in configs]
     members = range(len(configs))
     snapshots = snapshots or tuple(() for _ in members)
     for out_dir in out_dirs:

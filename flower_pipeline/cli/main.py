@@ -341,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fuse", action="store_true",
                    help="train every run on its own (default: runs that differ only in fusable settings, seeds "
                         "included, train side by side as one model, one step for each group)")
+    p.add_argument("--parallel", type=int, default=0, metavar="N",
+                   help="on a CPU, fused groups trained at once, each on one thread (default 0: one per core); "
+                        "on a GPU always one")
     p.set_defaults(run=study.run_study)
     p = with_data_dir(study_commands.add_parser("report", help="write the study's HTML report"))
     p.add_argument("study", help="a study name or a study file")

@@ -65,7 +65,7 @@ def run_study(args: argparse.Namespace) -> None:
     """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
     from flower_pipeline.defs.study_assets import study_partitions, study_run_partitions
     from flower_pipeline.registry import tracking
-    from flower_pipeline.study import fusion_groups, load_study, study_run_key
+    from flower_pipeline.study import fusion_groups, load_study, study_parallelism, study_run_key
     from flower_pipeline.training import pick_device
 
     study = load_study(args.study)
@@ -116,22 +116,27 @@ def run_study(args: argparse.Namespace) -> None:
     report_key = f"{study.name}:{args.profile}"
     if not instance.has_dynamic_partition(study_partitions.name, report_key):
         instance.add_dynamic_partitions(study_partitions.name, [report_key])
-    batches = _contiguous(groups, study.name, args.profile, instance.get_dynamic_partitions(study_run_partitions.name))
+    order = instance.get_dynamic_partitions(study_run_partitions.name)
+    batches = _contiguous(groups, study.name, args.profile, order)
     fused = sum(len(batch) for batch in batches if len(batch) > 1)
-    print(f"{len(plan)} runs in {len(batches)} training steps" + (f" ({fused} trained side by side in "
+    parallel = study_parallelism(args.parallel, args.device)
+    print(f"{len(plan)} runs in {len(batches)} trainings" + (f" ({fused} trained side by side in "
           f"{sum(len(batch) > 1 for batch in batches)} fused groups; --no-fuse trains one at a time)" if fused
-          else ""), flush=True)
+          else "") + (f"; up to {parallel} at once, one per core" if parallel > 1 else ""), flush=True)
+    if parallel > 1:  # neighbouring groups of one variant share a step, which trains them side by side
+        batches = _steps(batches, {label: run.variant for label, run in by_label.items()}, study.name, args.profile,
+                         order)
     store = tracking(data_dir=args.data_dir)
     parent = store.start_run(f"study {study.name} ({args.profile})", {"study": study.name, "profile": args.profile})
     records = []
     config = {"study_file": _study_file(study), "parent_run_id": parent, "device": args.device,
-              "fuse": not args.no_fuse}
+              "fuse": not args.no_fuse, "parallel": args.parallel}
     try:
         for batch in batches:
             first, last = study_run_key(study.name, args.profile, batch[0]), study_run_key(study.name, args.profile,
                                                                                           batch[-1])
-            if len(batch) > 1:  # a fused group reports when it ends: say what it is training meanwhile
-                print(f"training {len(batch)} runs side by side: {', '.join(batch)}", flush=True)
+            if len(batch) > 1:  # a step reports when it ends: say what it is training meanwhile
+                print(f"training {len(batch)} runs: {', '.join(batch)}", flush=True)
             result = run_job("study_runs", first, {"study_run": {"config": config}}, args.data_dir,
                              last if len(batch) > 1 else None)
             reused = {m.partition: m.metadata["reused"].value
@@ -172,6 +177,26 @@ def _contiguous(groups: list[list[str]], study: str, profile: str, order: list[s
                 batch = [label]
         batches.append(batch)
     return batches
+
+
+def _steps(batches: list[list[str]], variant: dict[str, str], study: str, profile: str,
+           order: list[str]) -> list[list[str]]:
+    """Neighbouring batches joined into one step where they are one range of partitions on one variant: a step
+    on a CPU trains its groups side by side, one per core (the asset reads one variant's cache)."""
+    from flower_pipeline.study import study_run_key
+
+    position = {key: i for i, key in enumerate(order)}
+
+    def at(label: str) -> int:
+        return position[study_run_key(study, profile, label)]
+
+    steps: list[list[str]] = []
+    for batch in batches:
+        if steps and variant[steps[-1][-1]] == variant[batch[0]] and at(steps[-1][-1]) + 1 == at(batch[0]):
+            steps[-1] = steps[-1] + batch
+        else:
+            steps.append(list(batch))
+    return steps
 
 
 def _register_study_run(store: Any, study: str, run: Any, record: Any) -> None:

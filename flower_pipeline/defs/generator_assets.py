@@ -36,7 +36,7 @@ from flower_pipeline.runs import (
 )
 from flower_pipeline.scaleout.heartbeat import step_key, step_watch
 from flower_pipeline.scaleout.settings import GPU_STEP
-from flower_pipeline.training import TrainConfig
+from flower_pipeline.training import TrainConfig, pick_device
 
 from .config import EvaluationConfig, TrainingConfig, asset_code_version, settings_from
 from .data_assets import OWNERS
@@ -92,7 +92,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     tracker = mlflow.tracker
     step = step_watch(context.instance, context.run.run_id, step_key(context))
     with user_errors(tracker), step as run_ended:
-        settings = settings_from(config, TrainConfig, arch=arch).resolved()
+        # auto precision made concrete for the device: a bf16 training has its own folder, never reused as fp32
+        settings = settings_from(config, TrainConfig, arch=arch).on(pick_device(config.device))
         members = seed_sweep(settings, config.seeds)
         dataset, sweep = Variant.parse(variant).dataset, len(members) > 1
         out_dirs = [storage.layout.training(dataset, variant, arch, training_fingerprint(tensor_cache.content_hash, m))
@@ -125,7 +126,8 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
     }
     if "curves" in result.files:
         metadata["curves"] = image_markdown(result.files["curves"].read_bytes(), "training curves")
-    if sweep:
+    if sweep:  # the top-level numbers and link are the first seed's; the evaluation picks the one registered
+        metadata["shown_seed"] = f"seed {members[0].seed} of {len(members)}; every seed in sweep"
         metadata["sweep"] = rows_table([{"seed": m.settings.seed, **{k: round(r.final[k], 4) for k in FINAL_SHOWN}}
                                         for m, (_, r) in zip(runs, group, strict=True)])
     context.add_output_metadata(metadata)
@@ -153,14 +155,16 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
     shown = {k: round(v, 4) for k, v in metrics.headline(evaluation.metrics).items()}
     metadata: dict[str, Any] = {
         **shown, "samples_scored": config.samples, "quality_gate": evaluation.gate_reason,
-        "mlflow_run": mlflow_link(tracker, trained_generator.mlflow_run_id),
+        "mlflow_run": mlflow_link(tracker, evaluation.training.mlflow_run_id),  # the registered seed's run
         "path": dg.MetadataValue.path(os.path.dirname(evaluation.files["metrics"])), "headline": table(shown),
     }
     for key, status in (("fid", "fid_status"), ("fd_flowers", "flowers_status")):
         if key in evaluation.unavailable:
             metadata[status] = f"unavailable: {evaluation.unavailable[key]}"
     if evaluation.sweep:
-        metadata["sweep"] = rows_table([{"seed": e.training.config["seed"], "quality_gate": e.gate_reason,
+        metadata["registered_seed"] = evaluation.training.config["seed"]
+        metadata["sweep"] = rows_table([{"seed": e.training.config["seed"],
+                                         "registered": "yes" if e is evaluation else "", "quality_gate": e.gate_reason,
                                          **{k: round(v, 4) for k, v in metrics.headline(e.metrics).items()}}
                                         for e in (evaluation, *evaluation.sweep)])
     for name, alt in PICTURES.items():

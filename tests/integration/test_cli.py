@@ -146,6 +146,13 @@ def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, 
     chosen = next(r for r in runs if r.info.run_id == version.run_id)
     assert chosen.data.params["seed"] == ranked[0][0]
     assert {r.data.tags["sweep_choice"] for r in runs} == {f"seed {ranked[0][0]} of 3"}
+    import dagster as dg
+
+    from flower_pipeline.cli.launch import instance
+
+    shown = instance().get_latest_materialization_event(dg.AssetKey("generator_evaluation")).asset_materialization
+    assert shown.metadata["registered_seed"].value == int(ranked[0][0])  # the UI names the registered seed
+    assert version.run_id in shown.metadata["mlflow_run"].value  # and links its run, not seed 0's
 
 
 def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):

@@ -190,24 +190,26 @@ FUSABLE_STUDY = {
 }
 
 
-def test_study_run_fuses_compatible_runs_into_one_step_each_and_gives_the_unfused_verdicts(tmp_path, monkeypatch,
-                                                                                          capsys):
-    """Four architecture-1 runs (two settings × two seeds) train as one step, the two architecture-2 runs as
-    another; each partition is still materialized with its own record, and the verdicts and numbers are those
-    of `--no-fuse`, which trains the six one at a time."""
+def test_study_run_fuses_compatible_runs_trains_groups_side_by_side_and_gives_the_unfused_verdicts(
+        tmp_path, monkeypatch, capsys):
+    """Four architecture-1 runs (two settings × two seeds) fuse into one group, the two architecture-2 runs into
+    another. On two cores both groups train at once in one step, each on its own thread, with exactly the
+    numbers they get one after the other; each partition is still materialized with its own record, and the
+    numbers are close to those of `--no-fuse`, which trains the six alone."""
     from flower_pipeline.cli import main
+    from flower_pipeline.training import precision_for
 
     path = tmp_path / "fusable.yaml"
     path.write_text(yaml.safe_dump(FUSABLE_STUDY, sort_keys=False))
     outcome = {}
-    for mode in ("fused", "unfused"):
+    for mode, flags in (("fused", ["--parallel", "2"]), ("one-at-a-time", ["--parallel", "1"]),
+                        ("unfused", ["--no-fuse", "--parallel", "2"])):
         home = tmp_path / mode / "home"
         home.mkdir(parents=True)
         shutil.copy(PROJECT_INSTANCE_CONFIG, home)
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         data = tmp_path / mode / "data"
-        args = ["study", "run", str(path), "--data-dir", str(data), "--device", "cpu"]
-        assert main(args + (["--no-fuse"] if mode == "unfused" else [])) == 0
+        assert main(["study", "run", str(path), "--data-dir", str(data), "--device", "cpu", *flags]) == 0
         printed = capsys.readouterr().out
         with dg.DagsterInstance.from_config(str(home)) as instance:
             runs = instance.get_runs(dg.RunsFilter(job_name="study_runs"))
@@ -220,20 +222,25 @@ def test_study_run_fuses_compatible_runs_into_one_step_each_and_gives_the_unfuse
         report = tmp_path / mode / "report.html"
         assert main(["study", "report", str(path), "--data-dir", str(data), "-o", str(report)]) == 0
         outcome[mode] += (report.read_text(),)
-    fused, unfused = outcome["fused"], outcome["unfused"]
-    assert (fused[0], fused[1]) == (2, 6) and (unfused[0], unfused[1]) == (6, 6)
-    assert "6 runs in 2 training steps (6 trained side by side in 2 fused groups" in fused[3]
+    fused, alone, unfused = outcome["fused"], outcome["one-at-a-time"], outcome["unfused"]
+    assert (fused[0], fused[1]) == (1, 6) and (alone[0], alone[1]) == (2, 6) and (unfused[0], unfused[1]) == (1, 6)
+    assert "6 runs in 2 trainings (6 trained side by side in 2 fused groups" in fused[3]
+    assert "up to 2 at once, one per core" in fused[3] and "at once" not in alone[3]
     assert len(fused[2]) == len(unfused[2]) == 6
     for label, record in fused[2].items():
+        assert record["metrics"] == alone[2][label]["metrics"]  # what trained beside on the other core: nothing
+        assert record["run_key"] == alone[2][label]["run_key"]
         other = unfused[2][label]
         assert record["run_key"] != other["run_key"]  # trained beside others: another run, with its group
         assert other["provenance"]["fused_group"] == "solo" and label in record["provenance"]["fused_group"]
         assert record["provenance"]["cpu_capability"] and record["provenance"]["device"] == "cpu"
+        assert record["provenance"]["precision"] == precision_for("auto", "cpu")  # the machine's, made concrete
         for metric in ("d_real_train_mean", "d_fake_mean", "checkerboard_ratio", "colour_distance"):
             assert record["metrics"][metric] == pytest.approx(other["metrics"][metric], rel=0.05, abs=0.02), metric
     shown = r"class='(supported|not-supported|inconclusive|not-measured)'"
     verdicts = [re.findall(shown, o[4]) for o in outcome.values()]
-    assert verdicts[0] == verdicts[1] and len(verdicts[0]) == 3
+    # Unfused is another seed (docs/design.md, "What a run is"): with 2 seeds a verdict may differ, the numbers not.
+    assert verdicts[0] == verdicts[1] and len(verdicts[0]) == len(verdicts[2]) == 3
     assert "<th>trained beside</th>" in fused[4] and "cpu_capability=" in fused[4]
 
     # --only in the fused data folder: the run's group is the study's, never the selection's. Its group is
