@@ -403,6 +403,9 @@ def fusion_groups(study: Study, profile: str, fuse: bool = True) -> dict[str, tu
     return {label: group for group in groups for label in group}
 
 
+MAX_PARALLEL = 256  # groups one step may train at once on a CPU (threads)
+
+
 def study_parallelism(parallel: int, device: str) -> int:
     """How many fused groups train at once: on a CPU one per core (0: as many as this process may use), each on
     one thread, so a group's numbers never depend on what trains beside it; on a GPU one at a time."""

@@ -65,9 +65,11 @@ def run_study(args: argparse.Namespace) -> None:
     """Run (or resume) a study: prepare its variants, then each run as a partition of the `study_runs` job."""
     from flower_pipeline.defs.study_assets import study_partitions, study_run_partitions
     from flower_pipeline.registry import tracking
-    from flower_pipeline.study import fusion_groups, load_study, study_parallelism, study_run_key
+    from flower_pipeline.study import MAX_PARALLEL, fusion_groups, load_study, study_parallelism, study_run_key
     from flower_pipeline.training import pick_device
 
+    if not 0 <= args.parallel <= MAX_PARALLEL:
+        raise PipelineError(f"--parallel must be 0 (one per core) to {MAX_PARALLEL}, got {args.parallel}")
     study = load_study(args.study)
     plan = study.plan(args.profile, tuple(args.only or ()))
     if args.profile == "full" and pick_device(args.device).type != "cuda":

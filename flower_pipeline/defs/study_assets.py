@@ -17,7 +17,15 @@ from flower_pipeline.layout import RunFiles
 from flower_pipeline.metrics import SUMMARY
 from flower_pipeline.scaleout.heartbeat import step_key, step_watch
 from flower_pipeline.scaleout.settings import GPU_STEP
-from flower_pipeline.study import Study, StudyReport, build_report, load_study, run_group, study_parallelism
+from flower_pipeline.study import (
+    MAX_PARALLEL,
+    Study,
+    StudyReport,
+    build_report,
+    load_study,
+    run_group,
+    study_parallelism,
+)
 from flower_pipeline.training import DEFAULT_DEVICE
 
 from .config import DEVICE_HELP
@@ -39,8 +47,9 @@ class StudyConfig(dg.Config):
     fuse: bool = Field(True, description="Train each run with its fused group (the runs of its variant that share "
                                          "its settings but seed, learning rate and the like), as one model; off, "
                                          "each run alone. A run's group is part of its key.")
-    parallel: int = Field(0, ge=0, le=256, description="On a CPU, fused groups trained at once in one step, each "
-                                                       "on one thread (0: one per core); on a GPU one at a time.")
+    parallel: int = Field(0, ge=0, le=MAX_PARALLEL,
+                          description="On a CPU, fused groups trained at once in one step, each on one thread (0: "
+                                      "one per core); on a GPU one at a time.")
 
 
 def _study(config: StudyConfig, name: str) -> Study:

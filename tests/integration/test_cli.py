@@ -120,6 +120,13 @@ def test_a_bad_seed_sweep_is_one_line(tmp_path, capsys, monkeypatch, seeds):
     assert code == 1 and err.startswith("error: ") and "seeds" in err and err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("parallel", ["-1", "100000"])
+def test_a_bad_parallel_count_is_one_line_and_starts_nothing(tmp_path, capsys, monkeypatch, parallel):
+    code, _, err = cli_main(tmp_path, capsys, monkeypatch, "study", "run", "source", "--parallel", parallel)
+    assert code == 1 and err == f"error: --parallel must be 0 (one per core) to 256, got {parallel}\n", err
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, capsys, monkeypatch):
     import re
 
