@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,18 +162,24 @@ def run_study(args: argparse.Namespace) -> None:
     print(f"done; the report: flower-pipeline study report {args.study} --profile {args.profile} -o report.html")
 
 
-def _contiguous(groups: list[list[str]], study: str, profile: str, order: list[str]) -> list[list[str]]:
-    """Each group split where its partitions are not neighbours in the instance's order (a run covers a range
-    of partitions); a group added in an earlier invocation, one by one, may so train in parts."""
+def _positions(study: str, profile: str, order: list[str]) -> Callable[[str], int]:
+    """A run label's place among the instance's study_run partitions (a Dagster run covers a range of them)."""
     from flower_pipeline.study import study_run_key
 
     position = {key: i for i, key in enumerate(order)}
+    return lambda label: position[study_run_key(study, profile, label)]
+
+
+def _contiguous(groups: list[list[str]], study: str, profile: str, order: list[str]) -> list[list[str]]:
+    """Each group split where its partitions are not neighbours in the instance's order (a run covers a range
+    of partitions); a group added in an earlier invocation, one by one, may so train in parts."""
+    at = _positions(study, profile, order)
     batches = []
     for group in groups:
-        ranked = sorted(group, key=lambda label: position[study_run_key(study, profile, label)])
+        ranked = sorted(group, key=at)
         batch = [ranked[0]]
         for label in ranked[1:]:
-            if position[study_run_key(study, profile, label)] == position[study_run_key(study, profile, batch[-1])] + 1:
+            if at(label) == at(batch[-1]) + 1:
                 batch.append(label)
             else:
                 batches.append(batch)
@@ -185,13 +192,7 @@ def _steps(batches: list[list[str]], variant: dict[str, str], study: str, profil
            order: list[str]) -> list[list[str]]:
     """Neighbouring batches joined into one step where they are one range of partitions on one variant: a step
     on a CPU trains its groups side by side, one per core (the asset reads one variant's cache)."""
-    from flower_pipeline.study import study_run_key
-
-    position = {key: i for i, key in enumerate(order)}
-
-    def at(label: str) -> int:
-        return position[study_run_key(study, profile, label)]
-
+    at = _positions(study, profile, order)
     steps: list[list[str]] = []
     for batch in batches:
         if steps and variant[steps[-1][-1]] == variant[batch[0]] and at(steps[-1][-1]) + 1 == at(batch[0]):
