@@ -14,8 +14,9 @@
       mlflow.db, mlartifacts/                   the local MLflow store (when no server is set)
 
 A training's folder (RunFiles) holds generator.pt, final_state.pt, checkpoint.pt while it trains,
-generator_<iteration>.pt snapshots, samples/iter_<iteration>.png, final_grid.png, history.json, curves.png,
-result.json (a study run), and evaluation/ (or evaluation_<iteration>/ for a snapshot; EvaluationFiles).
+generator_<iteration>.pt snapshots (snapshot_scores.png: their scores), samples/iter_<iteration>.png,
+final_grid.png, history.json, curves.png, result.json (a study run), and evaluation/ (or
+evaluation_<iteration>/ for a snapshot; EvaluationFiles).
 
 The data root is $FLOWER_PIPELINE_DATA_DIR, else `data/` beside the Dagster
 home: one root per instance, wherever a command runs. A name becomes a path
@@ -176,6 +177,11 @@ class RunFiles:
 
     def snapshot(self, iteration: int) -> Path:
         return self.root / f"generator_{iteration:06d}.pt"
+
+    @property
+    def snapshot_curve(self) -> Path:
+        """The ranking metric of each scored snapshot (eval_every), the chosen one marked."""
+        return self.root / "snapshot_scores.png"
 
     @property
     def final_state(self) -> Path:

@@ -57,3 +57,34 @@ def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None
     fig.savefig(buffer, format="png")
     plt.close(fig)
     return buffer.getvalue()
+
+
+def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, title: str = "") -> bytes | None:
+    """Each measure of the scored snapshots over iterations, one panel per measure, the chosen snapshot marked;
+    None where matplotlib is not installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+
+    names = list(dict.fromkeys(name for _, metrics in scores for name in metrics))
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.4), dpi=100, squeeze=False)
+    for axis, name in zip(axes[0], names, strict=True):
+        points = [(it, metrics[name]) for it, metrics in scores if name in metrics]
+        axis.plot([it for it, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
+        axis.plot([it for it, _ in points if it == chosen], [v for it, v in points if it == chosen], marker="*",
+                  markersize=14, color="crimson", linestyle="", label=f"chosen: iteration {chosen}")
+        axis.set_xlabel("iteration")
+        axis.set_ylabel(f"{name} (lower is better)")
+        axis.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()

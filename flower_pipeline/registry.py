@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flower_pipeline.layout import DataLayout, RunFiles
+from flower_pipeline.layout import DataLayout
 from flower_pipeline.metrics import RANKING, SPACE_TAGS, from_version_tags
 from flower_pipeline.models import FlowerGenerator
 from flower_pipeline.tracking import CHAMPION, MlflowTracker, mlflow_errors
@@ -38,15 +38,16 @@ class RegisteredVersion:
     run_id: str
 
 
-def register_generator(store: MlflowTracker, name: str, run_id: str, training_dir: Path, *, gate: tuple[bool, str],
+def register_generator(store: MlflowTracker, name: str, run_id: str, generator_file: Path, *, gate: tuple[bool, str],
                        metrics: dict[str, float], spaces: dict[str, str], tags: dict[str, str], description: str,
                        log: Callable[[str], None]) -> RegisteredVersion:
-    """Register the run's generator as a new version of `name` (once per run, however often retried) and
-    move `champion` to it when it passed the quality gate and beats the champion. `spaces` names the feature
-    spaces its numbers were measured in (SPACE_TAGS): only numbers from the same space are compared."""
+    """Register the run's generator file (its final generator, or a scored snapshot) as a new version of `name`
+    (once per run, however often retried) and move `champion` to it when it passed the quality gate and beats
+    the champion. `spaces` names the feature spaces its numbers were measured in (SPACE_TAGS): only numbers
+    from the same space are compared."""
     version = store.version_of_run(name, run_id)
     if version is None:
-        model = store.log_generator(run_id, name, RunFiles(training_dir).generator)
+        model = store.log_generator(run_id, name, generator_file)
         version = store.register(name, run_id, model, tags, description)
     else:
         log(f"{name} version {version.version} was already registered from run {run_id}")

@@ -17,24 +17,27 @@ import hashlib
 import json
 import math
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from flower_pipeline import source_version
 from flower_pipeline.effnet import EFFNET_ID, Effnet
 from flower_pipeline.errors import PipelineError
 from flower_pipeline.evaluation import EvalResult, EvalSettings, evaluate, inception_for, quality_gate
-from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, load_feature_network
+from flower_pipeline.feature_network import FeatureNetworkRef, flower_features, frechet_distance, load_feature_network
 from flower_pipeline.ingest import TensorCacheRef
 from flower_pipeline.layout import DataLayout, RunFiles
 from flower_pipeline.metrics import EFFNET_SPACE, FEATURE_NETWORK, run_metrics, summary_line, version_tags
+from flower_pipeline.plots import snapshot_curve_png
 from flower_pipeline.registry import RegisteredVersion, model_name, ranking_metric, register_generator
-from flower_pipeline.storage import DataPath
+from flower_pipeline.storage import DataPath, atomic_write_bytes
 from flower_pipeline.tensor_cache import TensorCache
 from flower_pipeline.tracking import MLFLOW_FAILURES, InBackground, MlflowTracker, Tracker
 from flower_pipeline.training import (
@@ -43,6 +46,7 @@ from flower_pipeline.training import (
     TrainResult,
     autocast,
     deterministic,
+    load_generator_file,
     pick_device,
     precision_for,
     provenance,
@@ -72,6 +76,15 @@ class TrainedRun:
 
 
 @dataclass(frozen=True)
+class ScoredSnapshot:
+    """A generator kept during training (eval_every), scored on SNAPSHOT_SAMPLES samples in both feature spaces."""
+
+    iteration: int
+    metrics: dict[str, float]  # fd_flowers, fd_effnet: those measured
+    model_id: str  # its MLflow LoggedModel
+
+
+@dataclass(frozen=True)
 class Evaluation:
     partition: str  # the training partition, arch1|flowers17-color-64
     training: TrainedRun
@@ -82,11 +95,14 @@ class Evaluation:
     gate_reason: str
     files: dict[str, DataPath]
     sweep: tuple[Evaluation, ...] = ()  # a seed sweep's other members, which this one ranked above
+    snapshots: tuple[ScoredSnapshot, ...] = ()  # the scored snapshots and the final generator, by iteration
+    iteration: int | None = None  # the snapshot evaluated and registered (None: the final generator)
+    scoring_seconds: float = 0.0  # what scoring the snapshots cost, to set beside the training's seconds
 
 
 def training_fingerprint(cache_hash: str, settings: TrainConfig) -> str:
     """A training's identity: cache content and settings, so a retry resumes its own checkpoint."""
-    return hashlib.sha256(json.dumps([cache_hash, asdict(settings)], sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps([cache_hash, settings.identity()], sort_keys=True).encode()).hexdigest()[:12]
 
 
 MAX_SEEDS = 64  # members one sweep trains side by side (64 px arch1 at batch 16: ~2 GB on a GPU)
@@ -219,16 +235,29 @@ def train_and_log_group(tracker: Tracker, cache_ref: TensorCacheRef, runs: list[
     return trained
 
 
-def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *, device: str = DEFAULT_DEVICE,
-            iteration: int | None = None, log: LogFn = print) -> EvalResult:
-    """The trained generator (or its snapshot at `iteration`) judged against the cache it was trained on."""
+@dataclass
+class FeatureSpaces:
+    """The feature networks a generator is judged in, loaded once, each with why it is missing if it is."""
+
+    cache: TensorCache
+    device: torch.device
+    precision: str
+    flowers: Callable[[Any], Any] | None
+    no_flowers: str
+    effnet: Effnet | None
+    no_effnet: str
+
+    @property
+    def effnet_reference(self) -> Path:
+        return DataLayout.reference_features(self.cache.path, EFFNET_ID + ("-bf16" if self.precision == "bf16" else ""))
+
+
+def feature_spaces(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, device: str,
+                   log: LogFn) -> FeatureSpaces:
+    """The variant's feature network (when it learned from the cache this run trained on) and EfficientNet."""
     cache = TensorCache.load(trained.cache.path)  # the images it was trained on, not a newer cache
     torch_device = pick_device(device)
     precision = precision_for(settings.precision, torch_device)
-    inception, no_inception = inception_for(settings, torch_device)
-    inception = in_precision(inception, torch_device, precision)
-    if inception is None:
-        log(f"FID and KID unavailable: {no_inception}")
     same_cache = network.network_id.startswith(trained.cache.content_hash[:16])
     if network.path is not None and same_cache:
         net = load_feature_network(Path(network.path), torch_device)
@@ -243,12 +272,69 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
     except PipelineError as err:
         effnet, no_effnet = None, str(err)
         log(f"fd_effnet and the rest unavailable: {err}")
-    with deterministic(torch_device):  # a measure that does not depend on the machine's thread count
-        return evaluate(Path(trained.path), cache, settings, device=torch_device, inception=inception,
-                        no_inception_reason=no_inception, flowers=flowers, no_flowers_reason=no_flowers,
-                        effnet=effnet, no_effnet_reason=no_effnet,
-                        effnet_reference=DataLayout.reference_features(
-                            cache.path, EFFNET_ID + ("-bf16" if precision == "bf16" else "")), iteration=iteration)
+    return FeatureSpaces(cache, torch_device, precision, flowers, no_flowers, effnet, no_effnet)
+
+
+def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *, device: str = DEFAULT_DEVICE,
+            iteration: int | None = None, log: LogFn = print) -> EvalResult:
+    """The trained generator (or its snapshot at `iteration`) judged against the cache it was trained on."""
+    spaces = feature_spaces(trained, network, settings, device, log)
+    inception, no_inception = inception_for(settings, spaces.device)
+    inception = in_precision(inception, spaces.device, spaces.precision)
+    if inception is None:
+        log(f"FID and KID unavailable: {no_inception}")
+    with deterministic(spaces.device):  # a measure that does not depend on the machine's thread count
+        return evaluate(Path(trained.path), spaces.cache, settings, device=spaces.device, inception=inception,
+                        no_inception_reason=no_inception, flowers=spaces.flowers, no_flowers_reason=spaces.no_flowers,
+                        effnet=spaces.effnet, no_effnet_reason=spaces.no_effnet,
+                        effnet_reference=spaces.effnet_reference, iteration=iteration)
+
+
+SNAPSHOT_SAMPLES = 256  # a scored snapshot's samples, one seed for all: enough to rank them, cheap beside training
+
+
+def score_snapshots(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
+                    device: str = DEFAULT_DEVICE, log: LogFn = print) -> tuple[tuple[ScoredSnapshot, ...], int | None]:
+    """Each snapshot kept for scoring (eval_every) and the final generator, scored in both feature spaces and
+    logged as an MLflow LoggedModel of the training's run; and the snapshot the registry's ranking puts first
+    (None: the final generator, or nothing to rank with)."""
+    config = TrainConfig(**trained.config)
+    if not config.scored_snapshots():
+        return (), None
+    spaces = feature_spaces(trained, network, settings, device, log)
+    real = np.asarray(spaces.cache.images)
+    judges: dict[str, tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]] = {}
+    with deterministic(spaces.device):
+        if spaces.flowers is not None:
+            judges["fd_flowers"] = (spaces.flowers, spaces.flowers(real))
+        if spaces.effnet is not None:
+            effnet = spaces.effnet
+            judges["fd_effnet"] = (lambda images: effnet.features(images).stage5,
+                                   effnet.reference(real, spaces.effnet_reference).stage5)
+        run, scored = RunFiles(Path(trained.path)), []
+        for iteration in (*config.scored_snapshots(), trained.iterations):
+            file = run.snapshot(iteration) if iteration < trained.iterations else run.generator
+            generator, _, _ = load_generator_file(file, spaces.device)
+            samples = generator.generate(min(SNAPSHOT_SAMPLES, settings.samples), seed=settings.seed)
+            metrics = {}
+            for name, (features, reference) in list(judges.items()):
+                try:
+                    metrics[name] = frechet_distance(reference, features(samples), name)
+                except PipelineError as err:  # too few samples for the space: the same for every snapshot
+                    log(f"snapshots not scored in {name}: {err}")
+                    del judges[name]
+            model_id = tracker.log_snapshot(trained.mlflow_run_id, iteration, file, metrics)
+            scored.append(ScoredSnapshot(iteration, metrics, model_id))
+            log(f"snapshot {iteration}/{trained.iterations}: "
+                + (", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no feature space to score in"))
+    spaces_of = {FEATURE_NETWORK: network.network_id, EFFNET_SPACE: EFFNET_ID}
+    metric = ranking_metric(*({**s.metrics, **spaces_of} for s in scored))
+    if metric not in scored[0].metrics:
+        log("snapshots not ranked: neither feature space is available; the final generator is evaluated")
+        return tuple(scored), None
+    best = min(scored, key=lambda s: (s.metrics[metric], -s.iteration))  # a tie goes to the longer training
+    log(f"best snapshot by {metric}: iteration {best.iteration} of {trained.iterations}")
+    return tuple(scored), None if best.iteration == trained.iterations else best.iteration
 
 
 def in_precision(features: Callable[[Any], Any] | None, device: torch.device,
@@ -266,22 +352,36 @@ def in_precision(features: Callable[[Any], Any] | None, device: torch.device,
 
 def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
                      partition: str, device: str = DEFAULT_DEVICE, log: LogFn = print) -> Evaluation:
-    """Measure the trained generator, apply the quality gate and log everything to its training's run. The
-    tracker comes before the record: an evaluation whose logging failed is never registered."""
-    result = measure(trained, network, settings, device=device, log=log)
+    """Measure the trained generator (with eval_every: its best scored snapshot), apply the quality gate and log
+    everything to its training's run. The tracker comes before the record: an evaluation whose logging failed
+    is never registered."""
+    started = time.perf_counter()
+    snapshots, iteration = score_snapshots(tracker, trained, network, settings, device=device, log=log)
+    scoring_seconds = time.perf_counter() - started
+    if snapshots:
+        log(f"{len(snapshots)} snapshots scored in {scoring_seconds:.1f} s ({trained.seconds:.1f} s of training)")
+    result = measure(trained, network, settings, device=device, iteration=iteration, log=log)
     gate_passed, gate_reason = quality_gate(result.metrics, settings)
     log(f"quality gate {gate_reason}")
-    run_id, step = trained.mlflow_run_id, trained.iterations
+    run_id, step = trained.mlflow_run_id, iteration or trained.iterations
     tracker.log_metrics(run_id, run_metrics(result.metrics), step)
     tracker.log_artifact(run_id, result.files["metrics"].parent, "evaluation")
     for picture in PICTURES:
         if picture in result.files:
             tracker.log_image(run_id, result.files[picture], f"evaluation_{picture}", step)
+    files = {k: str(v) for k, v in result.files.items()}
+    if snapshots:
+        curve = snapshot_curve_png([(s.iteration, s.metrics) for s in snapshots], iteration or trained.iterations,
+                                   title=f"{trained.arch} on {trained.variant}: scored snapshots")
+        if curve is not None:
+            files["snapshots"] = str(atomic_write_bytes(RunFiles(Path(trained.path)).snapshot_curve, curve))
+            tracker.log_artifact(run_id, Path(files["snapshots"]))
     tracker.set_tags(run_id, {"quality_gate": gate_reason,
                               "evaluation_precision": precision_for(settings.precision, pick_device(device)),
+                              **({"chosen_snapshot": step} if snapshots else {}),
                               **{f"unavailable_{k}": v for k, v in result.unavailable.items()}})
     return Evaluation(partition, trained, network.network_id, result.metrics, result.unavailable, gate_passed,
-                      gate_reason, {k: str(v) for k, v in result.files.items()})
+                      gate_reason, files, snapshots=snapshots, iteration=iteration, scoring_seconds=scoring_seconds)
 
 
 def register(tracker: MlflowTracker, evaluation: Evaluation, *, tags: dict[str, str] | None = None,
@@ -291,18 +391,24 @@ def register(tracker: MlflowTracker, evaluation: Evaluation, *, tags: dict[str, 
     training, metrics = evaluation.training, evaluation.metrics
     code = source_version()
     spaces = {FEATURE_NETWORK: evaluation.feature_network, EFFNET_SPACE: EFFNET_ID}
+    iteration = evaluation.iteration or training.iterations
     version_info = {
         "variant": training.variant, "arch": training.arch, "cache_hash": training.cache.content_hash,
         "config": json.dumps(training.config, sort_keys=True), "code_version": code,
-        "iterations": str(training.iterations), "quality_gate": evaluation.gate_reason,
+        "iterations": str(training.iterations), "snapshot_iteration": str(iteration),
+        "quality_gate": evaluation.gate_reason,
         **spaces, **version_tags(metrics), **(tags or {}),
     }
     missing = sorted({f"{'FID and KID' if k in ('fid', 'kid_mean') else 'fd_flowers and the rest'} unavailable: "
                       f"{why}" for k, why in evaluation.unavailable.items() if k in ("fid", "fd_flowers")})
-    description = (f"{training.arch} generator trained {training.iterations} iterations on {training.variant} "
+    chosen = (f", its snapshot at iteration {iteration} (the best of {len(evaluation.snapshots)} scored)"
+              if evaluation.snapshots else "")
+    description = (f"{training.arch} generator trained {training.iterations} iterations on {training.variant}{chosen} "
                    f"(cache {training.cache.content_hash[:12]}, code {code}). {summary_line(metrics)}."
                    + "".join(f" {m}." for m in missing))  # each reason once
     return register_generator(
-        tracker, model_name(training.variant, training.arch), training.mlflow_run_id, Path(training.path),
+        tracker, model_name(training.variant, training.arch), training.mlflow_run_id,
+        RunFiles(Path(training.path)).generator if evaluation.iteration is None
+        else RunFiles(Path(training.path)).snapshot(evaluation.iteration),
         gate=(evaluation.gate_passed, evaluation.gate_reason), metrics=metrics,
         spaces=spaces, tags=version_info, description=description, log=log)

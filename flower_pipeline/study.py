@@ -184,7 +184,7 @@ def run_key(run: PlannedRun, cache_hash: str, code: str, group: tuple[str, ...] 
     evaluation["precision"] = precision_for(evaluation["precision"], device)
     if evaluation["precision"] == "fp32":  # as before it was a setting: earlier runs' keys stay theirs
         del evaluation["precision"]
-    payload = {"variant": run.variant, "config": asdict(TrainConfig(**run.config).on(device)),
+    payload = {"variant": run.variant, "config": TrainConfig(**run.config).on(device).identity(),
                "evaluation": evaluation, "snapshots": run.snapshots,
                "cache": cache_hash, "code": code, **({"group": list(group)} if len(group) > 1 else {})}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import queue
+import shutil
 import tempfile
 import threading
 import time
@@ -84,6 +86,10 @@ class Tracker(ABC):
 
     @abstractmethod
     def log_dataset(self, run_id: str, name: str, digest: str, source: str) -> None: ...
+
+    @abstractmethod
+    def log_snapshot(self, run_id: str, iteration: int, generator_file: Path, metrics: dict[str, float]) -> str:
+        """A scored snapshot of the run's generator: its id."""
 
     @abstractmethod
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
@@ -205,6 +211,23 @@ class MlflowTracker(Tracker):
         with _DATASET_ROWS, self._first_use():
             self.client().log_inputs(run_id, [DatasetInput(Dataset(name, digest[:36], "local", source),
                                                            [InputTag("mlflow.data.context", "training")])])
+
+    def log_snapshot(self, run_id: str, iteration: int, generator_file: Path, metrics: dict[str, float]) -> str:
+        """A scored snapshot as an MLflow 3 LoggedModel of its run: the weights file (tensors only) as its
+        artifact, its metrics (snapshot_<metric>) linked by model_id at its iteration, so the run's Logged models
+        list every snapshot and `mlflow.search_logged_models(order_by=…)` sorts them."""
+        client = self.client()
+        model = client.create_logged_model(self.experiment_id(), name=f"snapshot-{iteration:06d}",
+                                           source_run_id=run_id, tags={"iteration": str(iteration)},
+                                           model_type="generator-snapshot")
+        with tempfile.TemporaryDirectory() as folder:  # the one file, under the name it has in the run folder
+            shutil.copyfile(generator_file, Path(folder) / generator_file.name)
+            client.log_model_artifacts(model.model_id, folder)
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"snapshot_{k}", float(v), now, iteration, model_id=model.model_id)
+                                          for k, v in metrics.items() if math.isfinite(v)])
+        client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
 
     def end_run(self, run_id: str, status: str = "FINISHED") -> None:
         self.client().set_terminated(run_id, status)

@@ -65,6 +65,10 @@ from flower_pipeline.tensor_cache import TensorCache
 OPTIMIZERS = ("adam", "rmsprop", "sgd")
 PRECISIONS = ("auto", "fp32", "bf16")
 FULL_ITERATIONS = 20_000  # the source's training length: the default, and what study profiles scale from
+SCORED_BY_DEFAULT = 10  # `flower-pipeline train` scores a snapshot every tenth of its iterations
+MAX_SCORED_SNAPSHOTS = 200  # each is a file, a LoggedModel and a scoring: more says nothing a curve of 200 does not
+# Settings added after runs were keyed, left out of a run's identity at this value: earlier runs keep their keys.
+UNKEYED_AT = {"eval_every": 0}
 LECAM_DECAY = 0.99  # the LeCam paper's running-mean decay
 
 
@@ -116,6 +120,10 @@ class TrainConfig:
     seed: int = setting(0, "Same settings and seed give the same result on the same device.", bounds=(0, 2**31 - 1))
     log_every: int = setting(100, "Steps between progress lines and logged metrics.", bounds=(1, 10_000_000))
     sample_every: int = setting(1000, "Steps between fixed-noise sample grids.", bounds=(1, 10_000_000))
+    eval_every: int = setting(0, "Steps between scored snapshots (0: off): each generator is kept and scored on "
+                                 "a few hundred samples, and the best (by the registry's ranking) is evaluated "
+                                 "in full and registered instead of the last (`flower-pipeline train`: a tenth of "
+                                 "the iterations).", bounds=(0, 10_000_000))
     checkpoint_seconds: float = setting(60.0, "Seconds between checkpoints, taken at log steps (0: at every one).",
                                         bounds=(0, 86_400))
     cuda_graphs: bool = setting(True, "Replay the training step as one CUDA graph on CUDA.")
@@ -146,7 +154,18 @@ class TrainConfig:
             raise PipelineError("augment_target adapts the probability of augment's policies: set augment too")
         if min(self.log_every, self.sample_every) < 1 or not self.checkpoint_seconds >= 0:
             raise PipelineError("log and sample intervals must be at least 1, checkpoint seconds at least 0")
+        if len(self.scored_snapshots()) > MAX_SCORED_SNAPSHOTS:
+            raise PipelineError(f"eval_every {self.eval_every} scores {len(self.scored_snapshots())} snapshots of "
+                                f"{self.iterations} iterations; at most {MAX_SCORED_SNAPSHOTS}: raise eval_every")
         return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def identity(self) -> dict[str, Any]:
+        """The settings as a run's key, folder and checkpoint read them (UNKEYED_AT left out at its value)."""
+        return {k: v for k, v in asdict(self).items() if k not in UNKEYED_AT or UNKEYED_AT[k] != v}
+
+    def scored_snapshots(self) -> tuple[int, ...]:
+        """The iterations before the last whose generator is kept and scored (eval_every)."""
+        return tuple(range(self.eval_every, self.iterations, self.eval_every)) if self.eval_every else ()
 
     def on(self, device: torch.device | str) -> TrainConfig:
         """Resolved for a device: `precision: auto` becomes the precision it trains in there, so a run's key,
@@ -274,7 +293,8 @@ def provenance(device: torch.device | str, group: tuple[str, ...] = (), precisio
 # shapes the shared network or the shared loop (architecture, batch, optimizer type, iterations, …), so runs
 # that differ in it go to different buckets.
 FUSABLE = ("seed", "lr", "real_label", "fake_label", "instance_noise", "instance_noise_decay", "minibatch_weight",
-           "dropout", "latent_noise", "augment", "augment_p", "augment_target", "augment_speed", "g_ema", "lecam")
+           "dropout", "latent_noise", "augment", "augment_p", "augment_target", "augment_speed", "g_ema", "lecam",
+           "eval_every")
 
 
 def fusion_bucket(config: TrainConfig) -> str:
@@ -631,7 +651,7 @@ class Trainer:
     def state(self, histories: list[list[dict[str, float]]]) -> dict[str, Any]:
         """Every member's state at once: the checkpoint a killed training (solo or fused) resumes from."""
         return {
-            "iteration": self.iteration, "configs": [asdict(c) for c in self.configs], "histories": histories,
+            "iteration": self.iteration, "configs": [c.identity() for c in self.configs], "histories": histories,
             "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "first_bad": self.first_bad.clone(), "step_index": int(self.step_index),
@@ -736,7 +756,9 @@ def _train(
     torch_device = pick_device(device)
     configs = [c.on(torch_device) for c in configs]
     members = range(len(configs))
-    snapshots = snapshots or tuple(() for _ in members)
+    # Kept generators: the ones asked for (a study's shorter trainings) and the scored snapshots (eval_every).
+    snapshots = tuple(set(kept) | set(c.scored_snapshots()) for kept, c in
+                      zip(snapshots or tuple(() for _ in members), configs, strict=True))
     for out_dir in out_dirs:
         RunFiles(out_dir).samples.mkdir(parents=True, exist_ok=True)
     images = cache.train_images()
@@ -750,7 +772,7 @@ def _train(
     pending = 0  # steps accumulated in trainer.stats since the last read (checkpoints are taken at reads)
     if resume and checkpoint.is_file():
         state = load_tensors(checkpoint, torch_device)
-        if state.get("configs") != [asdict(c) for c in configs]:
+        if state.get("configs") != [c.identity() for c in configs]:
             raise PipelineError(f"{checkpoint} was written with other settings or by an earlier version; use a new "
                                 "output folder or delete the checkpoint to start over")
         trainer.load_state(state)

@@ -114,13 +114,15 @@ def train(args: argparse.Namespace) -> None:
     from flower_pipeline.evaluation import EvalSettings
     from flower_pipeline.metrics import terminal_line
     from flower_pipeline.settings import given_flags
-    from flower_pipeline.training import TrainConfig
+    from flower_pipeline.training import SCORED_BY_DEFAULT, TrainConfig
 
     seeds = parse_seeds(args.seeds) if args.seeds else None  # a typo is told before anything is looked up
     variant = existing_variant(instance(), args.variant)
     training = {**given_flags(args, TrainConfig), "device": args.device}
     evaluation = {**given_flags(args, EvalSettings, prefix="eval_"), "device": args.device}
     training.pop("arch", None)
+    # Scored snapshots by default here (off in the asset's config, so the demo and schedules pay nothing).
+    training.setdefault("eval_every", training.get("iterations", TrainConfig().iterations) // SCORED_BY_DEFAULT)
     if seeds:
         training["seeds"] = seeds
     result = run_job("retrain_generators", training_key(variant.name, args.arch),
@@ -131,6 +133,9 @@ def train(args: argparse.Namespace) -> None:
     print(f"{variant.name} × {args.arch}: {trained.iterations} iterations in {trained.seconds:.1f} s "
           f"on {trained.device}; outputs in {trained.path}")
     print(f"  {terminal_line(metrics, evaluated.unavailable)}")
+    if evaluated.snapshots:
+        print(f"  {len(evaluated.snapshots)} snapshots scored; evaluated and registered: iteration "
+              f"{evaluated.iteration or trained.iterations}")
     told = getattr(args, "told", set())  # the demo's four trainings say each reason once
     for metric, what in (("fd_flowers", "fd_flowers"), ("fid", "FID and KID")):
         reason = evaluated.unavailable.get(metric)
@@ -210,16 +215,23 @@ def models(args: argparse.Namespace) -> None:
 
     values = [metrics.from_version_tags(r["tags"]) for r in rows]
     columns = [name for name in metrics.SUMMARY if any(name in v for v in values)]  # those some version has
-    header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", *(metrics.BY_NAME[c].title for c in columns),
+    header = ("MODEL", "VER", "ALIASES", "VARIANT", "ARCH", "ITER", *(metrics.BY_NAME[c].title for c in columns),
               "CREATED (UTC)")
     table = [header] + [(
         r["name"], str(r["version"]), ",".join(r["aliases"]) or "-", r["tags"].get("variant", "-"),
-        r["tags"].get("arch", "-"), *(metrics.shown(c, v[c]) if c in v else "-" for c in columns),
+        r["tags"].get("arch", "-"), _iteration(r["tags"]),
+        *(metrics.shown(c, v[c]) if c in v else "-" for c in columns),
         datetime.datetime.fromtimestamp(r["created"] / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M"),
     ) for r, v in zip(rows, values, strict=True)]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _iteration(tags: dict[str, str]) -> str:
+    """The registered generator's iteration: of its training's last, when a scored snapshot was chosen."""
+    last, chosen = tags.get("iterations", "-"), tags.get("snapshot_iteration")
+    return f"{chosen}/{last}" if chosen and chosen != last else last
 
 
 def sample(args: argparse.Namespace) -> None:

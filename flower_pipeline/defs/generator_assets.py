@@ -167,7 +167,13 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                                          "registered": "yes" if e is evaluation else "", "quality_gate": e.gate_reason,
                                          **{k: round(v, 4) for k, v in metrics.headline(e.metrics).items()}}
                                         for e in (evaluation, *evaluation.sweep)])
-    for name, alt in PICTURES.items():
+    if evaluation.snapshots:  # eval_every: the scored snapshots' curve, and which one goes on to the registry
+        metadata["chosen_iteration"] = evaluation.iteration or evaluation.training.iterations
+        metadata["snapshot_scores"] = rows_table([
+            {"iteration": s.iteration, "chosen": "yes" if s.iteration == metadata["chosen_iteration"] else "",
+             **{k: round(v, 4) for k, v in s.metrics.items()}, "mlflow_model_id": s.model_id}
+            for s in evaluation.snapshots])
+    for name, alt in {**PICTURES, "snapshots": "the scored snapshots' measures, the chosen one marked"}.items():
         if name in evaluation.files:
             with open(evaluation.files[name], "rb") as picture:
                 metadata[name] = image_markdown(picture.read(), alt)

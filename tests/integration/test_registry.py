@@ -15,7 +15,8 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pytest
-from conftest import prepare, run_job, tiny_training, wait_until_serving
+import torch
+from conftest import cli_main, prepare, run_job, tiny_training, wait_until_serving
 from mlflow.tracking._tracking_service import utils as tracking_utils
 
 from flower_pipeline.defs.partitions import training_key
@@ -223,3 +224,55 @@ def test_tracker_calls_in_the_background_wait_out_an_outage_in_order_and_fail_af
     never.call(lambda: (_ for _ in ()).throw(requests.ConnectionError("Connection refused")))
     with pytest.raises(requests.ConnectionError):
         never.flush()  # out of time: the step fails with MLflow's error
+
+
+def test_scored_snapshots_register_the_best_when_the_last_is_spoiled(tmp_path, capsys, monkeypatch):
+    """eval_every keeps and scores a snapshot every 2 of 6 iterations. The final generator is spoiled (its
+    weights replaced by large noise): the best snapshot is an earlier one, is evaluated in full and registered, and MLflow lists every
+    snapshot as a LoggedModel of the run with its metrics."""
+    data = tmp_path / "data"
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    with dg.instance_for_test() as instance:
+        assert prepare(instance, data, VARIANT).success
+        trained = _chain(instance, data, {**TINY, "eval_every": 2}, assets=["trained_generator"])
+        assert trained.success
+        run = Path(trained.output_for_node("trained_generator").path)
+        assert sorted(p.name for p in run.glob("generator*.pt")) == [
+            "generator.pt", "generator_000002.pt", "generator_000004.pt"]
+        final = torch.load(run / "generator.pt", weights_only=True)
+        noise = torch.Generator().manual_seed(0)  # weights of another scale: saturated pixel noise
+        final["state_dict"] = {k: torch.randn(v.shape, generator=noise) * 10 if v.is_floating_point() else v
+                               for k, v in final["state_dict"].items()}
+        torch.save(final, run / "generator.pt")
+        chained = _chain(instance, data, evaluation={**LENIENT, "samples": 120},  # fd_effnet needs > 112
+                         assets=["generator_evaluation", "registered_generator"])
+    assert chained.success
+    evaluation = chained.output_for_node("generator_evaluation")
+    scores = {s.iteration: s.metrics for s in evaluation.snapshots}
+    assert sorted(scores) == [2, 4, 6] and all(set(m) == {"fd_flowers", "fd_effnet"} for m in scores.values())
+    assert evaluation.iteration == min((2, 4), key=lambda it: scores[it]["fd_effnet"])  # ranked by fd_effnet
+    assert scores[6]["fd_effnet"] > max(scores[2]["fd_effnet"], scores[4]["fd_effnet"])
+    assert Path(evaluation.files["metrics"]).parent.name == f"evaluation_{evaluation.iteration:06d}"
+    shown = _meta(chained, "generator_evaluation")
+    assert shown["chosen_iteration"] == evaluation.iteration and "data:image/png;base64," in shown["snapshots"]
+    assert [r.data["chosen"] for r in shown["snapshot_scores"].records].count("yes") == 1
+
+    store = tracking(data_dir=data)
+    version = store.client().get_model_version(MODEL, "1")
+    assert version.tags["snapshot_iteration"] == str(evaluation.iteration) and version.tags["iterations"] == "6"
+    assert f"its snapshot at iteration {evaluation.iteration} (the best of 3 scored)" in version.description
+    snapshot = torch.load(run / f"generator_{evaluation.iteration:06d}.pt", weights_only=True)["state_dict"]
+    registered = load_generator(MODEL, version=1, data_dir=data).net.state_dict()
+    assert all(torch.equal(snapshot[k], registered[k]) for k in snapshot)  # the snapshot's weights, not the last
+    mlflow.set_tracking_uri(store.uri)
+    logged = mlflow.search_logged_models(experiment_ids=[store.experiment_id()], output_format="list",
+                                         filter_string=f"source_run_id = '{evaluation.training.mlflow_run_id}'",
+                                         order_by=[{"field_name": "metrics.snapshot_fd_effnet", "ascending": True}])
+    snapshots = [m for m in logged if m.name.startswith("snapshot-")]
+    assert len(snapshots) == 3 and snapshots[0].name == f"snapshot-{evaluation.iteration:06d}"
+    assert {m.model_id for m in snapshots} == {s.model_id for s in evaluation.snapshots}
+    assert all({x.key for x in m.metrics} == {"snapshot_fd_flowers", "snapshot_fd_effnet"} for m in snapshots)
+    assert [a.path for a in store.client().list_logged_model_artifacts(snapshots[0].model_id)] == [
+        f"generator_{evaluation.iteration:06d}.pt"]
+    code, out, _ = cli_main(tmp_path, capsys, monkeypatch, "models")
+    assert code == 0 and out.splitlines()[0].split()[5] == "ITER" and f" {evaluation.iteration}/6 " in out
