@@ -17,13 +17,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flower_pipeline.cli.main import main as cli
-from flower_pipeline.defs.partitions import training_key
-from flower_pipeline.layout import DataLayout, RunFiles
-from flower_pipeline.records import read_record
-from flower_pipeline.runs import Evaluation
+if TYPE_CHECKING:  # the findings' summary is read by a unit test, which imports no Dagster
+    from flower_pipeline.runs import Evaluation
 
 SPACES = ("fd_effnet", "fd_flowers")
 
@@ -61,6 +58,11 @@ def summary(found: dict[str, Any]) -> str:
 
 
 def main() -> int:
+    from flower_pipeline.cli.main import main as cli
+    from flower_pipeline.defs.partitions import training_key
+    from flower_pipeline.layout import DataLayout, RunFiles
+    from flower_pipeline.records import read_record
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", required=True)
     parser.add_argument("--arch", default="arch1")

@@ -95,7 +95,8 @@ class Tracker(ABC):
     def end_run(self, run_id: str, status: str = "FINISHED") -> None: ...
 
     @abstractmethod
-    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str: ...
+    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None,
+             logged_model: str | None = None) -> str: ...
 
 
 _DATASET_ROWS = threading.Lock()
@@ -163,14 +164,17 @@ class MlflowTracker(Tracker):
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield
 
-    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None) -> str:
-        """A run or model version as a URL into the MLflow UI: the server's, or for a database store the local
-        `mlflow ui` over it ($FLOWER_PIPELINE_MLFLOW_UI)."""
+    def link(self, run_id: str | None = None, model: str | None = None, version: int | None = None,
+             logged_model: str | None = None) -> str:
+        """A run, model version or logged model (a scored snapshot) as a URL into the MLflow UI: the server's, or
+        for a database store the local `mlflow ui` over it ($FLOWER_PIPELINE_MLFLOW_UI)."""
         base = self.uri.rstrip("/")
         if not base.startswith(("http://", "https://")):
             base = mlflow_ui()
         if model is not None:
             return f"{base}/#/models/{model}/versions/{version}"
+        if logged_model is not None:
+            return f"{base}/#/experiments/{self.experiment_id()}/models/{logged_model}"
         return f"{base}/#/experiments/{self.experiment_id()}/runs/{run_id}"
 
     # --- runs -----------------------------------------------------------------------------------------
@@ -216,8 +220,12 @@ class MlflowTracker(Tracker):
         """A scored snapshot as an MLflow 3 LoggedModel of its run: the weights file (tensors only) as its
         artifact, its metrics (snapshot_<metric>) linked by model_id at its iteration, so the run's Logged models
         list every snapshot and `mlflow.search_logged_models(order_by=…)` sorts them."""
-        client = self.client()
-        model = client.create_logged_model(self.experiment_id(), name=f"snapshot-{iteration:06d}",
+        client, name = self.client(), f"snapshot-{iteration:06d}"
+        logged = client.search_logged_models([self.experiment_id()], f"source_run_id = '{run_id}' AND name = '{name}' "
+                                             "AND status = 'READY'", max_results=1)
+        if logged:  # a retried evaluation: the snapshot is listed once
+            return logged[0].model_id
+        model = client.create_logged_model(self.experiment_id(), name=name,
                                            source_run_id=run_id, tags={"iteration": str(iteration)},
                                            model_type="generator-snapshot")
         with tempfile.TemporaryDirectory() as folder:  # the one file, under the name it has in the run folder

@@ -169,6 +169,8 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
                                         for e in (evaluation, *evaluation.sweep)])
     if evaluation.snapshots:  # eval_every: the scored snapshots' curve, and which one goes on to the registry
         metadata["chosen_iteration"] = evaluation.iteration or evaluation.training.iterations
+        chosen = next(s for s in evaluation.snapshots if s.iteration == metadata["chosen_iteration"])
+        metadata["chosen_snapshot"] = mlflow_link(tracker, logged_model=chosen.model_id)  # its LoggedModel
         metadata["snapshot_scores"] = rows_table([
             {"iteration": s.iteration, "chosen": "yes" if s.iteration == metadata["chosen_iteration"] else "",
              **{k: round(v, 4) for k, v in s.metrics.items()}, "mlflow_model_id": s.model_id}

@@ -59,9 +59,9 @@ def image_markdown(png: bytes, alt: str) -> dg.MetadataValue:
 
 
 def mlflow_link(tracker: MlflowTracker, run_id: str | None = None, model: str | None = None,
-                version: int | None = None) -> dg.MetadataValue | str:
-    """A run or model version: a clickable link where the store is a server, else its id."""
-    target = tracker.link(run_id, model, version)
+                version: int | None = None, logged_model: str | None = None) -> dg.MetadataValue | str:
+    """A run, model version or logged model: a clickable link into the MLflow UI."""
+    target = tracker.link(run_id, model, version, logged_model)
     return dg.MetadataValue.url(target) if target.startswith(("http://", "https://")) else target
 
 

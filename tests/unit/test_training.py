@@ -150,3 +150,20 @@ def test_a_training_folder_has_one_trainer_at_a_time(small_cache, tmp_path):
         train(TINY, small_cache, tmp_path / "run", device="cpu")
     with open(tmp_path / "run" / ".training.lock") as lock:  # released when its holder ends
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_scored_snapshots_are_kept_bounded_and_leave_earlier_runs_their_keys(small_cache, tmp_path):
+    from flower_pipeline.runs import training_fingerprint
+    from flower_pipeline.training import fusion_bucket
+
+    # A run made before eval_every existed keeps its folder (these are the keys an earlier version computed).
+    assert training_fingerprint("0" * 64, TrainConfig(arch="arch2", precision="fp32").resolved()) == "1f50e6998157"
+    scored = TrainConfig(iterations=3000, eval_every=300)
+    assert scored.scored_snapshots() == tuple(range(300, 3000, 300)) and scored.identity()["eval_every"] == 300
+    assert "eval_every" not in replace(scored, eval_every=0).identity()
+    assert fusion_bucket(scored) == fusion_bucket(replace(scored, eval_every=0))  # only files differ: fusable
+    with pytest.raises(PipelineError, match=r"^eval_every 10 scores 299 snapshots of 3000 iterations; at most 200"):
+        replace(scored, eval_every=10).resolved()
+    run = train(tiny_config(eval_every=2, precision="fp32"), small_cache, tmp_path, device="cpu")
+    assert sorted(p.name for p in run.out_dir.glob("generator*.pt")) == [
+        "generator.pt", "generator_000002.pt", "generator_000004.pt"]
