@@ -41,7 +41,10 @@ def findings(evaluation: Evaluation) -> dict[str, Any]:
                           "best_below_last": round(1 - best.metrics[space] / last.metrics[space], 4)}
         seeds.append(row)
     return {"variant": evaluation.training.variant, "arch": evaluation.training.arch,
-            "device": evaluation.training.device, "snapshots": len(evaluation.snapshots), "seeds": seeds}
+            "device": evaluation.training.device, "eval_every": evaluation.training.config["eval_every"],
+            "features": evaluation.training.config["features"],
+            "precision": evaluation.training.config["precision"], "snapshots": len(evaluation.snapshots),
+            "seeds": seeds}
 
 
 def summary(found: dict[str, Any]) -> str:
@@ -52,8 +55,11 @@ def summary(found: dict[str, Any]) -> str:
         gains = ", ".join(f"seed {s['seed']}: iteration {s[space]['best_iteration']}, "
                           f"{100 * s[space]['best_below_last']:.0f}% below the last" for s in seeds)
         lines.append(f"- {space}: the best snapshot is not the last in {len(earlier)} of {len(seeds)} seeds ({gains})")
-    cost = sum(s["scoring_seconds"] for s in seeds) / sum(s["training_seconds"] for s in seeds)
-    lines.append(f"- scoring {found['snapshots']} snapshots a seed cost {100 * cost:.1f}% of the training's wall time")
+    # A sweep's seeds train side by side: its wall time is the group's, counted once.
+    scoring, training = sum(s["scoring_seconds"] for s in seeds), max(s["training_seconds"] for s in seeds)
+    lines.append(f"- scoring {found['snapshots']} generators a seed (every {found['eval_every']} iterations and the "
+                 f"last) took {scoring:.0f} s beside {training:.0f} s of training: {100 * scoring / training:.1f}% of "
+                 "its wall time")
     return "\n".join(lines)
 
 

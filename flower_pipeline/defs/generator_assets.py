@@ -173,7 +173,7 @@ def generator_evaluation(context: dg.AssetExecutionContext, config: EvaluationCo
         metadata["chosen_snapshot"] = mlflow_link(tracker, logged_model=chosen.model_id)  # its LoggedModel
         metadata["snapshot_scores"] = rows_table([
             {"iteration": s.iteration, "chosen": "yes" if s.iteration == metadata["chosen_iteration"] else "",
-             **{k: round(v, 4) for k, v in s.metrics.items()}, "mlflow_model_id": s.model_id}
+             **{k: round(v, 4) for k, v in s.metrics.items()}}
             for s in evaluation.snapshots])
     for name, alt in {**PICTURES, "snapshots": "the scored snapshots' measures, the chosen one marked"}.items():
         if name in evaluation.files:
