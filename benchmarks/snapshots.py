@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,8 +65,10 @@ def summary(found: dict[str, Any]) -> str:
 def main() -> int:
     from flower_pipeline.cli.main import main as cli
     from flower_pipeline.defs.partitions import training_key
-    from flower_pipeline.layout import DataLayout, RunFiles
+    from flower_pipeline.layout import DataLayout
+    from flower_pipeline.plots import snapshot_curve_png
     from flower_pipeline.records import read_record
+    from flower_pipeline.runs import snapshot_ranking
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", required=True)
@@ -99,9 +100,13 @@ def main() -> int:
         args.findings.mkdir(parents=True, exist_ok=True)
         name = f"{args.variant}-{args.arch}"
         (args.findings / f"{name}.json").write_text(json.dumps(found, indent=1) + "\n")
-        seed0 = read_record(record, layout.root)
-        first = min((seed0, *seed0.sweep), key=lambda e: e.training.config["seed"])
-        shutil.copyfile(RunFiles(Path(first.training.path)).snapshot_curve, args.findings / f"{name}.png")
+        evaluation = read_record(record, layout.root)
+        first = min((evaluation, *evaluation.sweep), key=lambda e: e.training.config["seed"])
+        curve = snapshot_curve_png([(s.iteration, s.metrics) for s in first.snapshots],
+                                   first.iteration or first.training.iterations,
+                                   snapshot_ranking(first.snapshots, first.feature_network),
+                                   title=f"{name}, seed {first.training.config['seed']}: scored snapshots")
+        (args.findings / f"{name}.png").write_bytes(curve)
     return 0
 
 

@@ -59,9 +59,10 @@ def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None
     return buffer.getvalue()
 
 
-def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, title: str = "") -> bytes | None:
-    """Each measure of the scored snapshots over iterations, one panel per measure, the chosen snapshot marked;
-    None where matplotlib is not installed."""
+def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, ranked_by: str | None,
+                       title: str = "") -> bytes | None:
+    """Each measure of the scored snapshots over iterations, one panel per measure, the snapshot `ranked_by`
+    chose marked in each; None where matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -78,9 +79,10 @@ def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, 
         points = [(it, metrics[name]) for it, metrics in scores if name in metrics]
         axis.plot([it for it, _ in points], [v for _, v in points], marker="o", markersize=3, label=name)
         axis.plot([it for it, _ in points if it == chosen], [v for it, v in points if it == chosen], marker="*",
-                  markersize=14, color="crimson", linestyle="", label=f"chosen: iteration {chosen}")
+                  markersize=14, color="crimson", linestyle="",
+                  label=f"chosen by {ranked_by or 'none: the last'}: iteration {chosen}")
         axis.set_xlabel("iteration")
-        axis.set_ylabel(f"{name} (lower is better)")
+        axis.set_ylabel(f"{name} (lower is better)" + (", ranks them" if name == ranked_by else ""))
         axis.legend()
     fig.suptitle(title)
     fig.tight_layout()

@@ -293,6 +293,13 @@ def measure(trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSetti
 SNAPSHOT_SAMPLES = 256  # a scored snapshot's samples, one seed for all: enough to rank them, cheap beside training
 
 
+def snapshot_ranking(snapshots: Sequence[ScoredSnapshot], network_id: str) -> str | None:
+    """What ranks scored snapshots: the registry's ranking metric, among those every snapshot has (None: none)."""
+    spaces = {FEATURE_NETWORK: network_id, EFFNET_SPACE: EFFNET_ID}
+    metric = ranking_metric(*({**s.metrics, **spaces} for s in snapshots))
+    return metric if metric in snapshots[0].metrics else None
+
+
 def score_snapshots(tracker: Tracker, trained: TrainedRun, network: FeatureNetworkRef, settings: EvalSettings, *,
                     device: str = DEFAULT_DEVICE, log: LogFn = print) -> tuple[tuple[ScoredSnapshot, ...], int | None]:
     """Each snapshot kept for scoring (eval_every) and the final generator, scored in both feature spaces and
@@ -327,9 +334,8 @@ def score_snapshots(tracker: Tracker, trained: TrainedRun, network: FeatureNetwo
             scored.append(ScoredSnapshot(iteration, metrics, model_id))
             log(f"snapshot {iteration}/{trained.iterations}: "
                 + (", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no feature space to score in"))
-    spaces_of = {FEATURE_NETWORK: network.network_id, EFFNET_SPACE: EFFNET_ID}
-    metric = ranking_metric(*({**s.metrics, **spaces_of} for s in scored))
-    if metric not in scored[0].metrics:
+    metric = snapshot_ranking(scored, network.network_id)
+    if metric is None:
         log("snapshots not ranked: neither feature space is available; the final generator is evaluated")
         return tuple(scored), None
     best = min(scored, key=lambda s: (s.metrics[metric], -s.iteration))  # a tie goes to the longer training
@@ -372,6 +378,7 @@ def evaluate_and_log(tracker: Tracker, trained: TrainedRun, network: FeatureNetw
     files = {k: str(v) for k, v in result.files.items()}
     if snapshots:
         curve = snapshot_curve_png([(s.iteration, s.metrics) for s in snapshots], iteration or trained.iterations,
+                                   snapshot_ranking(snapshots, network.network_id),
                                    title=f"{trained.arch} on {trained.variant}: scored snapshots")
         if curve is not None:
             files["snapshots"] = str(atomic_write_bytes(RunFiles(Path(trained.path)).snapshot_curve, curve))
