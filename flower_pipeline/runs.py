@@ -108,6 +108,14 @@ def training_fingerprint(cache_hash: str, settings: TrainConfig) -> str:
 MAX_SEEDS = 64  # members one sweep trains side by side (64 px arch1 at batch 16: ~2 GB on a GPU)
 
 
+def member_key(cache_hash: str, member: TrainConfig, members: Sequence[TrainConfig]) -> str:
+    """A training's folder name: its identity, and for a member of a sweep the sweep's too. Trained beside
+    others it is another run (another reduction order acts as another seed), so it never shares the folder of
+    the same settings trained alone."""
+    own = training_fingerprint(cache_hash, member)
+    return own if len(members) == 1 else f"{own}-in-{sweep_fingerprint(cache_hash, members).removeprefix('fused+')}"
+
+
 def seed_sweep(settings: TrainConfig, seeds: Sequence[int]) -> list[TrainConfig]:
     """The settings once per seed of a sweep, trained side by side; no seeds: the settings' own seed alone."""
     if len(seeds) > MAX_SEEDS:

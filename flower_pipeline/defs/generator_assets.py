@@ -28,11 +28,11 @@ from flower_pipeline.runs import (
     TrainedRun,
     best_of,
     evaluate_and_log,
+    member_key,
     register,
     seed_sweep,
     sweep_fingerprint,
     train_and_log_group,
-    training_fingerprint,
 )
 from flower_pipeline.scaleout.heartbeat import step_key, step_watch
 from flower_pipeline.scaleout.settings import GPU_STEP
@@ -96,7 +96,7 @@ def trained_generator(context: dg.AssetExecutionContext, config: TrainingConfig,
         settings = settings_from(config, TrainConfig, arch=arch).on(pick_device(config.device))
         members = seed_sweep(settings, config.seeds)
         dataset, sweep = Variant.parse(variant).dataset, len(members) > 1
-        out_dirs = [storage.layout.training(dataset, variant, arch, training_fingerprint(tensor_cache.content_hash, m))
+        out_dirs = [storage.layout.training(dataset, variant, arch, member_key(tensor_cache.content_hash, m, members))
                     for m in members]
         group_dir = (storage.layout.training(dataset, variant, arch,
                                              sweep_fingerprint(tensor_cache.content_hash, members))

@@ -160,6 +160,11 @@ def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, 
     shown = instance().get_latest_materialization_event(dg.AssetKey("generator_evaluation")).asset_materialization
     assert shown.metadata["registered_seed"].value == int(ranked[0][0])  # the UI names the registered seed
     assert version.run_id in shown.metadata["mlflow_run"].value  # and links its run, not seed 0's
+    # Each member's folder is keyed by its sweep too: trained alone, seed 0 would be another run, in another folder.
+    trainings = tmp_path / "data" / "synthetic" / "training" / "synthetic-color-16" / "arch1"
+    folders = [p.name for p in trainings.iterdir()]
+    (group,) = [f for f in folders if f.startswith("fused+")]
+    assert sorted(f.split("-in-")[1] for f in folders if f != group) == [group.removeprefix("fused+")] * 3
 
 
 def test_command_line_runs_with_torch_and_numpy_only(small_cache, tmp_path):
