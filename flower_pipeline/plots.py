@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 import numpy as np
 
@@ -27,14 +28,31 @@ def grid_png(images: np.ndarray, columns: int | None = None) -> bytes:
     return png_bytes(image_grid(images, columns))
 
 
-def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None:
-    """Loss and D-score curves as PNG bytes; None where matplotlib is not installed."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend, or None where matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _png(plt: Any, fig: Any, title: str) -> bytes:
+    fig.suptitle(title)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None:
+    """Loss and D-score curves as PNG bytes; None where matplotlib is not installed."""
+    plt = _pyplot()
+    if plt is None:
         return None
 
     steps = [h["iteration"] for h in history]
@@ -51,24 +69,15 @@ def curves_png(history: list[dict[str, float]], title: str = "") -> bytes | None
     scores.set_ylim(0, 1)
     scores.set_xlabel("iteration")
     scores.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(plt, fig, title)
 
 
 def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, ranked_by: str | None,
                        title: str = "") -> bytes | None:
     """Each measure of the scored snapshots over iterations, one panel per measure, the snapshot `ranked_by`
     chose marked in each; None where matplotlib is not installed."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
 
     names = list(dict.fromkeys(name for _, metrics in scores for name in metrics))
@@ -84,9 +93,4 @@ def snapshot_curve_png(scores: list[tuple[int, dict[str, float]]], chosen: int, 
         axis.set_xlabel("iteration")
         axis.set_ylabel(f"{name} (lower is better)" + (", ranks them" if name == ranked_by else ""))
         axis.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(plt, fig, title)
