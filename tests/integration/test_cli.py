@@ -138,6 +138,7 @@ def test_a_seed_sweep_trains_side_by_side_and_registers_only_the_best(tmp_path, 
                               "--arch", "arch1", "--seeds", "0-2", "--iterations", "30", "--features", "8",
                               "--eval-samples", "64")
     assert code == 0, err
+    assert "10 snapshots scored; evaluated and registered: iteration " in out  # train's default: every tenth
     metric = re.search(r"seed sweep: 3 seeds trained side by side, ranked by the quality gate, then (\w+)", out)[1]
     rows = re.findall(rf"    seed +(\d+): {metric} ([\d.e+-]+), quality gate (\w+).*?(<- registered)?$", out, re.M)
     assert [seed for seed, *_ in rows] == ["0", "1", "2"] and out.count("<- registered") == 1, out
