@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,16 +129,17 @@ def create_run(name: str, partition_key: Any, run_config: dict[str, Any], last_k
 
 
 @contextlib.contextmanager
-def _cancel_on_interrupt(run: Any) -> Iterator[None]:
+def _cancel_on_interrupt(run: Any) -> Iterator[threading.Event]:
     """Ctrl-C cancels the run, as the UI's Terminate does: the run is marked CANCELING before Dagster's own
     interrupt handling finishes it, so it ends CANCELED (not failed, not retried, not alerted). Dagster holds
-    SIGINT's handler while a run executes, so the signal is read from the wakeup fd, on a thread."""
+    SIGINT's handler while a run executes, so the signal is read from the wakeup fd, on a thread; the event it
+    yields is set when a signal came (on a loaded machine Dagster may finish the run before the thread marks it)."""
     import signal
     import socket
-    import threading
 
+    interrupted = threading.Event()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield interrupted
         return
     reader, writer = socket.socketpair()
     writer.setblocking(False)
@@ -154,6 +156,7 @@ def _cancel_on_interrupt(run: Any) -> Iterator[None]:
             stop = next((s for s in (signal.SIGINT, signal.SIGTERM) if s in received), None)
             if stop is None:
                 continue
+            interrupted.set()
             if _waiting_for_slot(run.run_id) is not None:  # nothing of it computes yet: end at once
                 instance().report_run_canceled(instance().get_run_by_id(run.run_id),
                                                message=f"Canceled from the terminal ({stop.name}) while waiting "
@@ -169,10 +172,11 @@ def _cancel_on_interrupt(run: Any) -> Iterator[None]:
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        yield
+        yield interrupted
     finally:
         signal.set_wakeup_fd(previous_fd)
         writer.close()
+        watcher.join(timeout=30)  # its CANCELING mark lands before the run's status is read
         watcher.join(timeout=5)
         reader.close()
 
@@ -196,7 +200,6 @@ def _slot_guard(run_id: str) -> Iterator[None]:
     """While the run executes: when it waits for a pool slot, the runs holding the pool whose heartbeat has
     stopped are reaped here, as the daemon's reaper would (a command line runs no daemon), each with a line;
     and every 30 s a line says which runs it waits for."""
-    import threading
     import time
 
     import dagster as dg
@@ -255,9 +258,12 @@ def run_job(name: str, partition_key: Any, ops: dict[str, Any], data_dir: Path,
     run = create_run(name, partition_key, {**QUIET_LOGGERS, "ops": ops, "resources": storage}, last_key)
     from dagster._core.execution.api import execute_run
 
-    with _cancel_on_interrupt(run), _slot_guard(run.run_id):
+    with _cancel_on_interrupt(run) as interrupted, _slot_guard(run.run_id):
         result = execute_run(ReconstructableJob(code_location(), name), run, instance())
-    if instance().get_run_by_id(run.run_id).status.value == "CANCELED":
+    finished = instance().get_run_by_id(run.run_id)
+    if interrupted.is_set() and finished.status.value != "CANCELED":  # Dagster ended it before the mark landed
+        instance().report_run_canceled(finished, message="Canceled from the terminal.")
+    if interrupted.is_set() or finished.status.value == "CANCELED":
         raise KeyboardInterrupt
     if not result.success:
         raise PipelineError(_refusal(run.run_id) or _failure_message(result))
